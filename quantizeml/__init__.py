@@ -1,0 +1,15 @@
+"""quantizeml: quantization-aware training and integer deployment of tf_keras models.
+
+Importing the package registers every quantizeml Keras object (layers, quantizers) with
+Keras serialization, so saved models reload with no ``custom_objects``.
+"""
+from .version import __version__
+
+
+class QuantizeMLWarning(UserWarning):
+    """Base class of the warnings raised by quantizeml."""
+
+
+from . import tensors  # noqa: E402,F401
+
+__all__ = ["__version__", "QuantizeMLWarning", "tensors"]

@@ -1,0 +1,93 @@
+"""Carrier dtypes for exact integer arithmetic.
+
+quantizeml stores the integer values of a :class:`FixedPoint` in a floating-point tensor, the
+*carrier*, because TensorFlow's CPU kernels for float32 are 2-3 times faster than their int32
+counterparts, and int32 kernels wrap silently on overflow.
+
+A float carrier is exact as long as every integer it holds, and every partial sum computed
+while reducing, stays within its contiguous integer range:
+
+* float32 holds every integer of magnitude up to 2^24, so it carries values of up to 23 value
+  bits (plus the sign);
+* float64 holds every integer up to 2^53, so it carries everything a 32-bit buffer (31 value
+  bits plus the sign) can hold, and the products and sums of such values, up to 52 bits.
+
+The carrier of a FixedPoint is chosen from its ``value_bits`` (a static Python int), so the dtype
+of its values is known when a graph is traced. Reductions (matmul, convolutions) choose their
+compute dtype from a bound of their partial sums: statically when the bitwidths prove float32
+exact, otherwise at run time from the actual magnitudes of the operands (see
+:func:`exact_reduction`).
+"""
+import tensorflow as tf
+
+#: Largest number of value bits a float32 carrier holds exactly.
+FLOAT32_VALUE_BITS = 23
+#: Largest number of value bits quantizeml supports (float64 carrier).
+MAX_VALUE_BITS = 52
+#: Default integer buffer of quantized operations, sign bit included.
+BUFFER_BITS = 32
+
+
+def carrier_dtype(value_bits):
+    """Returns the float dtype that holds integers of ``value_bits`` bits (plus sign) exactly.
+
+    Args:
+        value_bits (int): the number of value bits, sign excluded.
+
+    Returns:
+        tf.DType: tf.float32 up to 23 value bits, tf.float64 beyond.
+    """
+    return tf.float32 if value_bits <= FLOAT32_VALUE_BITS else tf.float64
+
+
+def check_value_bits(value_bits, name="value_bits"):
+    """Validates a number of value bits and returns it as an int."""
+    if isinstance(value_bits, bool) or not isinstance(value_bits, int):
+        try:
+            as_int = int(value_bits)
+        except (TypeError, ValueError):
+            as_int = None
+        if as_int is None or as_int != value_bits or isinstance(value_bits, bool):
+            raise TypeError(f"{name} expected an int. Received: {name}={value_bits!r}")
+        value_bits = as_int
+    if not 0 <= value_bits <= MAX_VALUE_BITS:
+        raise ValueError(f"{name} expected an int in [0, {MAX_VALUE_BITS}]. "
+                         f"Received: {name}={value_bits}")
+    return value_bits
+
+
+def round_half_up(x):
+    """Rounds to the nearest integer, halves towards +inf (what a rounded right shift does)."""
+    return tf.floor(x + tf.constant(0.5, x.dtype))
+
+
+def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):
+    """Runs an integer reduction ``fn(x, w)`` (matmul, convolution) exactly.
+
+    The partial sums of ``sum_k x_k * w_k`` are bounded by ``max|x| * max_c sum_k |w_kc|``.
+    When ``max_abs_sum_bits_static`` (a static bound, in bits) is at most 24, ``fn`` runs in
+    float32. Otherwise the bound is evaluated at run time from the operands and ``fn`` runs in
+    float32 when it proves exactness, in float64 else.
+
+    Args:
+        fn (callable): the reduction, taking two tensors of the same float dtype.
+        x (tf.Tensor): integer-valued inputs.
+        w (tf.Tensor): integer-valued weights.
+        max_abs_sum_bits_static (int): bits of the static bound of any partial sum magnitude.
+        l1_axes (list, optional): axes of ``w`` summed by the reduction, to compute the run-time
+            bound ``max|x| * max(sum(|w|, l1_axes))``. Defaults to all axes but the last.
+
+    Returns:
+        tf.Tensor: the exact integer result, float64 when the static bound exceeds float32.
+    """
+    if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
+        return fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+    x64 = tf.cast(x, tf.float64)
+    w64 = tf.cast(w, tf.float64)
+    if l1_axes is None:
+        l1_axes = list(range(len(w.shape) - 1))
+    bound = tf.reduce_max(tf.abs(x64)) * tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
+    return tf.cond(
+        bound <= 2.0**24,
+        lambda: tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64),
+        lambda: fn(x64, w64))

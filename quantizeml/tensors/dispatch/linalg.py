@@ -1,0 +1,87 @@
+"""Matrix products of QTensors, exact up to the 32-bit buffer."""
+import tensorflow as tf
+
+from ..carrier import exact_reduction
+from ..fixed_point import FixedPoint
+from ..qfloat import QFloat
+from ..qtensor import QTensor, is_per_tensor
+from .arithmetic import QTensorLike
+from .common import bits_for, check_result_bits
+
+
+def reduction_bits(x_value_bits, w_value_bits, terms):
+    """Value bits holding any sum of ``terms`` products of such integers (static bound).
+
+    Returns:
+        tuple(int, float): the value bits and the bound ``terms * 2^(x_bits + w_bits)``.
+    """
+    bound = float(terms) * 2.0**(x_value_bits + w_value_bits)
+    return bits_for(bound), bound
+
+
+def matmul_fixed_points(a, b, transpose_a=False, transpose_b=False, op="matmul"):
+    """Exact integer matmul of two FixedPoints.
+
+    The contracted axis of ``a`` must be per-tensor (one fractional bit for all the summed
+    terms); ``b`` may be per-axis along its output axis.
+    """
+    if not a.per_tensor:
+        raise ValueError(f"{op} expected a per-tensor FixedPoint as left operand (its summed "
+                         "axis must share one fractional bit; use FixedPoint.expand). "
+                         f"Received: frac_bits of shape {a.frac_bits.shape}")
+    b_frac = b.frac_bits
+    if not b.per_tensor and transpose_b:
+        raise ValueError(f"{op} expected a per-tensor right operand when transpose_b=True. "
+                         f"Received: frac_bits of shape {b_frac.shape}")
+    k = a.shape[-2] if transpose_a else a.shape[-1]
+    kb = b.shape[-1] if transpose_b else b.shape[-2]
+    if k is not None and kb is not None and k != kb:
+        raise ValueError(f"{op} expected inner dimensions that match. Received: "
+                         f"a.shape={a.shape}, b.shape={b.shape}")
+    k = k if k is not None else kb
+    if k is None:
+        raise ValueError(f"{op} expected a static inner dimension. Received: a.shape={a.shape}")
+    value_bits, bound = reduction_bits(a.value_bits, b.value_bits, k)
+    check_result_bits(value_bits, op)
+    l1_axis = -1 if transpose_b else -2
+
+    def fn(x, w):
+        return tf.linalg.matmul(x, w, transpose_a=transpose_a, transpose_b=transpose_b)
+
+    values = exact_reduction(fn, a.values, b.values, bound, l1_axes=[l1_axis])
+    return FixedPoint(values, value_bits, a.frac_bits + b_frac)
+
+
+def _matmul(a, b, transpose_a, transpose_b):
+    if not (isinstance(a, QTensor) and isinstance(b, QTensor)):
+        raise TypeError("matmul expected two QTensors (quantize the float operand first). "
+                        f"Received: a={type(a).__name__}, b={type(b).__name__}")
+    fa = a.fp if isinstance(a, QFloat) else a
+    fb = b.fp if isinstance(b, QFloat) else b
+    product = matmul_fixed_points(fa, fb, transpose_a, transpose_b)
+    scales = None
+    if isinstance(a, QFloat):
+        if not is_per_tensor(a.scales):
+            raise ValueError("matmul expected per-tensor scales on a QFloat left operand. "
+                             f"Received: scales of shape {a.scales.shape}")
+        scales = a.scales
+    if isinstance(b, QFloat):
+        if transpose_b and not is_per_tensor(b.scales):
+            raise ValueError("matmul expected per-tensor scales on a transposed QFloat right "
+                             f"operand. Received: scales of shape {b.scales.shape}")
+        scales = b.scales if scales is None else scales * b.scales
+    return product if scales is None else QFloat(product, scales)
+
+
+@tf.experimental.dispatch_for_api(tf.linalg.matmul, {"a": QTensorLike})
+def _matmul_a(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False,
+              a_is_sparse=False, b_is_sparse=False, output_type=None, grad_a=False,
+              grad_b=False, name=None):
+    return _matmul(a, b, transpose_a or adjoint_a, transpose_b or adjoint_b)
+
+
+@tf.experimental.dispatch_for_api(tf.linalg.matmul, {"a": tf.Tensor, "b": QTensorLike})
+def _matmul_b(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False,
+              a_is_sparse=False, b_is_sparse=False, output_type=None, grad_a=False,
+              grad_b=False, name=None):
+    return _matmul(a, b, transpose_a or adjoint_a, transpose_b or adjoint_b)

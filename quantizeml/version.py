@@ -1,0 +1,2 @@
+"""quantizeml version."""
+__version__ = "0.1.0"
