@@ -57,8 +57,14 @@ def check_value_bits(value_bits, name="value_bits"):
 
 
 def round_half_up(x):
-    """Rounds to the nearest integer, halves towards +inf (what a rounded right shift does)."""
-    return tf.floor(x + tf.constant(0.5, x.dtype))
+    """Rounds to the nearest integer, halves towards +inf (what a rounded right shift does).
+
+    The gradient is the straight-through estimator (identity), so that quantization-aware
+    training reaches the float weights. ``x + (r - x)`` is exactly ``r``: ``r - x`` is exact
+    (Sterbenz: ``r/2 <= x <= 2r`` for ``|r| >= 1``, and ``-x`` when ``r == 0``).
+    """
+    rounded = tf.floor(x + tf.constant(0.5, x.dtype))
+    return x + tf.stop_gradient(rounded - x)
 
 
 def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):

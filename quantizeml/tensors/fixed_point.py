@@ -58,6 +58,12 @@ class FixedPoint(QTensor):
     value_bits: int
     frac_bits: tf.Tensor
 
+    class Spec:
+        @property
+        def shape(self):
+            """tf.TensorShape: the shape of the values (KerasTensors require it)."""
+            return self.values.shape
+
     def __init__(self, values, value_bits, frac_bits):
         value_bits = check_value_bits(value_bits)
         dtype = carrier_dtype(value_bits)

@@ -29,6 +29,12 @@ class QFloat(QTensor):
     fp: FixedPoint
     scales: tf.Tensor
 
+    class Spec:
+        @property
+        def shape(self):
+            """tf.TensorShape: the shape of the values (KerasTensors require it)."""
+            return self.fp.shape
+
     def __init__(self, fp, scales):
         if not isinstance(fp, FixedPoint):
             raise TypeError("QFloat expected a FixedPoint. "

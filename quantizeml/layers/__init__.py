@@ -1,0 +1,11 @@
+"""quantizeml Keras layers: quantizers, calibration, and the Quantized* twins of Keras layers.
+
+Every class is registered with Keras serialization under the ``quantizeml`` package when this
+module is imported, so saved models reload without custom_objects.
+"""
+from .base import QUANTIZATION_TARGETS, register_quantize_target, saturation
+from .calibration import (FixedPointRecorder, NonTrackFixedPointVariable, NonTrackVariable,
+                          OutputObserver, QFloatRecorder, TensorRecorder, is_recording,
+                          recording)
+from .quantizers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer, OutputQuantizer,
+                         Quantizer, WeightQuantizer)

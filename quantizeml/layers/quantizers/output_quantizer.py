@@ -1,0 +1,136 @@
+"""OutputQuantizer (QTensor -> lower-bitwidth FixedPoint), InputQuantizer (float -> FixedPoint)
+and Dequantizer (QTensor -> float)."""
+import tensorflow as tf
+import tf_keras as keras
+
+from ...tensors import FixedPoint, QFloat, QTensor
+from ...tensors.carrier import BUFFER_BITS
+from ..base import record_saturation, register_keras
+from ..calibration.observer import check_axis
+from .quantizers import Quantizer, check_bitwidth
+
+
+@register_keras
+class OutputQuantizer(Quantizer):
+    """A uniform FixedPoint quantizer that selects the optimal number of fractional bits for the
+    range of its inputs and updates them accordingly.
+
+    Its calibrated ``range_max`` variable (per tensor, or per channel of the last axis) sets the
+    fractional bits ``frac_bits = value_bits - ceil(log2(range_max))``; the inputs are then
+    rescaled (exact rounded shift) to those fractional bits and clipped to the bitwidth
+    (unsigned quantizers also clip negative values to zero). A QFloat input is first converted
+    to a FixedPoint with its scales quantized on ``scale_bits``. ``range_max`` starts at 1,
+    which means "not calibrated" (see ``calibration_required``).
+
+    Integer maths: ``y = clip(round(x * 2^(frac_out - frac_in)), int_min, int_max)``.
+
+    Args:
+        bitwidth (int, optional): the quantization bitwidth. Defaults to 8.
+        signed (bool, optional): whether the quantizer expects signed values or unsigned.
+            Defaults to True.
+        axis (str, optional): 'per-tensor' or 'per-axis' (last axis). Defaults to 'per-tensor'.
+        scale_bits (int, optional): the bitwidth to use when quantizing output scales.
+            Defaults to 8.
+        buffer_bitwidth (int, optional): buffer bitwidth value. Defaults to 32.
+    """
+
+    def __init__(self, bitwidth=8, signed=True, axis="per-tensor", scale_bits=8,
+                 buffer_bitwidth=32, **kwargs):
+        super().__init__(bitwidth, signed, **kwargs)
+        self.axis = check_axis(axis, self.name)
+        self.scale_bits = check_bitwidth(scale_bits, self.name, name="scale_bits")
+        self.buffer_bitwidth = check_bitwidth(buffer_bitwidth, self.name, max_bits=BUFFER_BITS,
+                                              name="buffer_bitwidth")
+        if bitwidth > buffer_bitwidth:
+            raise ValueError(f"Layer {self.name}: bitwidth expected <= buffer_bitwidth "
+                             f"({buffer_bitwidth}). Received: bitwidth={bitwidth}")
+
+    def build(self, input_shape):
+        shape = () if self.axis == "per-tensor" else (input_shape[-1],)
+        self.range_max = self.add_weight(name="range_max", shape=shape, trainable=False,
+                                         initializer="ones")
+        super().build(input_shape)
+
+    @property
+    def frac_bits(self):
+        """tf.Tensor: the output fractional bits given by the calibrated range."""
+        return FixedPoint.max_frac_bits(self.value_bits, self.range_max, clamp=False)
+
+    def _to_fixed_point(self, inputs):
+        if isinstance(inputs, QFloat):
+            return inputs.to_fixed_point(self.scale_bits)[0]
+        if isinstance(inputs, FixedPoint):
+            return inputs
+        raise TypeError(f"Layer {self.name} (OutputQuantizer) expected FixedPoint or QFloat "
+                        f"inputs. Received: inputs of type {type(inputs).__name__}")
+
+    def _requantize(self, fp):
+        frac_bits = self.frac_bits
+        wide = fp.rescale(frac_bits, max(fp.value_bits, self.value_bits))
+        values = wide.values
+        record_saturation(self, "output", values, self.value_bits)
+        if not self.signed:
+            values = tf.maximum(values, tf.zeros_like(values))
+        return FixedPoint(values, self.value_bits, frac_bits)
+
+    def call(self, inputs):
+        """Quantize the QTensor inputs to a lower bitwidth.
+
+        Args:
+            inputs (QTensor): the inputs tensor.
+
+        Returns:
+            FixedPoint: the quantized tensor.
+        """
+        return self._requantize(self._to_fixed_point(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "scale_bits": self.scale_bits,
+                "buffer_bitwidth": self.buffer_bitwidth}
+
+
+@register_keras
+class InputQuantizer(OutputQuantizer):
+    """Quantizes float model inputs to a FixedPoint with a calibrated range.
+
+    ``x_int = clip(round(x * 2^frac_bits), int_min, int_max)`` with ``frac_bits`` from the
+    calibrated ``range_max`` as in OutputQuantizer. quantize() places one after each model
+    input that feeds a layer expecting QTensors.
+
+    Args: as OutputQuantizer (defaults: bitwidth=8, signed=True, axis='per-tensor').
+    """
+
+    def call(self, inputs):
+        if isinstance(inputs, QTensor):
+            return super().call(inputs)
+        x = tf.cast(inputs, tf.float32)
+        frac_bits = self.frac_bits
+        # quantize in a wide FixedPoint first, so that saturation is observed, then clip
+        wide = FixedPoint.quantize(x, BUFFER_BITS - 1, frac_bits)
+        return self._requantize(wide)
+
+
+@register_keras
+class Dequantizer(keras.layers.Layer):
+    """Layer that allows to dequantize its inputs.
+
+    QTensor inputs (or nests of them) are converted to float with ``to_float()``; float
+    tensors pass through.
+    """
+
+    def call(self, inputs):
+        """Convert QTensor inputs to float.
+
+        Args:
+            inputs (tf.Tensor or QTensor): the inputs tensor(s).
+
+        Returns:
+            tf.Tensor: the dequantized tensor(s).
+        """
+        def dequantize(x):
+            return x.to_float() if isinstance(x, QTensor) else x
+        if isinstance(inputs, (list, tuple)):
+            return type(inputs)(dequantize(x) for x in inputs)
+        if isinstance(inputs, dict):
+            return {k: dequantize(v) for k, v in inputs.items()}
+        return dequantize(inputs)

@@ -1,0 +1,170 @@
+"""Weight quantizer layers: Quantizer (base), WeightQuantizer, AlignedWeightQuantizer."""
+import tensorflow as tf
+import tf_keras as keras
+
+from ...tensors import FixedPoint, QFloat
+from ...tensors.carrier import BUFFER_BITS
+from ..base import register_keras
+from ..calibration.recorders import QFloatRecorder
+
+
+def check_bitwidth(bitwidth, layer_name, max_bits=BUFFER_BITS, name="bitwidth"):
+    """Validates a bitwidth: an int in [1, max_bits]."""
+    if isinstance(bitwidth, bool) or not isinstance(bitwidth, int) \
+            or not 1 <= bitwidth <= max_bits:
+        raise ValueError(f"Layer {layer_name}: {name} expected an int in [1, {max_bits}]. "
+                         f"Received: {name}={bitwidth!r}")
+    return bitwidth
+
+
+@register_keras
+class Quantizer(keras.layers.Layer):
+    """The base class for all quantizers.
+
+    The bitwidth defines the number of quantization levels: an unsigned quantizer maps to
+    ``[0, 2^bitwidth - 1]``, a signed one to ``[-2^(bitwidth-1), 2^(bitwidth-1) - 1]`` (one bit
+    stores the sign), i.e. ``value_bits = bitwidth - 1`` when signed, ``bitwidth`` otherwise.
+
+    Args:
+        bitwidth (int): the quantization bitwidth.
+        signed (bool, optional): whether the quantizer expects signed values or unsigned.
+            Defaults to True.
+    """
+
+    def __init__(self, bitwidth, signed=True, **kwargs):
+        super().__init__(**kwargs)
+        self.bitwidth = check_bitwidth(bitwidth, self.name)
+        if signed and bitwidth < 2 and type(self).__name__ != "WeightQuantizer":
+            raise ValueError(f"Layer {self.name}: bitwidth expected >= 2 for a signed "
+                             f"quantizer. Received: bitwidth={bitwidth}")
+        self.signed = bool(signed)
+        self.value_bits = bitwidth - 1 if signed else bitwidth
+
+    def get_config(self):
+        return {**super().get_config(), "bitwidth": self.bitwidth, "signed": self.signed}
+
+
+def reduction_axes(rank, axis):
+    """Axes reduced to compute per-tensor (axis None) or per-axis ranges."""
+    if axis is None:
+        return list(range(rank))
+    axis = axis % rank
+    return [a for a in range(rank) if a != axis]
+
+
+@register_keras
+class WeightQuantizer(Quantizer):
+    """A uniform quantizer that converts a float Tensor to a QFloat representation.
+
+    In order, the WeightQuantizer evaluates the scales that align the values on the optimal
+    range ``[-int_max, int_max]`` (``scales = max|w| / int_max``, per axis or per tensor) and
+    quantizes the rescaled tensor as a FixedPoint: ``w_int = round(w / scales)``. With
+    ``fp_quantizer=True`` it returns a FixedPoint with power-of-two (per-axis) fractional bits
+    instead. The rounding has a straight-through gradient (identity inside the range).
+
+    A 1-bit signed quantizer has no integer level but -1 and 0: it is treated as a binary
+    quantizer ``w_int = sign(w)`` (in {-1, +1}) with ``scales = mean|w|``.
+
+    Args:
+        bitwidth (int, optional): the quantization bitwidth. Defaults to 4.
+        signed (bool, optional): whether the quantizer expects signed values or unsigned.
+            Defaults to True.
+        axis (int, optional): the quantization range is a scalar (None) or a vector
+            corresponding to the given axis. Defaults to -1.
+        fp_quantizer (bool, optional): True to enable FixedPoint quantization, QFloat
+            otherwise. Defaults to False.
+    """
+
+    def __init__(self, bitwidth=4, signed=True, axis=-1, fp_quantizer=False, **kwargs):
+        super().__init__(bitwidth, signed, **kwargs)
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise ValueError(f"Layer {self.name}: axis expected an int or None. "
+                             f"Received: axis={axis!r}")
+        self.axis = axis
+        self.fp_quantizer = bool(fp_quantizer)
+        self.qweights = QFloatRecorder(self.name + "/qweights")
+
+    def _ranges(self, inputs):
+        axes = reduction_axes(len(inputs.shape), self.axis)
+        return tf.reduce_max(tf.abs(inputs), axis=axes)
+
+    def quantize(self, inputs):
+        """The quantization itself (no recording): float tensor -> QFloat/FixedPoint."""
+        inputs = tf.convert_to_tensor(inputs, tf.float32)
+        if self.signed and self.bitwidth == 1:
+            axes = reduction_axes(len(inputs.shape), self.axis)
+            scales = tf.reduce_mean(tf.abs(inputs), axis=axes)
+            scales = tf.where(scales > 0, scales, tf.ones_like(scales))
+            signs = tf.where(inputs >= 0, 1.0, -1.0)
+            # straight-through estimator clipped to |w / scales| <= 1
+            ratio = inputs / scales
+            ste = tf.clip_by_value(ratio, -1.0, 1.0)
+            values = ste + tf.stop_gradient(signs - ste)
+            return QFloat(FixedPoint(values, 1, 0.0), scales)
+        ranges = self._ranges(inputs)
+        if self.fp_quantizer:
+            frac_bits = FixedPoint.max_frac_bits(self.value_bits, ranges)
+            return FixedPoint.quantize(inputs, self.value_bits, frac_bits)
+        scales = QFloat.optimal_scales(ranges, self.value_bits)
+        return QFloat.quantize(inputs, self.value_bits, scales)
+
+    def call(self, inputs, training=None):
+        """Quantize the float inputs.
+
+        Args:
+            inputs (tf.Tensor): the inputs tensor.
+
+        Returns:
+            QFloat: the quantized tensor (FixedPoint with fp_quantizer).
+        """
+        return self.qweights(lambda: self.quantize(inputs), training)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "fp_quantizer": self.fp_quantizer}
+
+
+@register_keras
+class AlignedWeightQuantizer(Quantizer):
+    """A uniform quantizer that converts a float Tensor to a QFloat aligned on another QFloat.
+
+    Unlike the WeightQuantizer, it takes the scales and fractional bits of ``other`` (typically
+    the accumulator of a convolution, for its bias): it quantizes ``x / other.scales`` on at
+    most ``bitwidth`` significant bits (fractional bits ``min(max_frac_bits, other.frac_bits)``)
+    then shifts the values left onto ``other.frac_bits`` (exact).
+
+    Args:
+        bitwidth (int, optional): the quantization bitwidth. Defaults to 8.
+        signed (bool, optional): whether the quantizer expects signed values or unsigned.
+            Defaults to True.
+    """
+
+    def __init__(self, bitwidth=8, signed=True, **kwargs):
+        super().__init__(bitwidth, signed, **kwargs)
+        self.qweights = QFloatRecorder(self.name + "/qweights")
+
+    def quantize(self, inputs, other):
+        inputs = tf.convert_to_tensor(inputs, tf.float32)
+        if not isinstance(other, QFloat):
+            raise TypeError(f"Layer {self.name}: other expected a QFloat. "
+                            f"Received: other of type {type(other).__name__}")
+        scales = tf.broadcast_to(other.scales, tf.shape(inputs))
+        rescaled = inputs / scales
+        target = tf.broadcast_to(other.frac_bits, tf.shape(inputs))
+        frac_bits = tf.minimum(FixedPoint.max_frac_bits(self.value_bits, rescaled, clamp=False),
+                               target)
+        fp = FixedPoint.quantize(rescaled, self.value_bits, frac_bits)
+        # exact left shift onto the accumulator grid, in the 32-bit buffer
+        fp = fp.rescale(target, BUFFER_BITS - 1)
+        return QFloat(FixedPoint(fp.values, fp.value_bits, other.frac_bits), other.scales)
+
+    def call(self, inputs, other, training=None):
+        """Quantize the float inputs, aligned on another QFloat.
+
+        Args:
+            inputs (tf.Tensor): the inputs tensor.
+            other (QFloat): a tensor to align on.
+
+        Returns:
+            QFloat: a quantized tensor with the same scales and frac_bits as other.
+        """
+        return self.qweights(lambda: self.quantize(inputs, other), training)

@@ -1,0 +1,13 @@
+"""Models: quantize(), calibration, quantization parameters, transforms and utilities."""
+from . import transforms  # noqa: F401
+from .calibrate import calibrate, calibration_required
+from .check import check_quantization
+from .config import dump_config
+from .quantization_params import QuantizationParams, get_quantization_params, quantization
+from .quantize import quantize
+from .saving import apply_weights_to_model, load_model, record_quantization_variables
+
+__all__ = ["quantize", "calibrate", "calibration_required", "check_quantization",
+           "dump_config", "QuantizationParams", "get_quantization_params", "quantization",
+           "apply_weights_to_model", "load_model", "record_quantization_variables",
+           "transforms"]

@@ -1,0 +1,168 @@
+"""Calibration: set the OutputQuantizer ranges of a quantized model from samples.
+
+Two passes over the samples, both on the reference (float) model's activations:
+
+1. OutputObservers measure each block output's range (momentum average of the batch maxima
+   and the largest value seen), per tensor or per channel as the OutputQuantizer is.
+2. Range search: for each OutputQuantizer, the candidate fractional bits ``f0 .. f0 + 3``
+   (``f0`` holding the largest value seen without clipping; each extra bit halves the range
+   and the rounding step) are scored by the squared quantization error they give on the
+   samples, and the best is kept, per channel for per-axis quantizers. Trading a little
+   clipping of rare outliers for twice the resolution is where low-bit accuracy is won.
+"""
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ..layers import Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer
+from ..tensors import QTensor
+from .graph import check_functional
+from .samples import iterate_batches
+
+#: How many extra fractional bits the range search tries beyond the no-clipping ones.
+SEARCH_BITS = 3
+
+
+def output_quantizers(qmodel):
+    """Maps reference-layer names to the OutputQuantizers calibrated from their outputs.
+
+    An InputQuantizer named ``<input>_quantizer`` is calibrated from the model input
+    ``<input>``; a layer's ``out_quantizer`` from the output of the layer with its name.
+    """
+    targets = {}
+    for layer in qmodel.layers:
+        if isinstance(layer, InputQuantizer) and layer.name.endswith("_quantizer"):
+            targets[layer.name[:-len("_quantizer")]] = layer
+        elif isinstance(layer, OutputQuantizer):
+            targets[layer.name] = layer
+        else:
+            oq = getattr(layer, "out_quantizer", None)
+            if isinstance(oq, OutputQuantizer):
+                targets[layer.name] = oq
+    return targets
+
+
+def calibration_required(model):
+    """Checks if a model requires calibration.
+
+    Args:
+        model (keras.Model): the model to check.
+
+    Returns:
+        bool: True if one of its OutputQuantizers still has its range_max set to 1.
+    """
+    for oq in output_quantizers(model).values():
+        if oq.built and np.all(oq.range_max.numpy() == 1.0):
+            return True
+    return False
+
+
+def _reference_tensors(model, names):
+    tensors = {}
+    for t in model.inputs:
+        tensors[t._keras_history.layer.name] = t
+    for layer in model.layers:
+        if layer.name in names and layer.name not in tensors:
+            out = layer.output
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            tensors[layer.name] = out
+    missing = sorted(set(names) - set(tensors))
+    if missing:
+        raise ValueError(f"calibrate expected the reference model to have the layers that the "
+                         f"quantized model calibrates. Received: missing layers {missing}")
+    return [tensors[n] for n in names]
+
+
+def _dequantized(t):
+    if isinstance(t.type_spec, tf.TypeSpec) and issubclass(
+            getattr(t.type_spec, "value_type", object), QTensor):
+        return Dequantizer()(t)
+    return t
+
+
+def _candidate_errors(x, quantizer, f0):
+    """Sum of squared quantization errors of x for frac_bits f0 + k, k in [0, SEARCH_BITS]."""
+    vb = quantizer.value_bits
+    lo = -2.0**vb if quantizer.signed else 0.0
+    hi = 2.0**vb - 1
+    axes = list(range(len(x.shape))) if quantizer.axis == "per-tensor" \
+        else list(range(len(x.shape) - 1))
+    errors = []
+    for k in range(SEARCH_BITS + 1):
+        scale = tf.pow(2.0, f0 + k)
+        q = tf.clip_by_value(tf.floor(x * scale + 0.5), lo, hi) / scale
+        errors.append(tf.reduce_sum(tf.square(x - q), axis=axes))
+    return tf.stack(errors)
+
+
+def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, epochs=1,
+              verbose=False, batches=None):
+    """Calibrates the model using the provided samples.
+
+    When no samples are provided, random samples are generated.
+
+    Args:
+        model (keras.Model): the original (reference) model.
+        qmodel (keras.Model): the quantized model to calibrate.
+        samples (tf.Dataset, np.array or generator, optional): calibration samples.
+            Defaults to None.
+        num_samples (int, optional): number of samples to use in the provided samples or number
+            of samples to generate. Defaults to 1024.
+        batch_size (int, optional): the batch size. Defaults to None (32).
+        epochs (int, optional): the number of epochs. Defaults to 1.
+        verbose (bool, optional): show a progress bar. Defaults to False.
+        batches (list, optional): already validated batches (used by quantize()).
+
+    Raises:
+        ValueError: invalid samples (NaN/Inf, wrong shape, empty) or mismatched models.
+    """
+    check_functional(model, "calibrate's model")
+    check_functional(qmodel, "calibrate's qmodel")
+    targets = output_quantizers(qmodel)
+    if not targets:
+        return qmodel
+    names = list(targets)
+    refs = [_dequantized(t) for t in _reference_tensors(model, names)]
+    for name, t in zip(names, refs):
+        oq = targets[name]
+        if not oq.built:
+            oq.build(t.shape)
+    observers = [OutputObserver(axis=targets[n].axis, name=f"{n}_observer") for n in names]
+    observer_model = keras.Model(model.inputs, [obs(t) for obs, t in zip(observers, refs)])
+    ref_model = keras.Model(model.inputs, refs)
+
+    observe = tf.function(lambda x: observer_model(x, training=False), reduce_retracing=True)
+    if batches is None:
+        batches = list(iterate_batches(model, samples, num_samples, batch_size, epochs))
+    progress = keras.utils.Progbar(2 * len(batches), verbose=1 if verbose else 0,
+                                   unit_name="batch")
+    for batch in batches:
+        observe(batch if len(batch) > 1 else batch[0])
+        progress.add(1)
+
+    f0 = []
+    for name, obs in zip(names, observers):
+        oq = targets[name]
+        peak = tf.maximum(obs.max_seen, 1e-12)
+        f0.append(tf.constant(
+            oq.value_bits - np.ceil(np.log2(peak.numpy())), tf.float32))
+
+    @tf.function(reduce_retracing=True)
+    def search(x):
+        outs = ref_model(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return [_candidate_errors(tf.cast(o, tf.float32), targets[n], f)
+                for o, n, f in zip(outs, names, f0)]
+
+    totals = None
+    for batch in batches:
+        errs = [e.numpy() for e in search(batch if len(batch) > 1 else batch[0])]
+        totals = errs if totals is None else [t + e for t, e in zip(totals, errs)]
+        progress.add(1)
+    for name, f, err in zip(names, f0, totals):
+        oq = targets[name]
+        best = f.numpy() + np.argmin(err, axis=0).astype(np.float32)
+        oq.range_max.assign(np.reshape(2.0**(oq.value_bits - best),
+                                       oq.range_max.shape).astype(np.float32))
+    return qmodel

@@ -1,0 +1,291 @@
+"""quantize(): a float tf_keras model in, a calibrated quantized model out.
+
+How layers are quantized (the declarative table is ``QUANTIZATION_TARGETS``, filled by each
+layer module with ``register_quantize_target``):
+
+* every layer with a quantized twin is replaced by it, its float weights copied (they remain
+  the trainable variables, so the quantized model trains under QAT);
+* weights are quantized on ``qparams.weight_bits`` (``input_weight_bits`` for the first layer
+  with weights, in topological order);
+* OutputQuantizers are placed at block ends: on every ReLU (unsigned, ``activation_bits``), and
+  on every layer with weights, Add and GlobalAveragePooling2D that is not followed by a ReLU
+  (signed, ``output_bits``), except the layers that produce the model outputs, whose exact
+  accumulators are dequantized. Shape-only layers (pooling, reshaping, dropout) pass their
+  inputs through. Activations are per-axis unless ``per_tensor_activations`` or unless they
+  flow into a Flatten/Reshape/Permute/Concatenate (which need one fractional bit);
+* each float model input gets an InputQuantizer (``activation_bits``, signed when the samples
+  have negative values), except inputs consumed by a Rescaling (raw integer pixels);
+* a Dequantizer is appended to each model output;
+* the float tail rule: layers without a quantized twin are allowed only after the last
+  quantized layers (no quantized layer downstream of them, e.g. a final softmax); they stay
+  float and receive dequantized inputs. Anywhere else they are reported, all together.
+
+``q_config`` entries (layer name -> quant_config, as ``dump_config`` returns) win over the
+rules above.
+"""
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
+from ..layers.base import QUANTIZATION_TARGETS
+from .calibrate import calibrate
+from .graph import check_functional, consumers, output_layers, producer, rebuild
+from .quantization_params import QuantizationParams, get_quantization_params
+from .samples import iterate_batches
+
+_PASS_THROUGH = ("MaxPooling2D", "Flatten", "Reshape", "Permute", "Dropout")
+_NEEDS_PER_TENSOR = ("Flatten", "Reshape", "Permute", "Concatenate")
+_WEIGHT_KEYS = {"BatchNormalization": ("a_quantizer",),
+                "SeparableConv2D": ("dw_weight_quantizer", "pw_weight_quantizer")}
+_OUTPUT_QUANTIZED = ("Add", "GlobalAveragePooling2D", "BatchNormalization")
+
+
+def _float_name(layer):
+    """The Keras class name a layer quantizes as (quantized twins report their float twin)."""
+    for float_cls, qcls in QUANTIZATION_TARGETS.items():
+        if type(layer) is float_cls:
+            return float_cls.__name__
+    return type(layer).__name__
+
+
+def _has_weights(layer):
+    return any(k in _float_name(layer) for k in ("Conv", "Dense")) or \
+        _float_name(layer) == "BatchNormalization"
+
+
+def _is_quantized_layer(layer):
+    return type(layer) in set(QUANTIZATION_TARGETS.values()) or \
+        isinstance(layer, (InputQuantizer, OutputQuantizer, Dequantizer))
+
+
+def _effective_consumers(layer, consumer_map):
+    """Consumers of a layer, looking through shape-only layers (which are returned too)."""
+    seen, out, stack = set(), [], list(consumer_map.get(layer.name, []))
+    while stack:
+        c = stack.pop()
+        if c.name in seen:
+            continue
+        seen.add(c.name)
+        out.append(c)
+        if _float_name(c) in _PASS_THROUGH:
+            stack.extend(consumer_map.get(c.name, []))
+    return out
+
+
+def _downstream(layer, consumer_map):
+    seen, stack = set(), list(consumer_map.get(layer.name, []))
+    while stack:
+        c = stack.pop()
+        if c.name not in seen:
+            seen.add(c.name)
+            stack.extend(consumer_map.get(c.name, []))
+    return seen
+
+
+def _unsupported(model, consumer_map):
+    """Layers without a twin, and which of them form the allowed float tail."""
+    supported = {type(layer) for layer in model.layers} & set(QUANTIZATION_TARGETS)
+    layers = [layer for layer in model.layers
+              if not isinstance(layer, keras.layers.InputLayer)]
+    bad = [layer for layer in layers if type(layer) not in supported
+           and not _is_quantized_layer(layer)]
+    by_name = {layer.name: layer for layer in layers}
+    tail, errors = set(), []
+    for layer in bad:
+        down = _downstream(layer, consumer_map)
+        if any(by_name[n] not in bad for n in down if n in by_name):
+            errors.append(layer)
+        else:
+            tail.add(layer.name)
+    return tail, errors
+
+
+def _output_quantizer(bits, signed, per_tensor, qparams):
+    return {"bitwidth": bits, "signed": signed,
+            "axis": "per-tensor" if per_tensor else "per-axis",
+            "buffer_bitwidth": qparams.buffer_bits}
+
+
+def _default_config(layer, qparams, consumer_map, final, first_weights):
+    name = _float_name(layer)
+    config = {}
+    if _has_weights(layer):
+        bits = qparams.input_weight_bits if first_weights else qparams.weight_bits
+        for key in _WEIGHT_KEYS.get(name, ("weight_quantizer",)):
+            config[key] = {"bitwidth": bits}
+    effective = _effective_consumers(layer, consumer_map)
+    per_tensor = qparams.per_tensor_activations or any(
+        _float_name(c) in _NEEDS_PER_TENSOR for c in effective)
+    if name == "ReLU":
+        config["output_quantizer"] = _output_quantizer(qparams.activation_bits, False,
+                                                       per_tensor, qparams)
+    elif (_has_weights(layer) or name in _OUTPUT_QUANTIZED) and not final:
+        real = [c for c in effective if _float_name(c) not in _PASS_THROUGH]
+        if not real or not all(_float_name(c) == "ReLU" for c in real):
+            config["output_quantizer"] = _output_quantizer(qparams.output_bits, True,
+                                                           per_tensor, qparams)
+    if config or _has_weights(layer) or name == "ReLU":
+        config["buffer_bitwidth"] = qparams.buffer_bits
+    return config
+
+
+def _copy_weights(layer, qlayer):
+    """Copies the float weights by name; a float weight with no counterpart raises."""
+    qvars = {v.name: v for v in qlayer.weights}
+    for v in layer.weights:
+        target = qvars.get(v.name)
+        if target is None or target.shape != v.shape:
+            raise ValueError(f"quantize expected {type(qlayer).__name__} {qlayer.name!r} to "
+                             f"hold the float weight {v.name} {tuple(v.shape)}. Received: "
+                             f"weights {[(w.name, tuple(w.shape)) for w in qlayer.weights]}")
+        target.assign(v)
+
+
+def _check_q_config(model, q_config):
+    if q_config is None:
+        return {}
+    if not isinstance(q_config, dict):
+        raise TypeError(f"quantize expected q_config to be a dict. Received: {q_config!r}")
+    names = {layer.name for layer in model.layers}
+    names |= {f"{producer(t).name}_quantizer" for t in model.inputs}
+    missing = sorted(set(q_config) - names)
+    if missing:
+        raise ValueError(f"quantize expected q_config keys naming layers of the model. "
+                         f"Received: unknown layer names {missing}")
+    return q_config
+
+
+def _input_signed(batches, index):
+    return bool(min(float(np.min(b[index])) for b in batches) < 0)
+
+
+def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
+             batch_size=None, epochs=1, verbose=False):
+    """Quantizes a Keras model using the provided configuration or parameters.
+
+    * q_config has priority over qparams: when a layer name is found in q_config, its
+      configuration is used instead of the one deduced from qparams.
+    * when no configuration is given, quantization parameters are deduced from qparams and
+      OutputQuantizers are automatically set on appropriate layers (module docstring).
+    * qparams are only applied to 'float' Keras layers when they are first quantized: to
+      re-quantize a quantized model, provide a complete q_config (``dump_config``).
+
+    If not already present, a final Dequantizer is added at the end of the Model. The model is
+    then calibrated using the provided (or randomly generated) samples.
+
+    Args:
+        model (keras.Model): the model to quantize.
+        q_config (dict, optional): layer name -> quantization configuration. Defaults to None.
+        qparams (QuantizationParams, optional): global quantization parameters. Defaults to the
+            ones of the enclosing ``quantization`` context, else QuantizationParams().
+        samples (tf.Dataset, np.array or generator, optional): calibration samples; random
+            samples when None. Defaults to None.
+        num_samples (int, optional): number of samples to use or to generate. Defaults to 1024.
+        batch_size (int, optional): the batch size. Defaults to None (32).
+        epochs (int, optional): the number of calibration epochs. Defaults to 1.
+        verbose (bool, optional): show a progress bar during calibration. Defaults to False.
+
+    Returns:
+        keras.Model: the quantized model.
+
+    Raises:
+        ValueError: unsupported layers (all listed), invalid samples or q_config.
+    """
+    if type(model).__module__.startswith("onnx"):
+        raise ValueError("quantize expected a tf_keras Model: ONNX ModelProto quantization is "
+                         "not available in this version. Received: an onnx ModelProto")
+    qparams = get_quantization_params() if qparams is None else qparams
+    if not isinstance(qparams, QuantizationParams):
+        raise TypeError(f"quantize expected qparams to be a QuantizationParams. "
+                        f"Received: {qparams!r}")
+    check_functional(model)
+    q_config = _check_q_config(model, q_config)
+    consumer_map = consumers(model)
+    tail, errors = _unsupported(model, consumer_map)
+    if errors:
+        listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in errors)
+        raise ValueError(
+            f"quantize expected layers with a quantized twin. Received: unsupported layers "
+            f"{listing}. Hint: run quantizeml.models.transforms.sanitize(model) first (it folds "
+            "BatchNormalization, replaces Lambda/Activation layers, flattens nested models), "
+            "register a twin or a QuantizeConfig for them, or keep them float after the last "
+            "quantized layer.")
+    requantize = any(_is_quantized_layer(layer) for layer in model.layers)
+    batches = list(iterate_batches(model, samples, num_samples, batch_size, epochs))
+    finals = set()
+    for name in output_layers(model):
+        finals.add(name)
+    for name in tail:
+        for layer in model.layers:
+            if name in [c.name for c in consumer_map.get(layer.name, [])]:
+                finals.add(layer.name)
+    first = [True]
+
+    def config_for(layer):
+        if layer.name in q_config:
+            return q_config[layer.name]
+        if requantize:
+            raise ValueError(f"quantize expected a q_config entry for every quantized layer when "
+                             f"re-quantizing a quantized model. Received: none for "
+                             f"{layer.name!r} (use dump_config)")
+        config = _default_config(layer, qparams, consumer_map, layer.name in finals,
+                                 first[0] and _has_weights(layer))
+        if _has_weights(layer):
+            first[0] = False
+        return config
+
+    def convert(layer):
+        if layer.name in tail or isinstance(layer, Dequantizer):
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, (InputQuantizer, OutputQuantizer)):
+            return type(layer).from_config({**layer.get_config(), **q_config.get(layer.name, {})})
+        qcls = type(layer) if requantize else QUANTIZATION_TARGETS[type(layer)]
+        config = {**layer.get_config(), "quant_config": config_for(layer)}
+        return qcls.from_config(config)
+
+    input_index = {producer(t).name: i for i, t in enumerate(model.inputs)}
+
+    def after(layer, outputs):
+        if isinstance(layer, keras.layers.InputLayer) and not requantize:
+            users = consumer_map.get(layer.name, [])
+            if users and all(_float_name(u) == "Rescaling" for u in users):
+                return outputs
+            name = f"{layer.name}_quantizer"
+            kwargs = q_config.get(name) or {
+                "bitwidth": qparams.activation_bits, "axis": "per-tensor",
+                "signed": _input_signed(batches, input_index[layer.name]),
+                "buffer_bitwidth": qparams.buffer_bits}
+            return InputQuantizer(name=name, **kwargs)(outputs)
+        return outputs
+
+    def before(layer, args):
+        if layer.name in tail:
+            return tf.nest.map_structure(
+                lambda t: Dequantizer()(t) if _is_qtensor(t) else t, args)
+        return args
+
+    qmodel, new_layers = rebuild(model, convert, after=after, before=before,
+                                 name=model.name + ("" if requantize else "_quantized"))
+    for layer in model.layers:
+        if layer.name in new_layers:
+            _copy_weights(layer, new_layers[layer.name])
+    qmodel = _append_dequantizers(qmodel)
+    calibrate(model, qmodel, batches=batches, verbose=verbose)
+    return qmodel
+
+
+def _is_qtensor(t):
+    value_type = getattr(getattr(t, "type_spec", None), "value_type", None)
+    from ..tensors import QTensor
+    return value_type is not None and isinstance(value_type, type) and \
+        issubclass(value_type, QTensor)
+
+
+def _append_dequantizers(qmodel):
+    outputs = qmodel.outputs
+    if not any(_is_qtensor(t) for t in outputs):
+        return qmodel
+    new = [Dequantizer(name="dequantizer" if len(outputs) == 1 else f"dequantizer_{i}")(t)
+           if _is_qtensor(t) else t for i, t in enumerate(outputs)]
+    return keras.Model(qmodel.inputs, new if len(new) > 1 else new[0], name=qmodel.name)

@@ -1,0 +1,166 @@
+"""Quantizer layers against numpy integer references."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from quantizeml.layers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer,
+                               OutputQuantizer, WeightQuantizer)
+from quantizeml.tensors import FixedPoint, QFloat
+from tests.utils import check_config_roundtrip, check_save_load
+
+
+def np_round(x):
+    return np.floor(x + 0.5)
+
+
+@pytest.mark.parametrize("bitwidth", [2, 4, 8], ids=lambda b: f"{b}bit")
+@pytest.mark.parametrize("axis", [-1, None], ids=["per-axis", "per-tensor"])
+def test_weight_quantizer_matches_numpy(bitwidth, axis):
+    w = np.random.uniform(-2, 2, (3, 3, 4, 5)).astype(np.float32)
+    q = WeightQuantizer(bitwidth=bitwidth, axis=axis)(w)
+    assert isinstance(q, QFloat)
+    int_max = 2.0**(bitwidth - 1) - 1
+    ranges = np.max(np.abs(w), axis=(0, 1, 2)) if axis == -1 else np.max(np.abs(w))
+    scales = (ranges / int_max).astype(np.float32)
+    expected = np.clip(np_round(w / scales), -int_max - 1, int_max)
+    np.testing.assert_array_equal(q.values.numpy(), expected)
+    np.testing.assert_allclose(q.scales.numpy(), scales, rtol=1e-6)
+    # error bound: half a quantization step per weight
+    err = np.abs(q.to_float().numpy() - w)
+    assert np.all(err <= scales / 2 * (1 + 1e-5) + 1e-7)
+
+
+def test_weight_quantizer_fixed_point():
+    w = np.random.uniform(-0.3, 0.3, (6, 4)).astype(np.float32)
+    q = WeightQuantizer(bitwidth=8, fp_quantizer=True)(w)
+    assert isinstance(q, FixedPoint)
+    ranges = np.max(np.abs(w), axis=0)
+    frac = 7 - np.ceil(np.log2(ranges))
+    frac = np.minimum(frac, 7)
+    np.testing.assert_array_equal(q.frac_bits.numpy(), frac)
+    np.testing.assert_array_equal(q.values.numpy(),
+                                  np.clip(np_round(w * 2.0**frac), -128, 127))
+
+
+def test_weight_quantizer_binary():
+    w = np.random.normal(size=(5, 3)).astype(np.float32)
+    q = WeightQuantizer(bitwidth=1)(w)
+    np.testing.assert_array_equal(q.values.numpy(), np.where(w >= 0, 1.0, -1.0))
+    np.testing.assert_allclose(q.scales.numpy(), np.mean(np.abs(w), axis=0), rtol=1e-6)
+
+
+def test_weight_quantizer_straight_through_gradient():
+    w = tf.Variable(np.random.uniform(-1, 1, (4, 3)).astype(np.float32))
+    wq = WeightQuantizer(bitwidth=4)
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(wq(w).to_float() * 3.0)
+    g = tape.gradient(y, w).numpy()
+    # the rounding passes the gradient through; the max of each channel also feeds the scale
+    assert np.all(np.isfinite(g)) and np.count_nonzero(g) >= g.size - 3
+
+
+def test_aligned_weight_quantizer_matches_numpy():
+    acc = QFloat(FixedPoint(np.zeros((2, 4), np.float32), 20, 12.0),
+                 np.array([0.01, 0.02, 0.5, 0.001], np.float32))
+    b = np.array([0.37, -1.3, 20.0, 0.0004], np.float32)
+    q = AlignedWeightQuantizer(bitwidth=8)(b, acc)
+    rescaled = (b / acc.scales.numpy()).astype(np.float32)
+    frac = np.minimum(7 - np.ceil(np.log2(np.abs(rescaled))), 12)
+    small = np.clip(np_round(rescaled.astype(np.float64) * 2.0**frac), -128, 127)
+    expected = small * 2.0**(12 - frac)
+    np.testing.assert_array_equal(q.values.numpy(), expected)
+    np.testing.assert_array_equal(q.scales.numpy(), acc.scales.numpy())
+    assert float(q.frac_bits.numpy()) == 12.0
+    np.testing.assert_allclose(q.to_float().numpy(), b, rtol=2**-7)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize("axis", ["per-tensor", "per-axis"])
+def test_output_quantizer_fixed_point_input(signed, axis):
+    values = np.random.randint(-2**20, 2**20, (4, 6)).astype(np.float64)
+    x = FixedPoint(values, 24, 14.0)
+    oq = OutputQuantizer(bitwidth=8, signed=signed, axis=axis)
+    oq.build(x.shape)
+    ranges = np.random.uniform(0.5, 40, 6 if axis == "per-axis" else ()).astype(np.float32)
+    oq.range_max.assign(ranges)
+    y = oq(x)
+    vb = 7 if signed else 8
+    frac = vb - np.ceil(np.log2(ranges))
+    expected = np_round(values * 2.0**(frac - 14))
+    expected = np.clip(expected, -2**vb if signed else 0, 2**vb - 1)
+    np.testing.assert_array_equal(y.values.numpy(), expected)
+    np.testing.assert_array_equal(np.broadcast_to(y.frac_bits.numpy(), (6,)),
+                                  np.broadcast_to(frac, (6,)))
+    assert y.value_bits == vb
+
+
+def test_output_quantizer_qfloat_input():
+    fp = FixedPoint(np.random.randint(-5000, 5000, (3, 4)).astype(np.float32), 13, 6.0)
+    scales = np.array([0.013, 0.2, 1.7, 0.05], np.float32)
+    oq = OutputQuantizer(bitwidth=8, scale_bits=8)
+    oq.build(fp.shape)
+    oq.range_max.assign(30.0)
+    y = oq(QFloat(fp, scales))
+    sfrac = 8 - np.ceil(np.log2(scales))
+    sq = np_round(scales.astype(np.float64) * 2.0**sfrac)
+    acc = fp.values.numpy() * sq  # frac 6 + sfrac
+    frac = 7 - np.ceil(np.log2(30.0))
+    expected = np.clip(np_round(acc * 2.0**(frac - 6 - sfrac)), -128, 127)
+    np.testing.assert_array_equal(y.values.numpy(), expected)
+
+
+def test_input_quantizer_and_saturation_record():
+    x = np.array([[0.1, 0.5, 0.99, 3.0]], np.float32)
+    iq = InputQuantizer(bitwidth=8, signed=False)
+    iq.build(x.shape)
+    y = iq(x)  # range_max 1 -> frac 8
+    np.testing.assert_array_equal(y.values.numpy(), np.clip(np_round(x * 256), 0, 255))
+    from quantizeml.layers import saturation
+    assert saturation(iq)["output"] == pytest.approx(0.25)
+
+
+def test_dequantizer_nested():
+    a = FixedPoint.quantize(tf.constant([0.5, -0.25]), 7, 3)
+    b = QFloat(a, 2.0)
+    out = Dequantizer()([a, b, tf.constant([1.0])])
+    np.testing.assert_array_equal(out[0].numpy(), [0.5, -0.25])
+    np.testing.assert_array_equal(out[1].numpy(), [1.0, -0.5])
+    np.testing.assert_array_equal(out[2].numpy(), [1.0])
+
+
+@pytest.mark.parametrize("layer", [
+    WeightQuantizer(bitwidth=3, axis=None), AlignedWeightQuantizer(bitwidth=16),
+    OutputQuantizer(bitwidth=4, signed=False, axis="per-axis", scale_bits=10),
+    InputQuantizer(bitwidth=8), Dequantizer()], ids=lambda x: type(x).__name__)
+def test_config_roundtrip(layer):
+    check_config_roundtrip(layer)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"bitwidth": 0}, "bitwidth expected an int in \\[1, 32\\]"),
+    ({"bitwidth": 33}, "bitwidth expected an int in \\[1, 32\\]"),
+    ({"bitwidth": 8, "axis": "channels"}, "axis expected one of"),
+    ({"bitwidth": 16, "buffer_bitwidth": 8}, "bitwidth expected <= buffer_bitwidth"),
+], ids=["zero", "too-wide", "bad-axis", "wider-than-buffer"])
+def test_output_quantizer_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OutputQuantizer(name="oq", **kwargs)
+
+
+def test_output_quantizer_rejects_float():
+    oq = OutputQuantizer(name="my_oq")
+    with pytest.raises(TypeError, match="my_oq.*expected FixedPoint or QFloat"):
+        oq(tf.ones((1, 3)))
+
+
+def test_quantizers_save_load():
+    inp = keras.Input((5,))
+    iq = InputQuantizer(bitwidth=8, signed=True)
+    x = iq(inp)
+    oq = OutputQuantizer(bitwidth=4, axis="per-axis")
+    y = oq(x)
+    model = keras.Model(inp, Dequantizer()(y))
+    iq.range_max.assign(2.0)
+    oq.range_max.assign(np.array([0.5, 1, 2, 4, 0.25], np.float32))
+    check_save_load(model, np.random.uniform(-2, 2, (8, 5)).astype(np.float32))
