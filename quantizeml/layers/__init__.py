@@ -9,3 +9,10 @@ from .calibration import (FixedPointRecorder, NonTrackFixedPointVariable, NonTra
                           recording)
 from .quantizers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer, OutputQuantizer,
                          Quantizer, WeightQuantizer)
+from .activations import QuantizedReLU
+from .dropout import QuantizedDropout
+from .normalization import QuantizedBatchNormalization
+from .pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
+from .rescaling import QuantizedRescaling
+from .reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
+from .skip import Add, QuantizedAdd, QuantizedConcatenate

@@ -6,8 +6,11 @@ needs a power-of-two grid, and returns ``quant_config`` from ``get_config``.
 """
 import copy
 
-from ..tensors import QFloat
-from .base import check_quant_config
+import tensorflow as tf
+
+from ..tensors import FixedPoint, QFloat
+from ..tensors.carrier import MAX_VALUE_BITS, carrier_dtype
+from .base import check_quant_config, clip_to_buffer
 from .quantizers import OutputQuantizer
 from .quantizers.quantizers import check_bitwidth
 
@@ -46,8 +49,13 @@ class QuantConfigMixin:
             name=self.name + "/output_quantizer", **out_config)
 
     def _quantize_output(self, outputs):
-        """Applies the output quantizer when one is configured."""
-        return outputs if self.out_quantizer is None else self.out_quantizer(outputs)
+        """Applies the output quantizer when one is configured, else clips the outputs to the
+        integer buffer (saturation recorded)."""
+        if self.out_quantizer is not None:
+            return self.out_quantizer(outputs)
+        if isinstance(outputs, QFloat):
+            return QFloat(clip_to_buffer(self, outputs.fp, self.buffer_bitwidth), outputs.scales)
+        return clip_to_buffer(self, outputs, self.buffer_bitwidth)
 
     @property
     def scale_bits(self):
@@ -56,9 +64,20 @@ class QuantConfigMixin:
         return self.quant_config.get("output_quantizer", {}).get("scale_bits", 8)
 
     def _to_fixed_point(self, x):
-        """A QFloat input as a FixedPoint (scales quantized on ``scale_bits``); a FixedPoint
-        unchanged."""
-        return x.to_fixed_point(self.scale_bits)[0] if isinstance(x, QFloat) else x
+        """A QFloat input as a FixedPoint, a FixedPoint unchanged.
+
+        The scales are quantized on ``scale_bits`` (QFloat.quantize_scales) and multiplied with
+        the values: an exact product with ``value_bits + scale_bits + 1`` value bits, possibly
+        wider than the buffer (as in OutputQuantizer, which brings it back; without one, the
+        layer output is clipped to the buffer).
+        """
+        if not isinstance(x, QFloat):
+            return x
+        scales = QFloat.quantize_scales(x.scales, self.scale_bits)
+        value_bits = min(x.value_bits + scales.value_bits + 1, MAX_VALUE_BITS)
+        dtype = carrier_dtype(value_bits)
+        values = tf.cast(x.values, dtype) * tf.cast(scales.values, dtype)
+        return FixedPoint(values, value_bits, x.frac_bits + scales.frac_bits)
 
     def get_config(self):
         return {**super().get_config(), "quant_config": copy.deepcopy(self.quant_config)}

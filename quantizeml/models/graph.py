@@ -23,17 +23,35 @@ def producer(tensor):
 
 
 def model_nodes(model):
-    """Yields ``(layer, node)`` in topological order, for the nodes that belong to ``model``."""
-    known = {id(t) for t in model.inputs}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
+    """The ``(layer, node)`` calls of ``model``'s own graph (sub-models not expanded), in
+    topological order: a post-order depth-first walk from the outputs (so every call of a
+    shared layer comes after the calls it depends on)."""
+    inputs = {id(t) for t in model.inputs}
+
+    def parents(node):
+        return [(layer, layer.inbound_nodes[index])
+                for layer, index, _, tensor in node.iterate_inbound()
+                if id(tensor) not in inputs]
+
+    order, done = [], set()
+    stack = []
+    for t in reversed(model.outputs):
+        if id(t) not in inputs:
+            layer, index, _ = t._keras_history
+            stack.append((layer, layer.inbound_nodes[index], False))
+    while stack:
+        layer, node, expanded = stack.pop()
+        if id(node) in done:
             continue
-        for node in layer.inbound_nodes:
-            inputs = tf.nest.flatten(node.input_tensors)
-            if inputs and all(id(t) in known for t in inputs):
-                for t in tf.nest.flatten(node.outputs):
-                    known.add(id(t))
-                yield layer, node
+        if expanded:
+            done.add(id(node))
+            order.append((layer, node))
+            continue
+        stack.append((layer, node, True))
+        for parent in reversed(parents(node)):
+            if id(parent[1]) not in done:
+                stack.append((*parent, False))
+    return order
 
 
 def consumers(model):

@@ -63,7 +63,11 @@ def round_half_up(x):
     training reaches the float weights. ``x + (r - x)`` is exactly ``r``: ``r - x`` is exact
     (Sterbenz: ``r/2 <= x <= 2r`` for ``|r| >= 1``, and ``-x`` when ``r == 0``).
     """
-    rounded = tf.floor(x + tf.constant(0.5, x.dtype))
+    # floor(x + 0.5) computed without rounding the sum: x + 0.5 rounds up to the next integer
+    # for the largest float below a half (0.49999997 + 0.5 == 1.0 in float32). ``x - floor(x)``
+    # is exact (Sterbenz for |x| >= 1, and rounds monotonically around 0.5 in (-1, 0)).
+    floored = tf.floor(x)
+    rounded = floored + tf.cast(x - floored >= tf.constant(0.5, x.dtype), x.dtype)
     return x + tf.stop_gradient(rounded - x)
 
 

@@ -12,6 +12,7 @@ powers of two, rounded right shifts round half up (``floor(x + 0.5)``, what hard
 ``(x + 2^(s-1)) >> s``), and results are clipped to the value bits only where the documentation
 says so.
 """
+import numpy as np
 import tensorflow as tf
 
 from .carrier import (BUFFER_BITS, carrier_dtype, check_value_bits, round_half_up)
@@ -31,7 +32,22 @@ def static_max(t):
     value = tf.get_static_value(t)
     if value is None:
         return None
-    return float(tf.reduce_max(value)) if getattr(value, "size", 1) else 0.0
+    return float(np.max(value)) if np.size(value) else 0.0
+
+
+def fold_static(fn, *tensors):
+    """``fn(*tensors)``, folded into a constant when every tensor is known statically.
+
+    ``tf.get_static_value`` does not fold arithmetic (``Sub``, ``Maximum``, ...) in a graph, so
+    fractional bits derived from constant ones would look dynamic inside ``tf.function``, and
+    value bits deduced from them (alignment shifts) would differ from eager mode.
+    """
+    static = [tf.get_static_value(t) for t in tensors]
+    if any(s is None for s in static):
+        return fn(*tensors)
+    with tf.init_scope():
+        value = fn(*[tf.constant(s) for s in static]).numpy()
+    return tf.constant(value)
 
 
 class FixedPoint(QTensor):
@@ -126,6 +142,11 @@ class FixedPoint(QTensor):
         ranges = tf.abs(tf.cast(ranges, tf.float32))
         safe = tf.where(ranges > 0, ranges, tf.ones_like(ranges))
         int_bits = tf.math.ceil(tf.math.log(safe) / tf.math.log(2.0))
+        # log() is off by an ulp near powers of two: fix the estimate with exact comparisons,
+        # so that 2^(int_bits - 1) < ranges <= 2^int_bits.
+        safe64 = tf.cast(safe, tf.float64)
+        int_bits = tf.where(_pow2(int_bits - 1, tf.float64) >= safe64, int_bits - 1, int_bits)
+        int_bits = tf.where(_pow2(int_bits, tf.float64) < safe64, int_bits + 1, int_bits)
         frac_bits = tf.where(ranges > 0, value_bits - int_bits,
                              tf.fill(tf.shape(ranges), float(value_bits)))
         if clamp:
@@ -209,9 +230,9 @@ class FixedPoint(QTensor):
         static_target = tf.get_static_value(frac_bits)
         static_current = tf.get_static_value(self.frac_bits)
         if static_target is not None and static_current is not None:
-            diff = tf.constant(static_target, tf.float32) - tf.constant(static_current,
-                                                                        tf.float32)
-            ok = bool(tf.reduce_all(diff >= 0) if higher else tf.reduce_all(diff <= 0))
+            diff = np.asarray(static_target, np.float32) - np.asarray(static_current,
+                                                                      np.float32)
+            ok = bool(np.all(diff >= 0) if higher else np.all(diff <= 0))
             if not ok:
                 word = "higher" if higher else "lower"
                 raise ValueError(f"FixedPoint.{method} expected frac_bits {word} than or equal "
@@ -300,14 +321,20 @@ class FixedPoint(QTensor):
             return check_value_bits(self.value_bits + max(0, int(max_shift))), []
         # The shift is only known at run time: widen to the 32-bit buffer and check.
         value_bits = max(self.value_bits, dynamic_bits)
-        bound = tf.reduce_max(tf.abs(tf.cast(self.values, tf.float64))
-                              * tf.pow(tf.constant(2.0, tf.float64),
-                                       tf.cast(tf.reduce_max(shift), tf.float64)))
-        check = tf.debugging.assert_less_equal(
-            bound, tf.constant(2.0**value_bits, tf.float64),
-            message=f"FixedPoint.{method}: the shifted values exceed {value_bits} value bits "
-                    f"(the {BUFFER_BITS}-bit buffer)")
-        return value_bits, [check]
+        return value_bits, self._assert_fits(
+            shift, value_bits, f"FixedPoint.{method}: the shifted values exceed {value_bits} "
+                               f"value bits (the {BUFFER_BITS}-bit buffer)")
+
+    def _assert_fits(self, shift, value_bits, message):
+        """Run-time checks that ``values * 2^shift`` lies in
+        ``[-2^value_bits, 2^value_bits - 1]`` (element-wise shifts, per-axis included)."""
+        shifted = tf.cast(self.values, tf.float64) * _pow2(shift, tf.float64)
+        return [tf.debugging.assert_less_equal(
+                    tf.reduce_max(shifted), tf.constant(2.0**value_bits - 1, tf.float64),
+                    message=message),
+                tf.debugging.assert_greater_equal(
+                    tf.reduce_min(shifted), tf.constant(-2.0**value_bits, tf.float64),
+                    message=message)]
 
     def align(self, other, value_bits=None):
         """Align fractional bits.
@@ -328,7 +355,8 @@ class FixedPoint(QTensor):
         if not isinstance(other, FixedPoint):
             raise TypeError("FixedPoint.align expected a FixedPoint. "
                             f"Received: other={type(other).__name__}")
-        target = tf.maximum(tf.reduce_max(self.frac_bits), tf.reduce_max(other.frac_bits))
+        target = fold_static(lambda a, b: tf.maximum(tf.reduce_max(a), tf.reduce_max(b)),
+                             self.frac_bits, other.frac_bits)
         return self._left_align(target, value_bits, "align")
 
     def expand(self, value_bits):
@@ -351,20 +379,17 @@ class FixedPoint(QTensor):
         if value_bits < self.value_bits:
             raise ValueError(f"FixedPoint.expand expected value_bits >= {self.value_bits}. "
                              f"Received: value_bits={value_bits}")
-        target = tf.reduce_max(self.frac_bits)
-        shift = target - self.frac_bits
-        bound = tf.reduce_max(tf.abs(tf.cast(self.values, tf.float64))
-                              * tf.pow(tf.constant(2.0, tf.float64),
-                                       tf.cast(shift, tf.float64)))
-        check = tf.debugging.assert_less_equal(
-            bound, tf.constant(2.0**value_bits, tf.float64),
-            message=f"FixedPoint.expand: the expanded values exceed {value_bits} value bits")
-        with tf.control_dependencies([check]):
+        target = fold_static(tf.reduce_max, self.frac_bits)
+        shift = fold_static(tf.subtract, target, self.frac_bits)
+        checks = self._assert_fits(
+            shift, value_bits, f"FixedPoint.expand: the expanded values exceed {value_bits} "
+                               "value bits")
+        with tf.control_dependencies(checks):
             values = self._shifted(shift, value_bits)
         return FixedPoint(values, value_bits, target), shift
 
     def _left_align(self, target, value_bits, method, dynamic_bits=BUFFER_BITS - 1):
-        shift = target - self.frac_bits
+        shift = fold_static(tf.subtract, target, self.frac_bits)
         value_bits, checks = self._widened(shift, value_bits, method, dynamic_bits)
         with tf.control_dependencies(checks):
             values = self._shifted(shift, value_bits)

@@ -10,6 +10,9 @@ class QTensor(tf.experimental.BatchableExtensionType):
     encoded by SavedModel under their registered name (``quantizeml.FixedPoint``, ...).
     """
     __name__ = "quantizeml.QTensor"
+    #: numpy defers to the QTensor operators (``ndarray + FixedPoint`` calls ``__radd__``)
+    #: instead of building an object array of QTensors.
+    __array_ufunc__ = None
 
     @property
     def shape(self):

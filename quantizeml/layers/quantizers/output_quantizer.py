@@ -4,7 +4,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ...tensors import FixedPoint, QFloat, QTensor
-from ...tensors.carrier import BUFFER_BITS
+from ...tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS
 from ..base import record_saturation, register_keras
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
@@ -58,7 +58,12 @@ class OutputQuantizer(Quantizer):
 
     def _to_fixed_point(self, inputs):
         if isinstance(inputs, QFloat):
-            return inputs.to_fixed_point(self.scale_bits)[0]
+            # The buffer times the quantized scales, an exact product wider than the buffer
+            # (value_bits + scale_bits + 1 bits, in float64) that _requantize shifts back.
+            scales = QFloat.quantize_scales(inputs.scales, self.scale_bits)
+            values = tf.cast(inputs.values, tf.float64) * tf.cast(scales.values, tf.float64)
+            value_bits = min(inputs.value_bits + scales.value_bits + 1, MAX_VALUE_BITS)
+            return FixedPoint(values, value_bits, inputs.frac_bits + scales.frac_bits)
         if isinstance(inputs, FixedPoint):
             return inputs
         raise TypeError(f"Layer {self.name} (OutputQuantizer) expected FixedPoint or QFloat "

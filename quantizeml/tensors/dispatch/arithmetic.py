@@ -4,7 +4,7 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from ..fixed_point import FixedPoint
+from ..fixed_point import FixedPoint, fold_static
 from ..qfloat import QFloat
 from ..qtensor import QTensor
 from .common import aligned_pair, bits_for, check_result_bits, static_int, to_fixed_point_like
@@ -77,14 +77,22 @@ def _add_y(x, y, name=None):
     return _add(x, y, "add")
 
 
+def _subtract(x, y):
+    # A plain y is quantized on the grid of x before it is negated, so that x - y rounds y
+    # like y - x and x + y do (negating first would round the halves of -y up).
+    if isinstance(x, FixedPoint) and not isinstance(y, QTensor):
+        y = to_fixed_point_like(y, x, "subtract")
+    return _add(x, negative(y), "subtract")
+
+
 @tf.experimental.dispatch_for_api(tf.math.subtract, {"x": QTensorLike})
 def _sub_x(x, y, name=None):
-    return _add(x, negative(y), "subtract")
+    return _subtract(x, y)
 
 
 @tf.experimental.dispatch_for_api(tf.math.subtract, {"x": Plain, "y": QTensorLike})
 def _sub_y(x, y, name=None):
-    return _add(x, negative(y), "subtract")
+    return _subtract(x, y)
 
 
 def multiply_fixed_points(x, y, op="multiply"):
@@ -93,7 +101,7 @@ def multiply_fixed_points(x, y, op="multiply"):
     value_bits = check_result_bits(x.value_bits + y.value_bits + 1, op)
     dtype = tf.float64 if value_bits > 23 else tf.float32
     values = tf.cast(x.values, dtype) * tf.cast(y.values, dtype)
-    return FixedPoint(values, value_bits, x.frac_bits + y.frac_bits)
+    return FixedPoint(values, value_bits, fold_static(tf.add, x.frac_bits, y.frac_bits))
 
 
 def _multiply(x, y):

@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..carrier import BUFFER_BITS
-from ..fixed_point import FixedPoint, static_max
+from ..fixed_point import FixedPoint, fold_static, static_max
 
 #: Largest value bits a dispatched operation may produce (the 32-bit buffer, sign excluded).
 MAX_RESULT_BITS = BUFFER_BITS - 1
@@ -53,7 +53,7 @@ def aligned_pair(x, y, op):
     """
     if x.frac_bits is y.frac_bits:
         return x, y, x.frac_bits
-    frac_bits = tf.maximum(x.frac_bits, y.frac_bits)
+    frac_bits = fold_static(tf.maximum, x.frac_bits, y.frac_bits)
     # Operands are widened to one bit below the buffer so that their sum fits it.
     xa = _aligned(x, frac_bits, op, MAX_RESULT_BITS - 1)
     ya = _aligned(y, frac_bits, op, MAX_RESULT_BITS - 1)
@@ -61,7 +61,7 @@ def aligned_pair(x, y, op):
 
 
 def _aligned(x, frac_bits, op, dynamic_bits):
-    shift = frac_bits - x.frac_bits
+    shift = fold_static(tf.subtract, frac_bits, x.frac_bits)
     max_shift = static_max(shift)
     if max_shift is not None and max_shift == 0:
         return x

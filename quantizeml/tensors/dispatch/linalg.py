@@ -2,7 +2,7 @@
 import tensorflow as tf
 
 from ..carrier import exact_reduction
-from ..fixed_point import FixedPoint
+from ..fixed_point import FixedPoint, fold_static
 from ..qfloat import QFloat
 from ..qtensor import QTensor, is_per_tensor
 from .arithmetic import QTensorLike
@@ -49,7 +49,7 @@ def matmul_fixed_points(a, b, transpose_a=False, transpose_b=False, op="matmul")
         return tf.linalg.matmul(x, w, transpose_a=transpose_a, transpose_b=transpose_b)
 
     values = exact_reduction(fn, a.values, b.values, bound, l1_axes=[l1_axis])
-    return FixedPoint(values, value_bits, a.frac_bits + b_frac)
+    return FixedPoint(values, value_bits, fold_static(tf.add, a.frac_bits, b_frac))
 
 
 def _matmul(a, b, transpose_a, transpose_b):

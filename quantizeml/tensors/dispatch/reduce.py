@@ -1,7 +1,7 @@
 """Reductions of FixedPoints: reduce_sum (exact, widened) and reduce_max."""
 import tensorflow as tf
 
-from ..fixed_point import FixedPoint
+from ..fixed_point import FixedPoint, fold_static
 from .common import bits_for, check_result_bits
 
 
@@ -17,7 +17,7 @@ def _per_tensor_input(x, axes, op):
     """Aligns a per-axis FixedPoint whose last axis is reduced (one fractional bit)."""
     if x.per_tensor or (x.shape.rank - 1) not in axes:
         return x
-    return x._left_align(tf.reduce_max(x.frac_bits), None, op)[0]
+    return x._left_align(fold_static(tf.reduce_max, x.frac_bits), None, op)[0]
 
 
 @tf.experimental.dispatch_for_api(tf.math.reduce_sum, {"input_tensor": FixedPoint})
@@ -36,7 +36,7 @@ def _reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
     values = tf.reduce_sum(tf.cast(x.values, dtype), axis=axes, keepdims=keepdims)
     frac_bits = x.frac_bits
     if not x.per_tensor and not keepdims and (x.shape.rank - 1) in axes:
-        frac_bits = tf.reduce_max(frac_bits)
+        frac_bits = fold_static(tf.reduce_max, frac_bits)
     return FixedPoint(values, value_bits, frac_bits)
 
 

@@ -7,7 +7,7 @@ from typing import List
 
 import tensorflow as tf
 
-from ..fixed_point import FixedPoint
+from ..fixed_point import FixedPoint, fold_static
 from ..qfloat import QFloat
 from .arithmetic import QTensorLike
 from .common import check_result_bits
@@ -77,7 +77,8 @@ def concat(values, axis):
     if all(v.frac_bits is values[0].frac_bits for v in values) and values[0].per_tensor:
         target, aligned = values[0].frac_bits, values
     else:
-        target = tf.reduce_max(tf.stack([tf.reduce_max(v.frac_bits) for v in values]))
+        target = fold_static(lambda *fs: tf.reduce_max(tf.stack([tf.reduce_max(f) for f in fs])),
+                             *[v.frac_bits for v in values])
         aligned = [v._left_align(target, None, "concat")[0] for v in values]
     value_bits = check_result_bits(max(v.value_bits for v in aligned), "concat")
     dtype = tf.float64 if value_bits > 23 else tf.float32

@@ -1,0 +1,17 @@
+"""Model transforms: pure ``Model -> Model`` graph rewrites that prepare a model for
+quantization. Each returns its input model unchanged when it has nothing to do.
+"""
+from .align_rescaling import align_rescaling
+from .flatten_model import flatten_model
+from .fold_batchnorms import fold_batchnorms
+from .insert_layer import insert_layer
+from .insert_rescaling import insert_rescaling
+from .invert_batchnorm_pooling import invert_batchnorm_pooling
+from .invert_relu_maxpool import invert_relu_maxpool
+from .remove_zeropadding2d import remove_zeropadding2d
+from .replace_lambda import replace_lambda
+from .sanitize import sanitize
+
+__all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "insert_layer",
+           "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
+           "remove_zeropadding2d", "replace_lambda", "sanitize"]

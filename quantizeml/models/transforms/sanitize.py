@@ -1,0 +1,56 @@
+"""Prepares a model for quantization by chaining the transforms."""
+from .align_rescaling import align_rescaling
+from .flatten_model import flatten_model
+from .fold_batchnorms import fold_batchnorms
+from .invert_batchnorm_pooling import invert
+from .invert_relu_maxpool import invert_relu_maxpool
+from .remove_zeropadding2d import remove_zeropadding2d
+from .replace_lambda import replace_lambda
+
+__all__ = ["sanitize"]
+
+
+def sanitize(model):
+    """Sanitize a model preparing it for quantization.
+
+    This is a wrapping successive calls to several model transformations which aims at making
+    the model quantization ready:
+
+    1. :func:`flatten_model`: nested functional/Sequential models are flattened (subclassed
+       models raise a ValueError),
+    2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
+       Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
+    3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a
+       'same' convolution,
+    4. :func:`invert_batchnorm_pooling`: BatchNormalization layers move before the pooling
+       that precedes them (skipping, instead of raising, BN with non-positive gammas after a
+       max pooling),
+    5. :func:`fold_batchnorms`: BatchNormalization layers are folded into the processing
+       layer before them,
+    6. :func:`invert_relu_maxpool`: MaxPool2D moves before the ReLU that precedes it,
+    7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias.
+
+    The outputs stay equal (to float rounding), and the order of the nodes and of their
+    inputs is kept.
+
+    Args:
+        model (keras.Model): the input model
+
+    Returns:
+        keras.Model: the sanitized model (the input model itself when nothing changes)
+
+    Raises:
+        ValueError: if the model or one of its nested models is a subclassed model.
+
+    Example:
+        ```python
+        model = sanitize(keras.applications.MobileNet(weights=None))
+        ```
+    """
+    model = flatten_model(model)
+    model = replace_lambda(model)
+    model = remove_zeropadding2d(model)
+    model = invert(model, strict=False)
+    model = fold_batchnorms(model)
+    model = invert_relu_maxpool(model)
+    return align_rescaling(model)
