@@ -48,7 +48,7 @@ def matmul_fixed_points(a, b, transpose_a=False, transpose_b=False, op="matmul")
     def fn(x, w):
         return tf.linalg.matmul(x, w, transpose_a=transpose_a, transpose_b=transpose_b)
 
-    values = exact_reduction(fn, a.values, b.values, bound, l1_axes=[l1_axis])
+    values = exact_reduction(fn, a.values, b.values, value_bits, l1_axes=[l1_axis])
     return FixedPoint(values, value_bits, fold_static(tf.add, a.frac_bits, b_frac))
 
 

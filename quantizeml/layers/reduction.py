@@ -1,0 +1,193 @@
+"""Plumbing shared by the quantized layers that reduce their inputs with weights.
+
+Convolutions (plain, transposed, depthwise, separable) and Dense all follow the same integer
+recipe, implemented once here:
+
+1. input alignment (:meth:`QuantizedReduction.aligned_inputs`): a per-axis FixedPoint is first
+   expanded to one fractional bit (an exact left shift); a QFloat contributes its FixedPoint and
+   its scales, which are folded into the output scales;
+2. weights: ``w = weight_quantizer(kernel)`` (a QFloat, or a FixedPoint with fp_quantizer);
+3. accumulator (:meth:`QuantizedReduction.accumulate`): ``acc = sum(x_int * w_int)`` computed
+   exactly by :func:`~quantizeml.tensors.carrier.exact_reduction` with
+   ``frac_bits = x.frac_bits + w.frac_bits`` and ``scales = x.scales * w.scales``;
+4. bias (:meth:`QuantizedReduction.add_bias`): ``b = bias_quantizer(bias, acc)`` on the grid of
+   the accumulator, added exactly;
+5. the result is clipped to the ``buffer_bitwidth`` integer buffer (saturation recorded) and,
+   when an ``output_quantizer`` is configured, requantized to its bitwidth.
+"""
+import tensorflow as tf
+import tf_keras as keras
+
+from ..tensors import FixedPoint, QFloat
+from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, exact_reduction
+from ..tensors.dispatch.common import bits_for
+from ..tensors.fixed_point import static_max
+from ..tensors.qtensor import is_per_tensor
+from .base import buffer_add, check_qtensor, clip_to_buffer
+from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .quantizers import AlignedWeightQuantizer, WeightQuantizer
+
+#: quant_config keys shared by every reducing layer (the weight keys are per layer).
+COMMON_KEYS = ("bias_quantizer", *OUTPUT_KEYS)
+#: Defaults of the sub-quantizers.
+WEIGHT_DEFAULTS = {"bitwidth": 8, "axis": -1}
+BIAS_DEFAULTS = {"bitwidth": 16}
+
+
+def check_linear_activation(layer_name, activation):
+    """Raises a ValueError unless ``activation`` is None or linear."""
+    if activation is None:
+        return
+    if keras.activations.serialize(keras.activations.get(activation)) != "linear":
+        raise ValueError(f"Layer {layer_name}: activation expected None or 'linear' (split the "
+                         "activation into its own layer, e.g. with sanitize()). "
+                         f"Received: activation={activation!r}")
+
+
+def check_channels_last(layer_name, data_format):
+    """Raises a ValueError unless the data format is channels_last."""
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"Layer {layer_name}: data_format expected 'channels_last'. "
+                         f"Received: data_format={data_format!r}")
+
+
+def fold_scales(*scales):
+    """The product of the scales that are not None (None when all are None)."""
+    result = None
+    for s in scales:
+        if s is not None:
+            result = s if result is None else result * s
+    return result
+
+
+def as_qtensor(fp, scales):
+    """A QFloat of ``fp`` and ``scales``, or ``fp`` itself when scales is None."""
+    return fp if scales is None else QFloat(fp, scales)
+
+
+def split_qtensor(t):
+    """(FixedPoint, scales or None) of a FixedPoint or QFloat."""
+    if isinstance(t, QFloat):
+        return t.fp, t.scales
+    return t, None
+
+
+def to_single_frac_bits(fp):
+    """Expands a per-axis FixedPoint to one fractional bit (its maximum), exactly.
+
+    The value bits grow by the largest shift when it is known statically, otherwise they are
+    widened to the 32-bit buffer (FixedPoint.expand checks at run time that nothing is lost).
+    """
+    if fp.per_tensor:
+        return fp
+    max_shift = static_max(tf.reduce_max(fp.frac_bits) - fp.frac_bits)
+    value_bits = BUFFER_BITS - 1 if max_shift is None else fp.value_bits + int(max_shift)
+    return fp.expand(min(max(value_bits, fp.value_bits), MAX_VALUE_BITS))[0]
+
+
+class QuantizedReduction(QuantConfigMixin):
+    """Mixin of the quantized layers that reduce inputs with weights (see module docstring).
+
+    It extends :class:`~quantizeml.layers.quant_config.QuantConfigMixin` (``quant_config``,
+    ``buffer_bitwidth``, ``out_quantizer`` and ``get_config``). A subclass calls
+    :meth:`init_reduction` in its ``__init__`` (after the Keras layer ``__init__``), then, in
+    ``call``: :meth:`aligned_inputs`, :meth:`quantize_weights`,
+    :meth:`accumulate`, :meth:`add_bias` and :meth:`finalize`.
+    """
+
+    #: quant_config keys of the weight quantizers (one attribute of the same name each).
+    weight_keys = ("weight_quantizer",)
+
+    def init_reduction(self, quant_config, activation=None, data_format=None):
+        """Validates ``quant_config`` and creates the sub-quantizers (weights, bias, output)."""
+        check_linear_activation(self.name, activation)
+        check_channels_last(self.name, data_format)
+        self._init_quant_config(quant_config, (*self.weight_keys, *COMMON_KEYS))
+        for key in self.weight_keys:
+            kwargs = {**WEIGHT_DEFAULTS, **self.quant_config.get(key, {})}
+            if kwargs["axis"] not in (None, -1):
+                raise ValueError(f"Layer {self.name}: {key} axis expected -1 (per output "
+                                 "channel) or None (per tensor). "
+                                 f"Received: axis={kwargs['axis']!r}")
+            setattr(self, key, WeightQuantizer(name=f"{self.name}/{key}", **kwargs))
+        bias_kwargs = {**BIAS_DEFAULTS, **self.quant_config.get("bias_quantizer", {})}
+        self.bias_quantizer = AlignedWeightQuantizer(name=self.name + "/bias_quantizer",
+                                                     **bias_kwargs)
+
+    def aligned_inputs(self, inputs, per_tensor=True):
+        """Checks the inputs; returns their FixedPoint and scales (None for a FixedPoint).
+
+        Args:
+            inputs (QTensor): a FixedPoint or a QFloat.
+            per_tensor (bool, optional): True when the layer sums over the input channels: the
+                FixedPoint is then expanded to one fractional bit and QFloat scales must be
+                per-tensor. Defaults to True.
+
+        Raises:
+            TypeError: for inputs that are not QTensors.
+            ValueError: for per-axis QFloat scales where per-tensor ones are required.
+        """
+        check_qtensor(self, inputs, (FixedPoint, QFloat))
+        fp, scales = split_qtensor(inputs)
+        if per_tensor:
+            if scales is not None and not is_per_tensor(scales):
+                raise ValueError(f"Layer {self.name} ({type(self).__name__}) expected a QFloat "
+                                 "with per-tensor scales (its inputs channels are summed). "
+                                 f"Received: scales of shape {scales.shape}")
+            fp = to_single_frac_bits(fp)
+        return fp, scales
+
+    def quantize_weights(self, key, kernel, training=None):
+        """Quantizes a float kernel (output channels last) with the quantizer ``key``."""
+        return getattr(self, key)(kernel, training=training)
+
+    @staticmethod
+    def accumulate(fn, x, w, x_scales=None, frac_bits=None, scales=None):
+        """Exact integer reduction ``fn(x_int, w_int)`` as a FixedPoint (QFloat with scales).
+
+        Args:
+            fn (callable): the reduction on the integer carriers, taking the weights in the
+                layout of ``w`` (output channels last).
+            x (FixedPoint): the inputs.
+            w (QTensor): the quantized weights, output channels last; every output sums at most
+                ``prod(w.shape[:-1])`` products.
+            x_scales (tf.Tensor, optional): the input scales. Defaults to None.
+            frac_bits (tf.Tensor, optional): the accumulator fractional bits. Defaults to
+                ``x.frac_bits + w.frac_bits``.
+            scales (tf.Tensor, optional): the accumulator scales. Defaults to
+                ``x_scales * w.scales``.
+
+        Returns:
+            QTensor: the accumulator (value bits from the static bound, up to 52).
+        """
+        wf, w_scales = split_qtensor(w)
+        terms = 1
+        for dim in w.shape[:-1]:
+            terms *= int(dim)
+        value_bits = bits_for(terms * 2.0**(x.value_bits + wf.value_bits))
+        values = exact_reduction(fn, x.values, wf.values, value_bits)
+        if frac_bits is None:
+            frac_bits = x.frac_bits + wf.frac_bits
+        if scales is None:
+            scales = fold_scales(x_scales, w_scales)
+        acc = FixedPoint(values, min(value_bits, MAX_VALUE_BITS), frac_bits)
+        return as_qtensor(acc, scales)
+
+    def add_bias(self, acc, bias, training=None):
+        """Clips ``acc`` to the buffer and adds the bias quantized on its grid (if any)."""
+        fp, scales = split_qtensor(acc)
+        fp = clip_to_buffer(self, fp, self.buffer_bitwidth)
+        if bias is None:
+            return as_qtensor(fp, scales)
+        grid = QFloat(fp, tf.ones_like(bias) if scales is None else scales)
+        qbias = self.bias_quantizer(bias, grid, training=training)
+        total = buffer_add(self, grid, qbias, self.buffer_bitwidth)
+        return total if scales is not None else total.fp
+
+    def finalize(self, acc):
+        """Clips to the buffer, then applies the output quantizer (if any)."""
+        fp, scales = split_qtensor(acc)
+        acc = as_qtensor(clip_to_buffer(self, fp, self.buffer_bitwidth), scales)
+        if self.out_quantizer is not None:
+            return self.out_quantizer(acc)
+        return acc
