@@ -11,5 +11,8 @@ class QuantizeMLWarning(UserWarning):
 
 
 from . import tensors  # noqa: E402,F401
+from . import quantizers  # noqa: E402,F401
+from . import layers  # noqa: E402,F401
+from . import models  # noqa: E402,F401
 
-__all__ = ["__version__", "QuantizeMLWarning", "tensors"]
+__all__ = ["__version__", "QuantizeMLWarning", "tensors", "quantizers", "layers", "models"]

@@ -21,3 +21,10 @@ from .dense import QuantizedDense
 from .depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,
                         QuantizedDepthwiseConv2DTranspose)
 from .separable import QuantizedSeparableConv2D
+from .attention import Attention, QuantizedAttention, string_to_softmax
+from .layer_norm import LayerMadNormalization, QuantizedLayerNormalization
+from .lowbit import QuantConv2D, QuantDense, QuantDepthwiseConv2D, binary_digits_cnn
+from .shiftmax import QuantizedShiftmax, Shiftmax, shiftmax
+from .tokens import (AddPositionEmbs, ClassToken, ExtractToken, QuantizedAddPositionEmbs,
+                     QuantizedClassToken, QuantizedExtractToken, TokenQuantizer)
+from .quantize_wrapper import QuantizeWrapper, quantize_annotate_layer

@@ -1,5 +1,6 @@
 """Models: quantize(), calibration, quantization parameters, transforms and utilities."""
 from . import transforms, zoo  # noqa: F401
+from .zoo_vit import digits_vit, train_digits_vit
 from .calibrate import calibrate, calibration_required
 from .check import check_quantization
 from .config import dump_config
@@ -10,4 +11,4 @@ from .saving import apply_weights_to_model, load_model, record_quantization_vari
 __all__ = ["quantize", "calibrate", "calibration_required", "check_quantization",
            "dump_config", "QuantizationParams", "get_quantization_params", "quantization",
            "apply_weights_to_model", "load_model", "record_quantization_variables",
-           "transforms", "zoo"]
+           "transforms", "zoo", "digits_vit", "train_digits_vit"]

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..layers import Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer
+from ..layers import (Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer,
+                      QuantizeWrapper)
 from ..tensors import QTensor
 from .graph import check_functional
 from .samples import iterate_batches
@@ -81,6 +82,21 @@ def _dequantized(t):
     return t
 
 
+def _calibrate_wrappers(qmodel, batches):
+    """Lets the fake quantizers of QuantizeWrapper layers (TF-MOT style, whose ranges move
+    in training calls) see the samples: each wrapper alone is called with training=True on
+    its inputs; nothing else of the model is trained."""
+    wrappers = [layer for layer in qmodel.layers if isinstance(layer, QuantizeWrapper)]
+    if not wrappers:
+        return
+    feeder = keras.Model(qmodel.inputs, [w.input for w in wrappers])
+    for batch in batches:
+        inputs = feeder(batch if len(batch) > 1 else batch[0], training=False)
+        inputs = inputs if isinstance(inputs, (list, tuple)) and len(wrappers) > 1 else [inputs]
+        for wrapper, x in zip(wrappers, inputs):
+            wrapper(x, training=True)
+
+
 def _candidate_errors(x, quantizer, f0):
     """Sum of squared quantization errors of x for frac_bits f0 + k, k in [0, SEARCH_BITS]."""
     vb = quantizer.value_bits
@@ -119,6 +135,9 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     """
     check_functional(model, "calibrate's model")
     check_functional(qmodel, "calibrate's qmodel")
+    if batches is None:
+        batches = list(iterate_batches(model, samples, num_samples, batch_size, epochs))
+    _calibrate_wrappers(qmodel, batches)
     targets = output_quantizers(qmodel)
     if not targets:
         return qmodel
@@ -133,8 +152,6 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     ref_model = keras.Model(model.inputs, refs)
 
     observe = tf.function(lambda x: observer_model(x, training=False), reduce_retracing=True)
-    if batches is None:
-        batches = list(iterate_batches(model, samples, num_samples, batch_size, epochs))
     progress = keras.utils.Progbar(2 * len(batches), verbose=1 if verbose else 0,
                                    unit_name="batch")
     for batch in batches:
@@ -163,6 +180,8 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     for name, f, err in zip(names, f0, totals):
         oq = targets[name]
         best = f.numpy() + np.argmin(err, axis=0).astype(np.float32)
-        oq.range_max.assign(np.reshape(2.0**(oq.value_bits - best),
+        # Any range in (2^(k-1), 2^k] gives the same fractional bits: store 0.75 * 2^k, so
+        # that a calibrated range never reads as the uncalibrated 1.
+        oq.range_max.assign(np.reshape(0.75 * 2.0**(oq.value_bits - best),
                                        oq.range_max.shape).astype(np.float32))
     return qmodel

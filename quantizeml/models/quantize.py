@@ -29,16 +29,19 @@ import tf_keras as keras
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.base import QUANTIZATION_TARGETS
+from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
 from .calibrate import calibrate
 from .graph import check_functional, consumers, output_layers, producer, rebuild
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import iterate_batches
 
 _PASS_THROUGH = ("MaxPooling2D", "Flatten", "Reshape", "Permute", "Dropout")
-_NEEDS_PER_TENSOR = ("Flatten", "Reshape", "Permute", "Concatenate")
+_NEEDS_PER_TENSOR = ("Flatten", "Reshape", "Permute", "Concatenate", "Attention")
 _WEIGHT_KEYS = {"BatchNormalization": ("a_quantizer",),
-                "SeparableConv2D": ("dw_weight_quantizer", "pw_weight_quantizer")}
-_OUTPUT_QUANTIZED = ("Add", "GlobalAveragePooling2D", "BatchNormalization")
+                "SeparableConv2D": ("dw_weight_quantizer", "pw_weight_quantizer"),
+                "LayerMadNormalization": ("gamma_quantizer",)}
+_OUTPUT_QUANTIZED = ("Add", "GlobalAveragePooling2D", "BatchNormalization",
+                     "LayerMadNormalization", "Attention")
 
 
 def _float_name(layer):
@@ -51,12 +54,12 @@ def _float_name(layer):
 
 def _has_weights(layer):
     return any(k in _float_name(layer) for k in ("Conv", "Dense")) or \
-        _float_name(layer) == "BatchNormalization"
+        _float_name(layer) in ("BatchNormalization", "LayerMadNormalization")
 
 
 def _is_quantized_layer(layer):
     return type(layer) in set(QUANTIZATION_TARGETS.values()) or \
-        isinstance(layer, (InputQuantizer, OutputQuantizer, Dequantizer))
+        isinstance(layer, (InputQuantizer, OutputQuantizer, Dequantizer, QuantizeWrapper))
 
 
 def _effective_consumers(layer, consumer_map):
@@ -83,13 +86,14 @@ def _downstream(layer, consumer_map):
     return seen
 
 
-def _unsupported(model, consumer_map):
-    """Layers without a twin, and which of them form the allowed float tail."""
+def _unsupported(model, consumer_map, wrapped):
+    """Layers without a twin (nor a QuantizeConfig), and which of them form the allowed float
+    tail."""
     supported = {type(layer) for layer in model.layers} & set(QUANTIZATION_TARGETS)
     layers = [layer for layer in model.layers
               if not isinstance(layer, keras.layers.InputLayer)]
     bad = [layer for layer in layers if type(layer) not in supported
-           and not _is_quantized_layer(layer)]
+           and not _is_quantized_layer(layer) and layer.name not in wrapped]
     by_name = {layer.name: layer for layer in layers}
     tail, errors = set(), []
     for layer in bad:
@@ -132,6 +136,10 @@ def _default_config(layer, qparams, consumer_map, final, first_weights):
 
 def _copy_weights(layer, qlayer):
     """Copies the float weights by name; a float weight with no counterpart raises."""
+    if isinstance(qlayer, QuantizeWrapper) and not isinstance(layer, QuantizeWrapper):
+        for var, value in zip(qlayer.layer_weights, layer.get_weights()):
+            var.assign(value)
+        return
     qvars = {v.name: v for v in qlayer.weights}
     for v in layer.weights:
         target = qvars.get(v.name)
@@ -148,7 +156,7 @@ def _check_q_config(model, q_config):
     if not isinstance(q_config, dict):
         raise TypeError(f"quantize expected q_config to be a dict. Received: {q_config!r}")
     names = {layer.name for layer in model.layers}
-    names |= {f"{producer(t).name}_quantizer" for t in model.inputs}
+    names |= {f"{layer.name}_quantizer" for layer in model.layers}
     missing = sorted(set(q_config) - names)
     if missing:
         raise ValueError(f"quantize expected q_config keys naming layers of the model. "
@@ -162,7 +170,7 @@ def _input_signed(batches, index):
 
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
              batch_size=None, epochs=1, verbose=False):
-    """Quantizes a Keras model using the provided configuration or parameters.
+    """Quantizes a Keras or ONNX model using the provided configuration or parameters.
 
     * q_config has priority over qparams: when a layer name is found in q_config, its
       configuration is used instead of the one deduced from qparams.
@@ -170,12 +178,14 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
       OutputQuantizers are automatically set on appropriate layers (module docstring).
     * qparams are only applied to 'float' Keras layers when they are first quantized: to
       re-quantize a quantized model, provide a complete q_config (``dump_config``).
+    * an ``onnx.ModelProto`` is quantized by ``quantizeml.onnx_support.quantization.quantize``:
+      8-bit weights and activations only (``per_tensor_activations`` honoured), epochs must be 1.
 
     If not already present, a final Dequantizer is added at the end of the Model. The model is
     then calibrated using the provided (or randomly generated) samples.
 
     Args:
-        model (keras.Model): the model to quantize.
+        model (keras.Model or onnx.ModelProto): the model to quantize.
         q_config (dict, optional): layer name -> quantization configuration. Defaults to None.
         qparams (QuantizationParams, optional): global quantization parameters. Defaults to the
             ones of the enclosing ``quantization`` context, else QuantizationParams().
@@ -187,14 +197,21 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         verbose (bool, optional): show a progress bar during calibration. Defaults to False.
 
     Returns:
-        keras.Model: the quantized model.
+        keras.Model or onnx.ModelProto: the quantized model.
 
     Raises:
         ValueError: unsupported layers (all listed), invalid samples or q_config.
     """
     if type(model).__module__.startswith("onnx"):
-        raise ValueError("quantize expected a tf_keras Model: ONNX ModelProto quantization is "
-                         "not available in this version. Received: an onnx ModelProto")
+        if q_config is not None:
+            raise ValueError("quantize expected q_config=None for an ONNX model (only qparams "
+                             "apply). Received: a q_config")
+        if epochs != 1:
+            raise ValueError(f"quantize expected epochs=1 for an ONNX model. "
+                             f"Received: epochs={epochs}")
+        from ..onnx_support.quantization import quantize as quantize_onnx
+        return quantize_onnx(model, qparams=qparams, samples=samples, num_samples=num_samples,
+                             batch_size=batch_size, epochs=epochs)
     qparams = get_quantization_params() if qparams is None else qparams
     if not isinstance(qparams, QuantizationParams):
         raise TypeError(f"quantize expected qparams to be a QuantizationParams. "
@@ -202,7 +219,12 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     check_functional(model)
     q_config = _check_q_config(model, q_config)
     consumer_map = consumers(model)
-    tail, errors = _unsupported(model, consumer_map)
+    wrapped = {}
+    for layer in model.layers:
+        config = as_quantize_config(q_config.get(layer.name)) or annotated_config(layer)
+        if config is not None and not isinstance(layer, QuantizeWrapper):
+            wrapped[layer.name] = config
+    tail, errors = _unsupported(model, consumer_map, wrapped)
     if errors:
         listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in errors)
         raise ValueError(
@@ -223,20 +245,22 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     first = [True]
 
     def config_for(layer):
+        is_first = first[0] and _has_weights(layer)
+        if _has_weights(layer):
+            first[0] = False
         if layer.name in q_config:
             return q_config[layer.name]
         if requantize:
             raise ValueError(f"quantize expected a q_config entry for every quantized layer when "
                              f"re-quantizing a quantized model. Received: none for "
                              f"{layer.name!r} (use dump_config)")
-        config = _default_config(layer, qparams, consumer_map, layer.name in finals,
-                                 first[0] and _has_weights(layer))
-        if _has_weights(layer):
-            first[0] = False
-        return config
+        return _default_config(layer, qparams, consumer_map, layer.name in finals, is_first)
 
     def convert(layer):
-        if layer.name in tail or isinstance(layer, Dequantizer):
+        if layer.name in wrapped:
+            clone = layer.__class__.from_config(layer.get_config())
+            return QuantizeWrapper(clone, wrapped[layer.name], name=layer.name)
+        if layer.name in tail or isinstance(layer, (Dequantizer, QuantizeWrapper)):
             return layer.__class__.from_config(layer.get_config())
         if isinstance(layer, (InputQuantizer, OutputQuantizer)):
             return type(layer).from_config({**layer.get_config(), **q_config.get(layer.name, {})})
@@ -257,12 +281,28 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
                 "signed": _input_signed(batches, input_index[layer.name]),
                 "buffer_bitwidth": qparams.buffer_bits}
             return InputQuantizer(name=name, **kwargs)(outputs)
+        if layer.name in wrapped and any(
+                c.name not in tail and c.name not in wrapped
+                for c in consumer_map.get(layer.name, [])):
+            # back to integers after a fake-quantized layer
+            name = f"{layer.name}_quantizer"
+            kwargs = q_config.get(name) or {
+                "bitwidth": qparams.activation_bits, "axis": "per-tensor", "signed": True,
+                "buffer_bitwidth": qparams.buffer_bits}
+            return InputQuantizer(name=name, **kwargs)(outputs)
         return outputs
 
     def before(layer, args):
-        if layer.name in tail:
-            return tf.nest.map_structure(
-                lambda t: Dequantizer()(t) if _is_qtensor(t) else t, args)
+        if layer.name in tail or layer.name in wrapped:
+            count = iter(range(1000))
+
+            def dequantize(t):
+                if not _is_qtensor(t):
+                    return t
+                index = next(count)
+                suffix = "" if index == 0 else f"_{index}"
+                return Dequantizer(name=f"{layer.name}_dequantizer{suffix}")(t)
+            return tf.nest.map_structure(dequantize, args)
         return args
 
     qmodel, new_layers = rebuild(model, convert, after=after, before=before,

@@ -73,10 +73,15 @@ class QFloat(QTensor):
     def to_float(self):
         """Returns a float representation of the QFloat: ``fp.to_float() * scales``.
 
+        Computed in float64 and rounded once to float32, so that eager and graph execution
+        (where grappler may fuse or reorder the multiplications) give identical results.
+
         Returns:
             tf.Tensor: the float representation.
         """
-        return self.fp.to_float() * self.scales
+        values = tf.cast(self.fp.values, tf.float64) * tf.pow(
+            tf.constant(2.0, tf.float64), -tf.cast(self.fp.frac_bits, tf.float64))
+        return tf.cast(values * tf.cast(self.scales, tf.float64), tf.float32)
 
     @staticmethod
     def optimal_scales(ranges, value_bits):
@@ -97,7 +102,11 @@ class QFloat(QTensor):
         int_max = 2.0**value_bits - 1
         if int_max == 0:
             int_max = 1.0
-        return tf.where(ranges > 0, ranges / int_max, tf.ones_like(ranges))
+        # The division runs in float64 then rounds once to float32: graph optimizers may turn a
+        # division by a constant into a multiplication by its reciprocal, which would make
+        # float32 scales differ by an ulp between eager and graph execution.
+        scales = tf.cast(tf.cast(ranges, tf.float64) / int_max, tf.float32)
+        return tf.where(ranges > 0, scales, tf.ones_like(ranges))
 
     @staticmethod
     def max_frac_bits(value_bits, ranges, scales, clamp=True):

@@ -51,10 +51,22 @@ class OutputQuantizer(Quantizer):
                                          initializer="ones")
         super().build(input_shape)
 
+    #: Largest spread of per-axis fractional bits (see ``frac_bits``).
+    MAX_AXIS_SPREAD = 8
+
     @property
     def frac_bits(self):
-        """tf.Tensor: the output fractional bits given by the calibrated range."""
-        return FixedPoint.max_frac_bits(self.value_bits, self.range_max, clamp=False)
+        """tf.Tensor: the output fractional bits given by the calibrated range.
+
+        Per-axis fractional bits span at most ``MAX_AXIS_SPREAD`` bits: channels of a much
+        smaller range than the widest one share the finest allowed step. Aligning the channels
+        (as a convolution over them must) then costs at most 8 more value bits, instead of
+        overflowing the 32-bit buffer for near-dead channels.
+        """
+        frac_bits = FixedPoint.max_frac_bits(self.value_bits, self.range_max, clamp=False)
+        if self.axis == "per-axis":
+            frac_bits = tf.minimum(frac_bits, tf.reduce_min(frac_bits) + self.MAX_AXIS_SPREAD)
+        return frac_bits
 
     def _to_fixed_point(self, inputs):
         if isinstance(inputs, QFloat):

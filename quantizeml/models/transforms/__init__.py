@@ -11,7 +11,8 @@ from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
 from .sanitize import sanitize
+from .split_activations import split_activations
 
 __all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "insert_layer",
            "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
-           "remove_zeropadding2d", "replace_lambda", "sanitize"]
+           "remove_zeropadding2d", "replace_lambda", "sanitize", "split_activations"]

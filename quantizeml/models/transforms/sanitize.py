@@ -6,6 +6,7 @@ from .invert_batchnorm_pooling import invert
 from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
+from .split_activations import split_activations
 
 __all__ = ["sanitize"]
 
@@ -30,6 +31,10 @@ def sanitize(model):
     6. :func:`invert_relu_maxpool`: MaxPool2D moves before the ReLU that precedes it,
     7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias.
 
+    Right after flattening, :func:`split_activations` moves the fused activations of
+    Conv/Dense layers into layers of their own (ReLU, or an Activation that stays in the float
+    tail, e.g. a final softmax).
+
     The outputs stay equal (to float rounding), and the order of the nodes and of their
     inputs is kept.
 
@@ -48,6 +53,7 @@ def sanitize(model):
         ```
     """
     model = flatten_model(model)
+    model = split_activations(model)
     model = replace_lambda(model)
     model = remove_zeropadding2d(model)
     model = invert(model, strict=False)

@@ -28,7 +28,8 @@ def to_fixed_point_like(t, like, op):
     """Converts a tensor or Python number to a FixedPoint on the grid of ``like``.
 
     The tensor is quantized with the fractional bits of ``like``. When its value is known
-    statically, it gets the exact value bits it needs; otherwise the value bits of ``like``.
+    statically, it gets the exact value bits it needs; otherwise the value bits of ``like``,
+    and a run-time check raises (InvalidArgumentError) rather than clip a value to them.
     """
     if isinstance(t, FixedPoint):
         return t
@@ -41,6 +42,19 @@ def to_fixed_point_like(t, like, op):
         value_bits = check_result_bits(bits_for(bound), op)
     else:
         value_bits = like.value_bits
+        # round(scaled) lies in [-2^value_bits, 2^value_bits - 1] iff scaled lies in
+        # [-2^value_bits - 0.5, 2^value_bits - 0.5)
+        scaled = tf.cast(t, tf.float64) * tf.pow(tf.constant(2.0, tf.float64),
+                                                 tf.cast(like.frac_bits, tf.float64))
+        message = (f"{op}: a tensor operand does not fit the {value_bits} value bits of the "
+                   "FixedPoint it is added to")
+        high = tf.constant(2.0**value_bits - 0.5, tf.float64)
+        low = tf.constant(-2.0**value_bits - 0.5, tf.float64)
+        checks = [tf.debugging.assert_less(tf.reduce_max(scaled), high, message=message),
+                  tf.debugging.assert_greater_equal(tf.reduce_min(scaled), low,
+                                                    message=message)]
+        with tf.control_dependencies(checks):
+            t = tf.identity(t)
     return FixedPoint.quantize(t, value_bits, like.frac_bits)
 
 

@@ -1,0 +1,278 @@
+"""quantize() end to end: the reference digits CNN, save/load, q_config, errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from quantizeml.demo import accuracy
+from quantizeml.layers import (Dequantizer, InputQuantizer, OutputQuantizer, QuantizedConv2D,
+                               QuantizedReLU)
+from quantizeml.models import (QuantizationParams, calibration_required, check_quantization,
+                               dump_config, load_model, quantization, quantize,
+                               record_quantization_variables)
+from quantizeml.models.transforms import sanitize
+from quantizeml.models.zoo import load_digits_data, train_digits_cnn
+from tests.utils import check_save_load
+
+QP44 = QuantizationParams(activation_bits=4, weight_bits=4, output_bits=4, input_weight_bits=4)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    keras.backend.clear_session()
+    model, float_acc = train_digits_cnn(epochs=10, seed=0)
+    return load_digits_data(), sanitize(model), float_acc
+
+
+@pytest.fixture(scope="module")
+def q8(digits):
+    (x_train, _, _, _), model, _ = digits
+    return quantize(model, samples=x_train, num_samples=len(x_train))
+
+
+def test_digits_8bit_ptq_within_0_2_points(digits, q8):
+    (_, _, x_test, y_test), model, float_acc = digits
+    assert float_acc > 0.95
+    q_acc = accuracy(q8, x_test, y_test)
+    assert q_acc >= float_acc - 0.002, (q_acc, float_acc)
+
+
+def test_quantized_model_structure(q8):
+    names = [type(layer).__name__ for layer in q8.layers]
+    assert names[1] == "InputQuantizer" and names[-1] == "Dequantizer"
+    assert all(not n.startswith(("Conv2D", "Dense", "ReLU")) for n in names)
+    relus = [layer for layer in q8.layers if isinstance(layer, QuantizedReLU)]
+    assert relus and all(r.out_quantizer is not None and not r.out_quantizer.signed
+                         for r in relus)
+    # convolutions followed by a ReLU leave the requantization to the ReLU
+    convs = [layer for layer in q8.layers if isinstance(layer, QuantizedConv2D)]
+    assert all(c.out_quantizer is None for c in convs)
+    assert not calibration_required(q8)
+
+
+def test_quantize_does_not_modify_float_model(digits):
+    (x_train, _, _, _), model, _ = digits
+    before = [w.copy() for w in model.get_weights()]
+    quantize(model, samples=x_train[:64], num_samples=64)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_digits_4bit_ptq_and_qat(digits):
+    (x_train, y_train, x_test, y_test), model, float_acc = digits
+    q4 = quantize(model, qparams=QP44, samples=x_train, num_samples=len(x_train))
+    ptq = accuracy(q4, x_test, y_test)
+    assert ptq >= float_acc - 0.05, (ptq, float_acc)
+    keras.utils.set_random_seed(0)
+    q4.compile(optimizer=keras.optimizers.Adam(1e-4),
+               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = q4.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
+    qat = accuracy(q4, x_test, y_test)
+    assert np.isfinite(history.history["loss"][0])
+    assert qat >= float_acc, (qat, float_acc)
+
+
+def test_dump_config_reproduces_model(digits, q8):
+    (x_train, _, x_test, _), model, _ = digits
+    config = dump_config(q8)
+    json.dumps(config)
+    again = quantize(model, q_config=config, samples=x_train, num_samples=len(x_train))
+    assert dump_config(again) == config
+    np.testing.assert_array_equal(again.predict(x_test, verbose=0), q8.predict(x_test, verbose=0))
+
+
+def test_q_config_wins_over_qparams(digits):
+    (x_train, _, _, _), model, _ = digits
+    conv = model.layers[1].name
+    q_config = {conv: {"weight_quantizer": {"bitwidth": 3}, "buffer_bitwidth": 32}}
+    q = quantize(model, q_config=q_config, qparams=QuantizationParams(weight_bits=6),
+                 samples=x_train[:64], num_samples=64)
+    assert q.get_layer(conv).weight_quantizer.bitwidth == 3
+    others = [layer for layer in q.layers if hasattr(layer, "weight_quantizer")
+              and layer.name != conv]
+    assert others and all(layer.weight_quantizer.bitwidth == 6 for layer in others)
+
+
+def test_input_weight_bits_for_first_layer(digits):
+    (x_train, _, _, _), model, _ = digits
+    q = quantize(model, qparams=QuantizationParams(input_weight_bits=5, weight_bits=7),
+                 samples=x_train[:32], num_samples=32)
+    weighted = [layer for layer in q.layers if hasattr(layer, "weight_quantizer")]
+    assert weighted[0].weight_quantizer.bitwidth == 5
+    assert {layer.weight_quantizer.bitwidth for layer in weighted[1:]} == {7}
+
+
+def test_quantization_context(digits):
+    (x_train, _, _, _), model, _ = digits
+    with quantization(QuantizationParams(weight_bits=4, input_weight_bits=4)):
+        q = quantize(model, samples=x_train[:32], num_samples=32)
+    assert {layer.weight_quantizer.bitwidth for layer in q.layers
+            if hasattr(layer, "weight_quantizer")} == {4}
+
+
+def test_requantize_quantized_model(digits, q8):
+    (x_train, _, x_test, _), _, _ = digits
+    config = dump_config(q8)
+    first = [name for name, c in config.items() if "weight_quantizer" in c][0]
+    config[first]["weight_quantizer"]["bitwidth"] = 4
+    q = quantize(q8, q_config=config, samples=x_train, num_samples=len(x_train))
+    assert q.get_layer(first).weight_quantizer.bitwidth == 4
+    assert type(q.layers[-1]) is Dequantizer and sum(
+        isinstance(layer, Dequantizer) for layer in q.layers) == 1
+    with pytest.raises(ValueError, match="q_config entry for every quantized layer"):
+        quantize(q8, q_config={first: config[first]}, samples=x_train[:8], num_samples=8)
+
+
+@pytest.mark.parametrize("kind", ["array", "dataset", "batched-dataset", "generator"])
+def test_calibration_sample_kinds(digits, q8, kind):
+    (x_train, y_train, _, _), model, _ = digits
+    x = x_train[:96]
+    samples = {"array": x,
+               "dataset": tf.data.Dataset.from_tensor_slices(x),
+               "batched-dataset": tf.data.Dataset.from_tensor_slices((x, y_train[:96])).batch(32),
+               "generator": (x[i:i + 32] for i in range(0, 96, 32))}[kind]
+    q = quantize(model, samples=samples, num_samples=96)
+    reference = quantize(model, samples=x, num_samples=96, batch_size=32)
+    for a, b in zip(q.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_random_samples_calibration(digits):
+    _, model, _ = digits
+    q = quantize(model, num_samples=64)
+    assert not calibration_required(q)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.full((8, 8, 8, 1), np.nan, np.float32), "finite"),
+    (np.full((8, 8, 8, 1), np.inf, np.float32), "finite"),
+    (np.zeros((8, 7, 8, 1), np.float32), "shape"),
+    (np.zeros((0, 8, 8, 1), np.float32), "at least one sample"),
+    (tf.data.Dataset.from_tensor_slices(np.zeros((0, 8, 8, 1), np.float32)),
+     "at least one sample"),
+], ids=["nan", "inf", "shape", "empty", "empty-dataset"])
+def test_bad_samples(digits, bad, match):
+    _, model, _ = digits
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=match):
+        quantize(model, samples=bad)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("field", ["activation_bits", "weight_bits", "buffer_bits"])
+@pytest.mark.parametrize("value", [0, 33, 2.5])
+def test_invalid_bitwidths(field, value):
+    with pytest.raises(ValueError, match=field):
+        QuantizationParams(**{field: value})
+
+
+def test_unsupported_layers_listed_together():
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.LeakyReLU(name="leaky")(x)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.UpSampling2D(name="up")(x)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(3)(x)
+    model = keras.Model(inp, out)
+    with pytest.raises(ValueError) as info:
+        quantize(model, num_samples=8)
+    message = str(info.value)
+    assert "leaky (LeakyReLU)" in message and "up (UpSampling2D)" in message
+    assert "sanitize" in message
+
+
+def test_float_tail_is_kept_after_dequantizer():
+    inp = keras.Input((6,))
+    x = keras.layers.Dense(5)(inp)
+    out = keras.layers.Softmax(name="softmax")(x)
+    model = keras.Model(inp, out)
+    data = np.random.uniform(-1, 1, (64, 6)).astype(np.float32)
+    q = quantize(model, samples=data, num_samples=64)
+    assert type(q.get_layer("softmax")) is keras.layers.Softmax
+    probs = q.predict(data, verbose=0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs, model.predict(data, verbose=0), atol=0.02)
+
+
+def test_q_config_unknown_layer():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2)(inp))
+    with pytest.raises(ValueError, match="unknown layer names \\['nope'\\]"):
+        quantize(model, q_config={"nope": {}}, num_samples=8)
+
+
+def test_subclassed_model_rejected():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+    with pytest.raises(ValueError, match="subclassed"):
+        quantize(Net(), num_samples=8)
+
+
+@pytest.mark.slow
+def test_save_reload_bit_identical(digits, q8, tmp_path):
+    (_, _, x_test, _), _, _ = digits
+    check_save_load(q8, x_test[:16])
+    # SavedModel serving signature through tf.saved_model.load
+    path = os.path.join(tmp_path, "sm")
+    q8.save(path)
+    served = tf.saved_model.load(path)
+    fn = served.signatures["serving_default"]
+    out = list(fn(tf.constant(x_test[:16])).values())[0].numpy()
+    np.testing.assert_array_equal(out, q8(x_test[:16]).numpy())
+    reloaded = load_model(path)
+    np.testing.assert_array_equal(reloaded(x_test[:16]).numpy(), q8(x_test[:16]).numpy())
+
+
+def test_check_quantization_reports_saturation(digits, q8):
+    (_, _, x_test, _), _, _ = digits
+    assert not [i for i in check_quantization(q8, samples=x_test[:32]) if "relu" in i]
+    # tighten a calibrated range: the layer saturates and is reported by name
+    relu = [layer for layer in q8.layers if isinstance(layer, QuantizedReLU)][0]
+    saved = relu.out_quantizer.range_max.numpy()
+    try:
+        relu.out_quantizer.range_max.assign(saved / 16)
+        issues = check_quantization(q8, samples=x_test[:32])
+        assert any(relu.name in i and "saturation" in i for i in issues), issues
+    finally:
+        relu.out_quantizer.range_max.assign(saved)
+
+
+def test_record_quantization_variables(digits, q8):
+    (_, _, x_test, _), _, _ = digits
+    expected = q8(x_test[:8]).numpy()
+    record_quantization_variables(q8)
+    conv = [layer for layer in q8.layers if isinstance(layer, QuantizedConv2D)][0]
+    assert conv.weight_quantizer.qweights.value is not None
+    np.testing.assert_array_equal(q8(x_test[:8]).numpy(), expected)
+    q8(x_test[:8], training=True)  # a training call drops the records
+    assert conv.weight_quantizer.qweights.value is None
+
+
+def test_calibration_required_on_uncalibrated():
+    inp = keras.Input((4,))
+    iq = InputQuantizer()
+    oq = OutputQuantizer()
+    model = keras.Model(inp, Dequantizer()(oq(iq(inp))))
+    assert calibration_required(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder,kwargs", [
+    (keras.applications.MobileNet, {"alpha": 0.25}),
+    (keras.applications.MobileNetV2, {"alpha": 0.35}),
+], ids=["mobilenet", "mobilenet_v2"])
+def test_mobilenets_quantize_after_sanitize(builder, kwargs):
+    model = builder(input_shape=(96, 96, 3), weights=None, **kwargs)
+    sane = sanitize(model)
+    data = np.random.default_rng(0).uniform(0, 1, (8, 96, 96, 3)).astype(np.float32)
+    q = quantize(sane, samples=data, num_samples=8, batch_size=8)
+    assert not calibration_required(q)
+    out = q.predict(data, verbose=0)
+    assert out.shape == (8, 1000) and np.all(np.isfinite(out))
