@@ -75,7 +75,10 @@ def run_demo(output="quantizeml_demo", epochs=10, qat_epochs=3, verbose=True, se
                  **_sizes(model, "int4_packed")})
     log(f"QAT fine-tuning at 4/4 bits ({qat_epochs} epochs)...")
     keras.utils.set_random_seed(seed)
-    q4.compile(optimizer=keras.optimizers.Adam(1e-4),
+    # a cosine-decayed learning rate: the quantized model starts close to its optimum
+    steps = qat_epochs * int(np.ceil(len(x_train) / 32))
+    q4.compile(optimizer=keras.optimizers.Adam(
+                   keras.optimizers.schedules.CosineDecay(1e-4, max(steps, 1))),
                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                metrics=["accuracy"])
     q4.fit(x_train, y_train, epochs=qat_epochs, batch_size=32, verbose=0)

@@ -61,14 +61,15 @@ def check_qtensor(layer, inputs, types=(FixedPoint,), per_tensor=False):
     return inputs
 
 
-def record_saturation(layer, key, values, value_bits):
-    """Stores, in eager mode, the ratio of ``values`` outside ``[-2^vb, 2^vb - 1]``.
+def record_saturation(layer, key, values, value_bits, tolerance=0):
+    """Stores, in eager mode, the ratio of ``values`` outside ``[-2^vb, 2^vb - 1]`` by more
+    than ``tolerance`` quantization steps.
 
     check_quantization reads ``layer.saturation`` after running samples eagerly.
     """
     if not tf.executing_eagerly():
         return
-    int_max = 2.0**value_bits - 1
+    int_max = 2.0**value_bits - 1 + tolerance
     values = tf.cast(values, tf.float64)
     outside = tf.logical_or(values > int_max, values < -int_max - 1)
     ratio = float(tf.reduce_mean(tf.cast(outside, tf.float32))) if tf.size(values) > 0 else 0.0

@@ -85,7 +85,9 @@ class OutputQuantizer(Quantizer):
         frac_bits = self.frac_bits
         wide = fp.rescale(frac_bits, max(fp.value_bits, self.value_bits))
         values = wide.values
-        record_saturation(self, "output", values, self.value_bits)
+        # a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256] grid) is a
+        # rounding of the calibrated range, not a saturation worth reporting
+        record_saturation(self, "output", values, self.value_bits, tolerance=1)
         if not self.signed:
             values = tf.maximum(values, tf.zeros_like(values))
         return FixedPoint(values, self.value_bits, frac_bits)
