@@ -16,6 +16,8 @@ layer module with ``register_quantize_target``):
 * each float model input gets an InputQuantizer (``activation_bits``, signed when the samples
   have negative values), except inputs consumed by a Rescaling (raw integer pixels);
 * a Dequantizer is appended to each model output;
+* after calibration, the biases of layers with weights of 4 bits or less are corrected for the
+  mean output shift their weight rounding causes (``bias_correction.correct_biases``);
 * the float tail rule: layers without a quantized twin are allowed only after the last
   quantized layers (no quantized layer downstream of them, e.g. a final softmax); they stay
   float and receive dequantized inputs. Anywhere else they are reported, all together.
@@ -30,6 +32,7 @@ import tf_keras as keras
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.base import QUANTIZATION_TARGETS
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
+from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import check_functional, consumers, output_layers, producer, rebuild
 from .quantization_params import QuantizationParams, get_quantization_params
@@ -312,6 +315,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             _copy_weights(layer, new_layers[layer.name])
     qmodel = _append_dequantizers(qmodel)
     calibrate(model, qmodel, batches=batches, verbose=verbose)
+    if not requantize:
+        correct_biases(model, qmodel, batches)
     return qmodel
 
 
