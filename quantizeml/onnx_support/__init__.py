@@ -4,5 +4,6 @@
 ``com.quantizeml`` nodes (``layers``), each defined as an ONNX function of standard operators.
 """
 from . import layers, quantization  # noqa: F401
+from .export import export  # noqa: E402
 
-__all__ = ["layers", "quantization"]
+__all__ = ["layers", "quantization", "export"]

@@ -1,0 +1,545 @@
+"""Export of a quantized Keras model (from ``quantizeml.models.quantize``) to ONNX, bit-exactly.
+
+Every quantized layer is written as standard ONNX operators on **int64** tensors (NHWC, the
+Keras layout) that reproduce the integer maths of the Keras layer exactly:
+
+* ``InputQuantizer``: ``clip(floor(x * 2^f + 0.5))`` in float64 (exact), then int64;
+* convolutions and Dense: the int64 inputs (padded explicitly, as TensorFlow pads 'same') are
+  split into 8-bit limbs (``x = sum_j u_j * 256^j``, the top limb signed through a zero point
+  of 128) and reduced with ``ConvInteger``/``MatMulInteger`` against the int8 quantized weights
+  (exact int32 partial sums), the limbs recombined in int64; then the accumulator clip to the
+  integer buffer, the bias quantized on the accumulator grid (taken from the Keras
+  AlignedWeightQuantizer) and the buffer clip again;
+* QFloat -> FixedPoint conversions multiply by the scales quantized on ``scale_bits``
+  (``QFloat.quantize_scales``), an exact int64 product;
+* rescalings (OutputQuantizer, alignments) are per-channel left shifts (multiplications) or
+  rounded right shifts ``floor((v + 2^(s-1)) / 2^s)`` (round half up, the ``Mod``-based floor
+  division), then the clip to the quantizer's range (and 0 for unsigned ones);
+* ReLU is ``min(max(v, 0), floor(max_value * 2^f))``, the global average pooling an int64
+  ``ReduceSum`` (its ``1 / (H * W)`` is a QFloat scale), Add an aligned int64 sum.
+
+The final Dequantizer is a float output (``values * 2^-f * scales`` in float64, rounded once to
+float32, as ``QTensor.to_float`` does). The integer values before it are a second graph output
+named ``integer_outputs`` (one per model output: ``integer_outputs``, ``integer_outputs_1``...).
+"""
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf_keras as keras
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper
+
+from ..layers import (Dequantizer, InputQuantizer, OutputQuantizer, QuantizedAdd,
+                      QuantizedConv2D, QuantizedDense, QuantizedDepthwiseConv2D,
+                      QuantizedDropout, QuantizedFlatten, QuantizedGlobalAveragePooling2D,
+                      QuantizedMaxPool2D, QuantizedReLU, QuantizedReshape)
+from ..tensors import FixedPoint, QFloat
+from ..tensors.carrier import MAX_VALUE_BITS
+from ..tensors.dispatch.common import bits_for
+
+__all__ = ["export", "SUPPORTED_LAYERS"]
+
+#: ONNX standard opset of the exported graphs.
+OPSET = 17
+
+#: The Keras layer classes the exporter supports.
+SUPPORTED_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer,
+                    QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense, QuantizedReLU,
+                    QuantizedGlobalAveragePooling2D, QuantizedAdd, QuantizedMaxPool2D,
+                    QuantizedFlatten, QuantizedReshape, QuantizedDropout)
+
+
+class _T:
+    """An integer tensor of the graph: its ONNX name and the metadata of the QTensor it is.
+
+    ``frac`` (float64 numpy, scalar or per channel) and ``scales`` (float32 numpy or None for
+    a FixedPoint) follow the Keras QTensor; ``vb`` are its value bits and ``unsigned`` tells
+    that the values are known to be >= 0.
+    """
+
+    def __init__(self, name, vb, frac, scales=None, unsigned=False, shape=None):
+        self.name = name
+        self.vb = int(vb)
+        self.frac = np.asarray(frac, np.float64)
+        self.scales = None if scales is None else np.asarray(scales, np.float32)
+        self.unsigned = unsigned
+        self.shape = shape  # without batch
+
+    @property
+    def per_tensor(self):
+        return self.frac.size == 1 and (self.scales is None or self.scales.size == 1)
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes, self.inits, self._count = [], [], 0
+
+    def uid(self, base):
+        self._count += 1
+        return f"{base}_{self._count}"
+
+    def const(self, value, base="c"):
+        name = self.uid(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def i64(self, value, base="c"):
+        return self.const(np.asarray(value, np.int64), base)
+
+    def node(self, op, inputs, base, n_out=1, **attrs):
+        outs = [self.uid(base) for _ in range(n_out)]
+        self.nodes.append(oh.make_node(op, list(inputs), outs, name=self.uid(op), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    # ---- integer helpers -------------------------------------------------------------------
+    def clip(self, x, lo, hi, base="clip"):
+        return self.node("Clip", [x, self.i64(lo), self.i64(hi)], base)
+
+    def clip_bits(self, x, value_bits, unsigned=False, base="clip"):
+        lo = 0 if unsigned else -(2 ** value_bits)
+        return self.clip(x, lo, 2 ** value_bits - 1, base)
+
+    def floor_div(self, x, divisor, base="fdiv"):
+        """floor(x / d) for int64 x and positive int64 d (Python-semantics Mod)."""
+        d = self.i64(divisor)
+        rem = self.node("Mod", [x, d], base + "_rem", fmod=0)
+        exact = self.node("Sub", [x, rem], base + "_exact")
+        return self.node("Div", [exact, d], base)
+
+    def shift(self, x, shift, base="shift"):
+        """x * 2^shift, exact left shifts and rounded-half-up right shifts, per channel."""
+        shift = np.asarray(shift, np.float64)
+        if not np.all(shift == np.round(shift)):
+            raise ValueError(f"export expected integer shifts. Received: {shift}")
+        shift = shift.astype(np.int64)
+        if np.all(shift == 0):
+            return x
+        left = np.left_shift(np.int64(1), np.maximum(shift, 0))
+        right = np.left_shift(np.int64(1), np.maximum(-shift, 0))
+        if np.any(left != 1):
+            x = self.node("Mul", [x, self.i64(left)], base + "_l")
+        if np.any(right != 1):
+            half = right // 2
+            x = self.node("Add", [x, self.i64(half)], base + "_h")
+            x = self.floor_div(x, right, base + "_r")
+        return x
+
+
+def _np(t):
+    return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
+
+
+def _pad_amounts(size, kernel, stride, dilation, padding):
+    if padding == "valid":
+        return 0, 0
+    effective = (kernel - 1) * dilation + 1
+    out = (size + stride - 1) // stride
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def _limbs(b, x):
+    """Splits an int64 tensor into 8-bit limbs: [(uint8 name, zero point name or '', weight)]."""
+    n = max(1, int(np.ceil(x.vb / 8)) if x.unsigned else int(np.ceil((x.vb + 1) / 8)))
+    limbs, rest = [], x.name
+    for j in range(n):
+        top = j == n - 1
+        if top and not x.unsigned:
+            shifted = b.node("Add", [rest, b.i64(128)], "limb_off")
+            u = b.node("Cast", [shifted], "limb", to=TensorProto.UINT8)
+            limbs.append((u, b.const(np.array(128, np.uint8), "zp"), 256 ** j))
+            break
+        if top:
+            u = b.node("Cast", [rest], "limb", to=TensorProto.UINT8)
+            limbs.append((u, "", 256 ** j))
+            break
+        low = b.node("Mod", [rest, b.i64(256)], "limb_low", fmod=0)
+        limbs.append((b.node("Cast", [low], "limb", to=TensorProto.UINT8), "", 256 ** j))
+        rest = b.node("Div", [b.node("Sub", [rest, low], "limb_sub"), b.i64(256)], "limb_rest")
+    return limbs
+
+
+def _integer_reduction(b, x, make_op, terms):
+    """sum_j make_op(limb_j, zp_j) * 256^j in int64 (each make_op result is int32)."""
+    if terms * 2 ** 15 >= 2 ** 31:
+        raise ValueError(f"export expected reductions of less than 2^16 terms. "
+                         f"Received: {terms} terms")
+    total = None
+    for u, zp, weight in _limbs(b, x):
+        part = b.node("Cast", [make_op(u, zp)], "part", to=TensorProto.INT64)
+        if weight != 1:
+            part = b.node("Mul", [part, b.i64(weight)], "part_w")
+        total = part if total is None else b.node("Add", [total, part], "acc")
+    return total
+
+
+def _int8_weights(layer, w):
+    values = _np(w.values)
+    if values.min() < -128 or values.max() > 127:
+        raise ValueError(f"export expected weights of at most 8 bits. Received: layer "
+                         f"{layer.name} with weights in [{values.min()}, {values.max()}]")
+    return values.astype(np.int8)
+
+
+def _qfloat_to_fp(b, x, scale_bits):
+    """QFloat -> FixedPoint: values times the scales quantized on scale_bits (exact)."""
+    if x.scales is None:
+        return x
+    qs = QFloat.quantize_scales(tf.constant(x.scales), scale_bits)
+    s_int = _np(qs.values).astype(np.int64)
+    name = b.node("Mul", [x.name, b.i64(s_int)], "qf2fp")
+    return _T(name, min(x.vb + qs.value_bits + 1, MAX_VALUE_BITS),
+              x.frac + _np(qs.frac_bits).astype(np.float64), None, x.unsigned, x.shape)
+
+
+def _requantize(b, x, quantizer):
+    """OutputQuantizer._requantize on a FixedPoint."""
+    frac = _np(quantizer.frac_bits).astype(np.float64)
+    v = b.shift(x.name, frac - x.frac, "rq")
+    v = b.clip_bits(v, quantizer.value_bits, unsigned=not quantizer.signed, base="oq")
+    return _T(v, quantizer.value_bits, frac, None, not quantizer.signed, x.shape)
+
+
+def _output_quantizer(b, x, quantizer):
+    return _requantize(b, _qfloat_to_fp(b, x, quantizer.scale_bits), quantizer)
+
+
+def _buffer_clip(b, x, buffer_bits):
+    name = b.clip_bits(x.name, buffer_bits - 1, base="buf")
+    return _T(name, min(x.vb, buffer_bits - 1), x.frac, x.scales, x.unsigned, x.shape)
+
+
+def _finish(b, layer, x):
+    """QuantConfigMixin._quantize_output."""
+    if layer.out_quantizer is not None:
+        return _output_quantizer(b, x, layer.out_quantizer)
+    return _buffer_clip(b, x, layer.buffer_bitwidth)
+
+
+# ---- layers ---------------------------------------------------------------------------------
+def _input_quantizer(b, layer, x_name, shape):
+    frac = float(_np(layer.frac_bits))
+    v = b.node("Cast", [x_name], "xf32", to=TensorProto.FLOAT)
+    v = b.node("Cast", [v], "x64", to=TensorProto.DOUBLE)
+    v = b.node("Mul", [v, b.const(np.array(2.0 ** frac, np.float64))], "xs")
+    v = b.node("Add", [v, b.const(np.array(0.5, np.float64))], "xh")
+    v = b.node("Floor", [v], "xr")
+    lo = 0.0 if not layer.signed else -(2.0 ** layer.value_bits)
+    v = b.node("Clip", [v, b.const(np.array(lo)), b.const(np.array(2.0 ** layer.value_bits - 1))],
+               "xc")
+    v = b.node("Cast", [v], "xq", to=TensorProto.INT64)
+    return _T(v, layer.value_bits, frac, None, not layer.signed, shape)
+
+
+def _aligned_single(b, x):
+    """to_single_frac_bits: per-axis FixedPoint expanded to its largest frac bits."""
+    if x.frac.size == 1:
+        return x
+    target = float(x.frac.max())
+    name = b.shift(x.name, target - x.frac, "expand")
+    vb = min(max(x.vb + int(target - x.frac.min()), x.vb), MAX_VALUE_BITS)
+    return _T(name, vb, target, None, x.unsigned, x.shape)
+
+
+def _check_qfloat_input(layer, x):
+    if x.scales is not None and x.scales.size != 1:
+        raise ValueError(f"export expected per-tensor scales on the inputs of {layer.name}. "
+                         f"Received: scales of shape {x.scales.shape}")
+
+
+def _bias_and_finalize(b, layer, acc_name, acc_vb, frac, scales, channels, shape):
+    acc = _T(acc_name, acc_vb, frac, scales, False, shape)
+    acc = _buffer_clip(b, acc, layer.buffer_bitwidth)
+    if layer.use_bias:
+        grid_scales = tf.ones_like(layer.bias) if scales is None else tf.constant(scales)
+        frac_t = tf.constant(np.broadcast_to(frac, (channels,)).astype(np.float32)
+                             if np.size(frac) > 1 else np.float32(np.reshape(frac, ())))
+        grid = QFloat(FixedPoint(tf.zeros((1, channels)), acc.vb, frac_t), grid_scales)
+        qbias = layer.bias_quantizer(layer.bias, grid)
+        bias_values = _np(qbias.values).astype(np.int64)
+        name = b.node("Add", [acc.name, b.i64(bias_values)], "bias")
+        acc = _T(name, max(acc.vb, qbias.value_bits) + 1, frac, scales, False, shape)
+        acc = _buffer_clip(b, acc, layer.buffer_bitwidth)
+    acc = _buffer_clip(b, acc, layer.buffer_bitwidth)
+    if layer.out_quantizer is not None:
+        return _output_quantizer(b, acc, layer.out_quantizer)
+    return acc
+
+
+def _fold_scales(x_scales, w_scales):
+    if x_scales is None:
+        return None if w_scales is None else _np(w_scales).astype(np.float32)
+    if w_scales is None:
+        return x_scales
+    return _np(tf.constant(x_scales) * w_scales).astype(np.float32)
+
+
+def _conv(b, layer, x, depthwise=False):
+    if x.shape is None or len(x.shape) != 3 or None in x.shape:
+        raise ValueError(f"export expected static 4D inputs for {layer.name}. "
+                         f"Received: shape {x.shape}")
+    h, w_, c = x.shape
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    if depthwise:
+        kernel = layer.depthwise_kernel
+        _, _, channels, mult = kernel.shape
+        wq = getattr(layer, layer.weight_keys[0])(tf.reshape(kernel, (kh, kw, 1, channels * mult)))
+        wfp = wq.fp if isinstance(wq, QFloat) else wq
+        w_int = _int8_weights(layer, wfp).reshape(kh, kw, channels, mult)
+        onnx_w = w_int.reshape(kh, kw, channels * mult).transpose(2, 0, 1)[:, None]
+        out_channels = channels * mult
+        xin = x
+        x_frac = x.frac if x.frac.size == 1 else np.repeat(x.frac.reshape(-1), mult)
+        frac = x_frac + _np(wfp.frac_bits).astype(np.float64)
+        x_scales = x.scales
+        if x_scales is not None and x_scales.size > 1 and mult > 1:
+            x_scales = np.repeat(x_scales.reshape(-1), mult)
+        terms = kh * kw
+        group = channels
+    else:
+        _check_qfloat_input(layer, x)
+        xin = _aligned_single(b, x)
+        wq = layer.weight_quantizer(layer.kernel)
+        wfp = wq.fp if isinstance(wq, QFloat) else wq
+        w_int = _int8_weights(layer, wfp)
+        onnx_w = w_int.transpose(3, 2, 0, 1)
+        out_channels = w_int.shape[-1]
+        frac = xin.frac + _np(wfp.frac_bits).astype(np.float64)
+        x_scales = x.scales
+        terms = kh * kw * c
+        group = 1
+    scales = _fold_scales(x_scales, getattr(wq, "scales", None))
+    ph = _pad_amounts(h, kh, sh, dh, layer.padding)
+    pw = _pad_amounts(w_, kw, sw, dw, layer.padding)
+    xv = xin.name
+    if any(ph) or any(pw):
+        xv = b.node("Pad", [xv, b.i64([0, ph[0], pw[0], 0, 0, ph[1], pw[1], 0])], "pad")
+    xv = b.node("Transpose", [xv], "nchw", perm=[0, 3, 1, 2])
+    padded = _T(xv, xin.vb, 0, None, xin.unsigned)
+    wname = b.const(onnx_w.astype(np.int8), "w")
+
+    def make_op(u, zp):
+        inputs = [u, wname] + ([zp] if zp else [])
+        return b.node("ConvInteger", inputs, "conv", strides=[sh, sw], dilations=[dh, dw],
+                      group=group)
+    acc = _integer_reduction(b, padded, make_op, terms)
+    acc = b.node("Transpose", [acc], "nhwc", perm=[0, 2, 3, 1])
+    out_h = (h + sum(ph) - ((kh - 1) * dh + 1)) // sh + 1
+    out_w = (w_ + sum(pw) - ((kw - 1) * dw + 1)) // sw + 1
+    acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
+    return _bias_and_finalize(b, layer, acc, acc_vb, frac, scales, out_channels,
+                              (out_h, out_w, out_channels))
+
+
+def _dense(b, layer, x):
+    _check_qfloat_input(layer, x)
+    xin = _aligned_single(b, x)
+    wq = layer.weight_quantizer(layer.kernel)
+    wfp = wq.fp if isinstance(wq, QFloat) else wq
+    w_int = _int8_weights(layer, wfp)
+    wname = b.const(w_int, "w")
+
+    def make_op(u, zp):
+        return b.node("MatMulInteger", [u, wname] + ([zp] if zp else []), "matmul")
+    terms = w_int.shape[0]
+    acc = _integer_reduction(b, xin, make_op, terms)
+    frac = xin.frac + _np(wfp.frac_bits).astype(np.float64)
+    scales = _fold_scales(x.scales, getattr(wq, "scales", None))
+    acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
+    shape = tuple(x.shape[:-1]) + (w_int.shape[1],)
+    return _bias_and_finalize(b, layer, acc, acc_vb, frac, scales, w_int.shape[1], shape)
+
+
+def _relu(b, layer, x):
+    if x.scales is not None:
+        x = _qfloat_to_fp(b, x, layer.scale_bits)
+    v = b.node("Max", [x.name, b.i64(0)], "relu")
+    if layer.max_value is not None:
+        dtype = np.float32 if x.vb <= 23 else np.float64
+        max_int = np.floor(dtype(float(layer.max_value)) * np.power(dtype(2.0),
+                                                                    x.frac.astype(dtype)))
+        v = b.node("Min", [v, b.i64(max_int.astype(np.int64))], "relu_max")
+    return _finish(b, layer, _T(v, x.vb, x.frac, None, True, x.shape))
+
+
+def _gap(b, layer, x):
+    if x.shape is None or len(x.shape) != 3 or layer.data_format != "channels_last":
+        raise ValueError(f"export expected channels_last 4D inputs for {layer.name}.")
+    h, w_, c = x.shape
+    total = b.node("ReduceSum", [x.name, b.i64([1, 2])], "gap", keepdims=int(layer.keepdims))
+    vb = min(bits_for(h * w_ * 2.0 ** x.vb), MAX_VALUE_BITS)
+    scales = tf.constant(1.0 / (h * w_), tf.float32)
+    if x.scales is not None:
+        scales = tf.constant(x.scales) * scales
+    shape = (1, 1, c) if layer.keepdims else (c,)
+    t = _T(total, vb, x.frac, _np(scales), x.unsigned, shape)
+    t = _buffer_clip(b, t, layer.buffer_bitwidth)
+    return _finish(b, layer, t)
+
+
+def _add(b, layer, xs):
+    fps = [_qfloat_to_fp(b, x, layer.scale_bits) for x in xs]
+    frac = np.maximum(fps[0].frac, fps[1].frac)
+    names, vbs = [], []
+    for fp in fps:
+        shift = frac - fp.frac
+        names.append(b.shift(fp.name, shift, "align"))
+        vbs.append(fp.vb + int(max(0, shift.max())))
+    total = b.node("Add", names, "add")
+    if layer.average:
+        frac = frac + 1.0
+    t = _T(total, max(vbs) + 1, frac, None, all(x.unsigned for x in fps), fps[0].shape)
+    t = _buffer_clip(b, t, layer.buffer_bitwidth)
+    return _finish(b, layer, t)
+
+
+def _maxpool(b, layer, x):
+    if x.scales is not None:
+        raise ValueError(f"export expected FixedPoint inputs for {layer.name} (MaxPool).")
+    v = b.node("Cast", [x.name], "mp64", to=TensorProto.DOUBLE)
+    v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
+    h, w_, c = x.shape
+    ph = _pad_amounts(h, layer.pool_size[0], layer.strides[0], 1, layer.padding)
+    pw = _pad_amounts(w_, layer.pool_size[1], layer.strides[1], 1, layer.padding)
+    v = b.node("MaxPool", [v], "maxpool", kernel_shape=list(layer.pool_size),
+               strides=list(layer.strides), pads=[ph[0], pw[0], ph[1], pw[1]])
+    v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
+    v = b.node("Cast", [v], "mp", to=TensorProto.INT64)
+    out_h = (h + sum(ph) - layer.pool_size[0]) // layer.strides[0] + 1
+    out_w = (w_ + sum(pw) - layer.pool_size[1]) // layer.strides[1] + 1
+    return _finish(b, layer, _T(v, x.vb, x.frac, None, x.unsigned, (out_h, out_w, c)))
+
+
+def _reshape(b, layer, x, target):
+    if not x.per_tensor and target[-1] != x.shape[-1]:
+        raise ValueError(f"export expected per-tensor inputs for {layer.name}.")
+    v = b.node("Reshape", [x.name, b.i64([-1] + list(target))], "reshape")
+    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, tuple(target)))
+
+
+def _dequantize(b, x):
+    v = b.node("Cast", [x.name], "dq64", to=TensorProto.DOUBLE)
+    v = b.node("Mul", [v, b.const(np.power(2.0, -x.frac))], "dq_f")
+    if x.scales is not None:
+        v = b.node("Mul", [v, b.const(x.scales.astype(np.float64))], "dq_s")
+    return b.node("Cast", [v], "dq", to=TensorProto.FLOAT)
+
+
+# ---- driver ---------------------------------------------------------------------------------
+def _inbound(layer):
+    node = layer.inbound_nodes[0]
+    tensors = node.input_tensors
+    tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
+    return [t._keras_history.layer.name for t in tensors]
+
+
+def _check_supported(qmodel):
+    bad = [layer for layer in qmodel.layers if not isinstance(layer, SUPPORTED_LAYERS)]
+    bad += [layer for layer in qmodel.layers
+            if isinstance(layer, QuantizedConv2D) and layer.padding_value is not None
+            and layer not in bad]
+    if bad:
+        listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in bad)
+        supported = ", ".join(c.__name__ for c in SUPPORTED_LAYERS)
+        raise ValueError(f"export expected a quantized model made of {supported}. Received: "
+                         f"layers it cannot export: {listing}")
+    if any(len(layer.inbound_nodes) > 1 for layer in qmodel.layers):
+        raise ValueError("export expected each layer to be called once (no shared layers).")
+
+
+def export(qmodel, path=None):
+    """Exports a quantized Keras model to an ONNX model that reproduces it bit-exactly.
+
+    The graph computes in int64 (and exact float64 for the input quantization) with standard
+    ONNX operators only (opset 17), so ``onnx.checker.check_model(full_check=True)`` passes and
+    plain ``onnxruntime`` runs it. Its inputs are the float Keras inputs (NHWC, dynamic batch);
+    its outputs are the dequantized float outputs (named after the Keras outputs) followed by
+    the integer values before the final Dequantizers (``integer_outputs``, then
+    ``integer_outputs_1``, ...), which equal the Keras QTensors' ``values`` bit for bit.
+
+    Args:
+        qmodel (keras.Model): a functional model from ``quantizeml.models.quantize``.
+        path (str, optional): where to save the ONNX model. Defaults to None (not saved).
+
+    Returns:
+        onnx.ModelProto: the exported model.
+
+    Raises:
+        ValueError: when the model has layers the exporter cannot export (all listed), or
+            quantized tensors it cannot represent exactly (weights wider than 8 bits).
+    """
+    if not isinstance(qmodel, keras.Model) or not hasattr(qmodel, "inputs") \
+            or qmodel.inputs is None:
+        raise ValueError(f"export expected a functional keras.Model. Received: {qmodel!r}")
+    _check_supported(qmodel)
+    b = _Builder()
+    tensors, graph_inputs, outputs = {}, [], {}
+    for layer in qmodel.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            shape = list(layer.output.shape)
+            graph_inputs.append(oh.make_tensor_value_info(
+                layer.name, TensorProto.FLOAT, ["N"] + [int(d) for d in shape[1:]]))
+            tensors[layer.name] = layer.name  # a float graph input
+            continue
+        args = [tensors[name] for name in _inbound(layer)]
+        x = args[0]
+        if isinstance(layer, InputQuantizer):
+            if not isinstance(x, str):
+                raise ValueError(f"export expected float inputs for {layer.name}.")
+            shape = tuple(int(d) for d in layer.input_shape[1:])
+            out = _input_quantizer(b, layer, x, shape)
+        elif isinstance(x, str) and not isinstance(layer, Dequantizer):
+            raise ValueError(f"export expected quantized inputs for {layer.name} "
+                             f"({type(layer).__name__}).")
+        elif isinstance(layer, OutputQuantizer):
+            out = _output_quantizer(b, x, layer)
+        elif isinstance(layer, Dequantizer):
+            outputs[layer.name] = x
+            out = x
+        elif isinstance(layer, QuantizedDepthwiseConv2D):
+            out = _conv(b, layer, x, depthwise=True)
+        elif isinstance(layer, QuantizedConv2D):
+            out = _conv(b, layer, x)
+        elif isinstance(layer, QuantizedDense):
+            out = _dense(b, layer, x)
+        elif isinstance(layer, QuantizedReLU):
+            out = _relu(b, layer, x)
+        elif isinstance(layer, QuantizedGlobalAveragePooling2D):
+            out = _gap(b, layer, x)
+        elif isinstance(layer, QuantizedAdd):
+            out = _add(b, layer, args)
+        elif isinstance(layer, QuantizedMaxPool2D):
+            out = _maxpool(b, layer, x)
+        elif isinstance(layer, QuantizedFlatten):
+            out = _reshape(b, layer, x, (int(np.prod(x.shape)),))
+        elif isinstance(layer, QuantizedReshape):
+            out = _reshape(b, layer, x, tuple(int(d) for d in layer.output_shape[1:]))
+        else:  # QuantizedDropout: identity at inference
+            out = x
+        tensors[layer.name] = out
+    float_outputs, int_outputs = [], []
+    for i, t in enumerate(qmodel.outputs):
+        name = t._keras_history.layer.name
+        if name not in outputs:
+            raise ValueError(f"export expected a Dequantizer on every model output. "
+                             f"Received: output {name!r}")
+        x = outputs[name]
+        b.nodes.append(oh.make_node("Identity", [_dequantize(b, x)], [name],
+                                    name=b.uid("Identity")))
+        iname = "integer_outputs" if i == 0 else f"integer_outputs_{i}"
+        b.nodes.append(oh.make_node("Identity", [x.name], [iname], name=b.uid("Identity")))
+        shape = ["N"] + [int(d) for d in x.shape] if x.shape is not None else None
+        float_outputs.append(oh.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        int_outputs.append(oh.make_tensor_value_info(iname, TensorProto.INT64, shape))
+    graph_outputs = float_outputs + int_outputs
+    graph = oh.make_graph(b.nodes, qmodel.name, graph_inputs, graph_outputs,
+                          initializer=b.inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)],
+                          producer_name="quantizeml")
+    model.ir_version = 8
+    if path is not None:
+        onnx.save(model, path)
+    return model
