@@ -1,4 +1,6 @@
 """Shared plumbing of quantizeml layers: registration, quant_config checks, saturation."""
+import inspect
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -6,6 +8,25 @@ from ..tensors import FixedPoint, QFloat, QTensor
 
 #: float Keras layer class -> its quantized twin. Filled by :func:`register_quantize_target`.
 QUANTIZATION_TARGETS = {}
+
+
+class StaticCallMixin:
+    """Marks the ``call`` of each subclass with ``tf.autograph.experimental.do_not_convert``.
+
+    quantizeml layers branch only on static Python values (bitwidths, configuration, shapes),
+    so AutoGraph has nothing to convert in them; Keras would otherwise transpile every call of
+    every layer while building a functional model (most of the time quantize() took).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("call")
+        if call is not None and not hasattr(call, "__signature__"):
+            wrapped = tf.autograph.experimental.do_not_convert(call)
+            # Keras reads the call signature (``training``, ``mask``) with getfullargspec,
+            # which honours __signature__ but not __wrapped__
+            wrapped.__signature__ = inspect.signature(call)
+            cls.call = wrapped
 
 
 def register_keras(cls):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import MAX_VALUE_BITS, carrier_dtype
-from .base import check_quant_config, clip_to_buffer
+from .base import StaticCallMixin, check_quant_config, clip_to_buffer
 from .quantizers import OutputQuantizer
 from .quantizers.quantizers import check_bitwidth
 
@@ -20,7 +20,7 @@ DEFAULT_BUFFER_BITWIDTH = 32
 OUTPUT_KEYS = ("output_quantizer", "buffer_bitwidth")
 
 
-class QuantConfigMixin:
+class QuantConfigMixin(StaticCallMixin):
     """Mixin of a Keras layer configured by a ``quant_config`` dict.
 
     Place it before the Keras base class (``class QuantizedX(QuantConfigMixin, keras.layers.X)``)

@@ -2,7 +2,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from ..base import register_keras
+from ..base import StaticCallMixin, register_keras
 
 AXES = ("per-tensor", "per-axis")
 
@@ -15,7 +15,7 @@ def check_axis(axis, layer_name=""):
 
 
 @register_keras
-class OutputObserver(keras.layers.Layer):
+class OutputObserver(StaticCallMixin, keras.layers.Layer):
     """Calibration layer.
 
     Placed where an OutputQuantizer will be inserted (end of blocks), it accumulates the

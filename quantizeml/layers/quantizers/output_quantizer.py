@@ -5,7 +5,7 @@ import tf_keras as keras
 
 from ...tensors import FixedPoint, QFloat, QTensor
 from ...tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS
-from ..base import record_saturation, register_keras
+from ..base import StaticCallMixin, record_saturation, register_keras
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
 
@@ -130,7 +130,7 @@ class InputQuantizer(OutputQuantizer):
 
 
 @register_keras
-class Dequantizer(keras.layers.Layer):
+class Dequantizer(StaticCallMixin, keras.layers.Layer):
     """Layer that allows to dequantize its inputs.
 
     QTensor inputs (or nests of them) are converted to float with ``to_float()``; float

@@ -4,7 +4,7 @@ import tf_keras as keras
 
 from ...tensors import FixedPoint, QFloat
 from ...tensors.carrier import BUFFER_BITS
-from ..base import register_keras
+from ..base import StaticCallMixin, register_keras
 from ..calibration.recorders import QFloatRecorder
 
 
@@ -18,7 +18,7 @@ def check_bitwidth(bitwidth, layer_name, max_bits=BUFFER_BITS, name="bitwidth"):
 
 
 @register_keras
-class Quantizer(keras.layers.Layer):
+class Quantizer(StaticCallMixin, keras.layers.Layer):
     """The base class for all quantizers.
 
     The bitwidth defines the number of quantization levels: an unsigned quantizer maps to
