@@ -18,7 +18,7 @@ from ..layers import (Dequantizer, InputQuantizer, OutputObserver, OutputQuantiz
                       QuantizeWrapper)
 from ..tensors import QTensor
 from .graph import check_functional
-from .samples import iterate_batches
+from .samples import Batches
 
 #: How many extra fractional bits the range search tries beyond the no-clipping ones.
 SEARCH_BITS = 3
@@ -128,7 +128,12 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
         batch_size (int, optional): the batch size. Defaults to None (32).
         epochs (int, optional): the number of epochs. Defaults to 1.
         verbose (bool, optional): show a progress bar. Defaults to False.
-        batches (list, optional): already validated batches (used by quantize()).
+        batches (iterable, optional): already validated batches (used by quantize()); it is
+            iterated several times (a list, or a re-iterable such as ``samples.Batches``).
+
+    The samples are streamed: each calibration pass iterates them again, so memory does not
+    grow with ``num_samples`` (a generator is spilled to a temporary directory on the first
+    pass, see ``samples.Batches``).
 
     Raises:
         ValueError: invalid samples (NaN/Inf, wrong shape, empty) or mismatched models.
@@ -136,11 +141,18 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     check_functional(model, "calibrate's model")
     check_functional(qmodel, "calibrate's qmodel")
     if batches is None:
-        batches = list(iterate_batches(model, samples, num_samples, batch_size, epochs))
+        batches = Batches(model, samples, num_samples, batch_size, epochs)
+    _calibrate_ranges(model, qmodel, batches, verbose)
+    # after the ranges: the wrappers' inputs come through the calibrated quantized layers
     _calibrate_wrappers(qmodel, batches)
+    return qmodel
+
+
+def _calibrate_ranges(model, qmodel, batches, verbose):
+    """The two passes of the module docstring: observers, then the range search."""
     targets = output_quantizers(qmodel)
     if not targets:
-        return qmodel
+        return
     names = list(targets)
     refs = [_dequantized(t) for t in _reference_tensors(model, names)]
     for name, t in zip(names, refs):
@@ -152,8 +164,8 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     ref_model = keras.Model(model.inputs, refs)
 
     observe = tf.function(lambda x: observer_model(x, training=False), reduce_retracing=True)
-    progress = keras.utils.Progbar(2 * len(batches), verbose=1 if verbose else 0,
-                                   unit_name="batch")
+    progress = keras.utils.Progbar(2 * len(batches) if hasattr(batches, "__len__") else None,
+                                   verbose=1 if verbose else 0, unit_name="batch")
     for batch in batches:
         observe(batch if len(batch) > 1 else batch[0])
         progress.add(1)
@@ -184,4 +196,3 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
         # that a calibrated range never reads as the uncalibrated 1.
         oq.range_max.assign(np.reshape(0.75 * 2.0**(oq.value_bits - best),
                                        oq.range_max.shape).astype(np.float32))
-    return qmodel

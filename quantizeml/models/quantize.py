@@ -36,7 +36,7 @@ from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import check_functional, consumers, output_layers, producer, rebuild
 from .quantization_params import QuantizationParams, get_quantization_params
-from .samples import iterate_batches
+from .samples import Batches
 
 _PASS_THROUGH = ("MaxPooling2D", "Flatten", "Reshape", "Permute", "Dropout")
 _NEEDS_PER_TENSOR = ("Flatten", "Reshape", "Permute", "Concatenate", "Attention")
@@ -237,7 +237,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             "register a twin or a QuantizeConfig for them, or keep them float after the last "
             "quantized layer.")
     requantize = any(_is_quantized_layer(layer) for layer in model.layers)
-    batches = list(iterate_batches(model, samples, num_samples, batch_size, epochs))
+    batches = Batches(model, samples, num_samples, batch_size, epochs)
     finals = set()
     for name in output_layers(model):
         finals.add(name)
@@ -269,7 +269,13 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             return type(layer).from_config({**layer.get_config(), **q_config.get(layer.name, {})})
         qcls = type(layer) if requantize else QUANTIZATION_TARGETS[type(layer)]
         config = {**layer.get_config(), "quant_config": config_for(layer)}
-        return qcls.from_config(config)
+        try:
+            return qcls.from_config(config)
+        except TypeError as e:
+            # Keras wraps the layer's own clear ValueError into a TypeError with a config dump
+            if isinstance(e.__context__, ValueError):
+                raise e.__context__ from None
+            raise
 
     input_index = {producer(t).name: i for i, t in enumerate(model.inputs)}
 

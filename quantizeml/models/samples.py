@@ -1,5 +1,8 @@
 """Calibration samples: numpy arrays, tf.data Datasets or generators, validated and batched."""
 import itertools
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -117,6 +120,64 @@ def iterate_batches(model, samples=None, num_samples=1024, batch_size=None, epoc
         if seen == 0:
             raise ValueError("Calibration samples expected at least one sample. Received: an "
                              "empty dataset or generator")
+
+
+class Batches:
+    """Re-iterable validated batches, streamed: memory does not grow with the sample count.
+
+    Each ``iter()`` is a new pass over the samples: arrays and tf.data Datasets are iterated
+    again; a generator (or any one-shot iterator), which can be consumed only once, is spilled
+    to ``.npy`` files in a temporary directory during the first pass and read back from disk on
+    the next ones (the directory is removed when this object is garbage collected or on
+    ``close()``).
+
+    Args: as :func:`iterate_batches`.
+    """
+
+    def __init__(self, model, samples=None, num_samples=1024, batch_size=None, epochs=1):
+        self._args = (model, samples, num_samples, batch_size, epochs)
+        self._one_shot = samples is not None and not isinstance(
+            samples, (np.ndarray, list, tf.data.Dataset))
+        self._spill = None  # directory, once a one-shot source is fully spilled
+        self._count = None
+
+    def __iter__(self):
+        if not self._one_shot:
+            return iterate_batches(*self._args)
+        if self._spill is not None:
+            return self._replay()
+        return self._record()
+
+    def _record(self):
+        if self._count is not None:
+            raise ValueError("Calibration samples expected a complete first pass over the "
+                             "generator before a second one. Received: a pass interrupted")
+        self._count = 0
+        spill = tempfile.mkdtemp(prefix="quantizeml_batches_")
+        try:
+            for batch in iterate_batches(*self._args):
+                for i, a in enumerate(batch):
+                    np.save(os.path.join(spill, f"{self._count}_{i}.npy"), a)
+                self._count += 1
+                yield batch
+        except BaseException:  # the generator is partly consumed: no other pass is possible
+            shutil.rmtree(spill, ignore_errors=True)
+            raise
+        self._spill = spill
+        self._inputs = len(batch)
+
+    def _replay(self):
+        for n in range(self._count):
+            yield [np.load(os.path.join(self._spill, f"{n}_{i}.npy"))
+                   for i in range(self._inputs)]
+
+    def close(self):
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
+            self._spill = None
+
+    def __del__(self):
+        self.close()
 
 
 def take(iterable, n):
