@@ -1,10 +1,21 @@
 """The ``quantizeml`` command line.
 
-``quantizeml demo`` trains the reference digits CNN, quantizes it at 8/8 and 4/4 bits (the
-latter with a short QAT fine-tune), prints accuracies and sizes, and writes the models and
-their q_config to an output folder.
+Subcommands:
+
+* ``quantizeml demo``: trains the reference digits CNN, quantizes it at 8/8 and 4/4 bits (the
+  latter with a short QAT fine-tune), prints accuracies and sizes, and writes the models and
+  their q_config to an output folder;
+* ``quantizeml quantize MODEL -o OUT``: sanitizes and quantizes a Keras model file;
+* ``quantizeml check MODEL``: prints the quantization issues of a quantized model;
+* ``quantizeml config MODEL``: prints the q_config of a quantized model as JSON;
+* ``quantizeml analyze MODEL QMODEL --samples data.npz``: per-layer SQNR, errors, saturation;
+* ``quantizeml export-onnx QMODEL -o out.onnx``: exports a quantized model to ONNX.
+
+Errors are reported as one line on stderr (exit code 1; 2 for a bad command line), with the
+traceback only under ``--debug``.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -15,19 +26,163 @@ class CommandError(Exception):
     """An error reported as one line (no traceback unless --debug)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser reporting usage errors as one line (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _demo(args):
     from .demo import run_demo
     run_demo(args.output, epochs=args.epochs, qat_epochs=args.qat_epochs,
              verbose=not args.quiet)
 
 
+def _log(args, msg):
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _load_model(path, what="MODEL", quantized=False):
+    """Loads a Keras model file (h5, .keras or SavedModel directory), or raises CommandError.
+
+    With ``quantized=True`` the model must hold quantizeml layers.
+    """
+    if not os.path.exists(path):
+        raise CommandError(f"{what} {path!r}: no such file or directory")
+    import tf_keras as keras
+    from .models import load_model
+    try:
+        model = load_model(path, compile_model=False)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a Keras model"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CommandError(f"{what} {path!r} is not a Keras model ({first})") from e
+    if not isinstance(model, keras.Model):
+        raise CommandError(f"{what} {path!r} is not a Keras model (loaded a "
+                           f"{type(model).__name__})")
+    if quantized and not any(type(layer).__module__.startswith("quantizeml.")
+                             for layer in model.layers):
+        raise CommandError(f"{what} {path!r} is not a quantized model (run 'quantizeml "
+                           "quantize' first)")
+    return model
+
+
+def _load_samples(path):
+    """The first array of an npz file (or the array of an npy file), as float32."""
+    if not os.path.exists(path):
+        raise CommandError(f"--samples {path!r}: no such file or directory")
+    import numpy as np
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise CommandError(f"--samples {path!r} is not an npz/npy file ({e})") from e
+    if isinstance(data, np.ndarray):
+        return data.astype(np.float32)
+    with data:
+        if not data.files:
+            raise CommandError(f"--samples {path!r} holds no array")
+        return data[data.files[0]].astype(np.float32)
+
+
+def _load_json(path):
+    if not os.path.exists(path):
+        raise CommandError(f"--config {path!r}: no such file or directory")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"--config {path!r} is not valid JSON ({e})") from e
+
+
+def _quantize(args):
+    from .models import QuantizationParams, quantize
+    from .models.transforms import sanitize
+    model = _load_model(args.model)
+    samples = _load_samples(args.samples) if args.samples else None
+    q_config = _load_json(args.config) if args.config else None
+    qparams = QuantizationParams(
+        activation_bits=args.activation_bits, weight_bits=args.weight_bits,
+        output_bits=args.output_bits or args.activation_bits,
+        input_weight_bits=args.input_weight_bits or args.weight_bits,
+        per_tensor_activations=args.per_tensor_activations)
+    _log(args, f"Sanitizing {model.name!r}...")
+    model = sanitize(model)
+    num = len(samples) if samples is not None else args.num_samples
+    _log(args, f"Quantizing (weights {qparams.weight_bits} bits, activations "
+               f"{qparams.activation_bits} bits) and calibrating on {num} "
+               f"{'samples' if samples is not None else 'random samples'}...")
+    qmodel = quantize(model, q_config=q_config, qparams=qparams, samples=samples,
+                      num_samples=num, verbose=not args.quiet)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    qmodel.save(args.output)
+    _log(args, f"Quantized model saved to {args.output}")
+
+
+def _check(args):
+    from .models import check_quantization
+    model = _load_model(args.model, quantized=True)
+    samples = _load_samples(args.samples) if args.samples else None
+    issues = check_quantization(model, samples=samples)
+    for issue in issues:
+        print(issue)
+    if not issues:
+        print("no issue found")
+
+
+def _config(args):
+    from .models import dump_config
+    model = _load_model(args.model, quantized=True)
+    print(json.dumps(dump_config(model), indent=2))
+
+
+def _analyze(args):
+    from .analysis import compare, format_table, plot
+    model = _load_model(args.model)
+    qmodel = _load_model(args.qmodel, "QMODEL", quantized=True)
+    samples = _load_samples(args.samples)
+    from .models.transforms import sanitize
+    model = sanitize(model)
+    table = compare(model, qmodel, samples, verbose=not args.quiet)
+    print(format_table(table))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=2)
+    if args.plot:
+        try:
+            plot(table, args.plot)
+        except ImportError as e:
+            raise CommandError(str(e)) from e
+        _log(args, f"Plot saved to {args.plot}")
+
+
+def _export_onnx(args):
+    qmodel = _load_model(args.qmodel, "QMODEL", quantized=True)
+    try:
+        from .onnx_support.export import export
+    except ImportError as e:
+        raise CommandError(f"ONNX export is not available in this installation ({e})") from e
+    export(qmodel, args.output)
+    _log(args, f"ONNX model saved to {args.output}")
+
+
+def _quiet_libraries():
+    """Silences the TensorFlow/Keras chatter (legacy-h5 and compiled-metrics warnings)."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", message=".*HDF5 file.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quantizeml",
         description="Quantization-aware training and integer deployment of tf_keras models.")
     parser.add_argument("--version", action="version", version=f"quantizeml {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser("demo", help="train, quantize (8/8, 4/4+QAT) and save the digits CNN",
                           description="Train the reference digits CNN, quantize it at 8/8 and "
                                       "4/4 bits (with QAT), print accuracies and sizes, and "
@@ -38,6 +193,73 @@ def build_parser():
     demo.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs at 4/4 bits")
     demo.add_argument("-q", "--quiet", action="store_true", help="less output")
     demo.set_defaults(func=_demo)
+
+    quant = sub.add_parser(
+        "quantize", help="sanitize, quantize and calibrate a Keras model file",
+        description="Load a float Keras model (h5, .keras or SavedModel), sanitize it, "
+                    "quantize it and calibrate it on SAMPLES (random samples when absent), "
+                    "then save the quantized model to OUTPUT (.h5 for an h5 file, else a "
+                    "SavedModel directory).")
+    quant.add_argument("model", metavar="MODEL", help="float Keras model file")
+    quant.add_argument("-o", "--output", required=True, help="quantized model file")
+    quant.add_argument("--weight-bits", type=int, default=8, metavar="N",
+                       help="weights bitwidth (default: %(default)s)")
+    quant.add_argument("--activation-bits", type=int, default=8, metavar="N",
+                       help="activations bitwidth (default: %(default)s)")
+    quant.add_argument("--output-bits", type=int, default=None, metavar="N",
+                       help="bitwidth of signed block outputs (default: --activation-bits)")
+    quant.add_argument("--input-weight-bits", type=int, default=None, metavar="N",
+                       help="weights bitwidth of the first layer (default: --weight-bits)")
+    quant.add_argument("--per-tensor-activations", action="store_true",
+                       help="quantize activations per tensor (default: per axis)")
+    quant.add_argument("--config", metavar="Q.JSON",
+                       help="q_config JSON (layer name -> quant_config, as 'quantizeml "
+                            "config' prints); its entries win over the bit options")
+    quant.add_argument("--samples", metavar="DATA.NPZ",
+                       help="calibration samples: the first array of an npz (or an npy) file")
+    quant.add_argument("--num-samples", type=int, default=1024, metavar="N",
+                       help="number of random calibration samples without --samples "
+                            "(default: %(default)s)")
+    quant.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    quant.set_defaults(func=_quantize)
+
+    check = sub.add_parser(
+        "check", help="print the quantization issues of a quantized model",
+        description="Print the issues found by check_quantization (inaccurate weight scales, "
+                    "saturation), one per line, or 'no issue found'.")
+    check.add_argument("model", metavar="MODEL", help="quantized Keras model file")
+    check.add_argument("--samples", metavar="DATA.NPZ",
+                       help="samples to observe saturation on (first array of an npz file)")
+    check.set_defaults(func=_check)
+
+    config = sub.add_parser(
+        "config", help="print the q_config of a quantized model as JSON",
+        description="Print the q_config (layer name -> quant_config) of a quantized model as "
+                    "JSON; 'quantizeml quantize --config' takes it back.")
+    config.add_argument("model", metavar="MODEL", help="quantized Keras model file")
+    config.set_defaults(func=_config)
+
+    analyze = sub.add_parser(
+        "analyze", help="per-layer SQNR, errors and saturation of a quantized model",
+        description="Compare a float model and its quantized twin on samples, layer by "
+                    "layer: SQNR (dB), max absolute error, OutputQuantizer saturation and "
+                    "weight quantization error; print the table, optionally plot it.")
+    analyze.add_argument("model", metavar="MODEL", help="float Keras model file")
+    analyze.add_argument("qmodel", metavar="QMODEL", help="quantized Keras model file")
+    analyze.add_argument("--samples", metavar="DATA.NPZ", required=True,
+                         help="samples (first array of an npz file)")
+    analyze.add_argument("--plot", metavar="OUT.PNG",
+                         help="save a bar chart of the SQNR per layer (needs matplotlib)")
+    analyze.add_argument("--json", metavar="OUT.JSON", help="save the table as JSON")
+    analyze.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    analyze.set_defaults(func=_analyze)
+
+    export = sub.add_parser(
+        "export-onnx", help="export a quantized Keras model to ONNX",
+        description="Export a quantized Keras model to an ONNX model file.")
+    export.add_argument("qmodel", metavar="QMODEL", help="quantized Keras model file")
+    export.add_argument("-o", "--output", required=True, help="ONNX model file")
+    export.set_defaults(func=_export_onnx)
     return parser
 
 
@@ -49,13 +271,19 @@ def main(argv=None):
         parser.print_help()
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.debug:
+        _quiet_libraries()
     try:
         args.func(args)
-    except (CommandError, ValueError, TypeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - one line, the traceback under --debug
         if args.debug:
             raise
-        print(f"quantizeml {args.command}: error: {e}", file=sys.stderr)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"quantizeml {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"quantizeml {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
