@@ -5,6 +5,7 @@ import tensorflow as tf
 from ..layers import OutputQuantizer, WeightQuantizer
 from ..layers.base import saturation
 from ..tensors import QFloat
+from .integer_weights import kernel_for_quantizer
 
 #: Relative error of a quantized scale above which it is reported.
 SCALE_TOLERANCE = 2.0**-6
@@ -25,9 +26,7 @@ def _weight_issues(layer):
     for attr_name, quantizer in vars(layer).items():
         if not isinstance(quantizer, WeightQuantizer) or quantizer.fp_quantizer:
             continue
-        source = {"weight_quantizer": "kernel", "dw_weight_quantizer": "depthwise_kernel",
-                  "pw_weight_quantizer": "pointwise_kernel"}.get(attr_name)
-        weights = getattr(layer, source, None) if source else None
+        weights = kernel_for_quantizer(layer) if attr_name == "weight_quantizer" else None
         if weights is None:
             continue
         qw = quantizer.quantize(weights)

@@ -15,7 +15,7 @@ from ..layers import WeightQuantizer
 from ..quantizers import pack_int4, unpack_int4
 from ..tensors import QFloat
 
-def _kernel(layer):
+def kernel_for_quantizer(layer):
     """The float kernel in the layout its weight quantizer sees (output channels last)."""
     if hasattr(layer, "quantizer_kernel"):  # transposed convolutions
         return layer.quantizer_kernel()
@@ -36,7 +36,7 @@ def _quantized_weights(layer):
     quantizers = {attr: q for attr, q in vars(layer).items() if isinstance(q, WeightQuantizer)}
     if not quantizers:
         return
-    kernel = _kernel(layer) if set(quantizers) == {"weight_quantizer"} else None
+    kernel = kernel_for_quantizer(layer) if set(quantizers) == {"weight_quantizer"} else None
     if kernel is None:
         raise ValueError(f"save_integer_weights expected layers with one kernel quantized by "
                          f"'weight_quantizer' (Conv2D, Conv2DTranspose, DepthwiseConv2D, "

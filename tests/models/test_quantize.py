@@ -302,3 +302,18 @@ def test_bias_correction_removes_mean_shift(digits):
     batches = [[x[i:i + 64]] for i in range(0, 256, 64)]
     assert name in correct_biases(model, q4, batches)
     assert np.all(mean_shift() <= step)
+
+
+def test_check_quantization_reads_depthwise_scales(digits, q8):
+    from quantizeml.layers import QuantizedDepthwiseConv2D
+    dw = [layer for layer in q8.layers if isinstance(layer, QuantizedDepthwiseConv2D)][0]
+    kernel = dw.depthwise_kernel.numpy()
+    try:
+        # one near-dead channel: its scale is far below the others but still representable;
+        # a channel of zeros gets scale 1 and no report
+        dw.depthwise_kernel.assign(kernel * np.array([1e-38] + [1.0] * (kernel.shape[2] - 1),
+                                                     np.float32)[None, None, :, None])
+        issues = check_quantization(q8)
+        assert any(dw.name in i and "too small" in i for i in issues), issues
+    finally:
+        dw.depthwise_kernel.assign(kernel)
