@@ -34,9 +34,12 @@ def test_digits_vit_architecture(softmax):
 
 
 QP44 = QuantizationParams(activation_bits=4, weight_bits=4, output_bits=4, input_weight_bits=4)
-#: The small seeded version of the issue's figures (measured with 40 float epochs and 4 QAT
-#: epochs in the issue note): float epochs, QAT epochs.
-FLOAT_EPOCHS, QAT_EPOCHS = 15, 2
+#: The small seeded version of the issue's figures (those are measured with 40 float epochs,
+#: calibration on the whole train split and 5 QAT epochs): float epochs, QAT epochs and the
+#: initial QAT learning rate.
+FLOAT_EPOCHS, QAT_EPOCHS, QAT_LR = 10, 3, 1e-3
+#: Train samples calibrating the 4-bit model (8 bits: the whole train split).
+CALIBRATION_4BIT = 512
 
 
 def accuracy(model, x, y):
@@ -44,11 +47,11 @@ def accuracy(model, x, y):
     return float(np.mean(np.argmax(np.asarray(model(x, training=False)), -1) == y))
 
 
-def calibrated(model, x_train, qparams=None):
-    """quantize() defaults, calibrated on the whole train split in one batch (fewer eager
-    passes of the 4-bit bias correction)."""
-    return quantize(model, qparams=qparams, samples=x_train, num_samples=len(x_train),
-                    batch_size=len(x_train))
+def calibrated(model, samples, qparams=None):
+    """quantize() defaults, calibrated on train samples in one batch (the 4-bit bias
+    correction runs the model eagerly twice per corrected layer and per batch)."""
+    return quantize(model, qparams=qparams, samples=samples, num_samples=len(samples),
+                    batch_size=len(samples))
 
 
 @pytest.mark.slow
@@ -56,7 +59,7 @@ def calibrated(model, x_train, qparams=None):
 def test_digits_vit_quantize_defaults(softmax):
     """The issue's target with quantize() defaults (no q_config): the float ViT quantized at
     8/8 bits (calibrated on the train split) loses at most 1 point; at 4/4 bits after a short
-    QAT at most 3 points."""
+    QAT (Adam, cosine decay from QAT_LR) at most 3 points."""
     x_train, y_train, x_test, y_test = load_digits_data()
     model, float_acc = train_digits_vit(softmax=softmax, epochs=FLOAT_EPOCHS, seed=0)
     assert float_acc >= 0.9, float_acc
@@ -65,13 +68,13 @@ def test_digits_vit_quantize_defaults(softmax):
     assert len(attentions) == 2 and all(a.softmax == softmax for a in attentions)
     q8_acc = accuracy(q8, x_test, y_test)
     assert q8_acc >= float_acc - 0.01, (q8_acc, float_acc)
-    if softmax == "softmax":
-        check_save_load(q8, x_test[:8])
+    if softmax == "softmax":  # h5 only: SavedModel round trips of QuantizedAttention are
+        check_save_load(q8, x_test[:8], formats=("h5",))  # in tests/layers/test_attention.py
 
-    q4 = calibrated(model, x_train, QP44)
+    q4 = calibrated(model, x_train[:CALIBRATION_4BIT], QP44)
     keras.utils.set_random_seed(0)
     steps = QAT_EPOCHS * int(np.ceil(len(x_train) / BATCH_SIZE))
-    q4.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-4,
+    q4.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(QAT_LR,
                                                                                       steps)),
                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = q4.fit(x_train, y_train, epochs=QAT_EPOCHS, batch_size=BATCH_SIZE, verbose=0)
