@@ -9,6 +9,7 @@ outputs are left alone (their bias carries the class priors; a per-class mean sh
 a few hundred samples is mostly noise).
 """
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import QTensor
@@ -24,14 +25,22 @@ def _weight_bits(layer):
     return min(bits) if bits else None
 
 
-def _mean_output(model, batches, channels):
+def _mean_shift(quant_part, float_part, batches, channels):
+    """Per-channel mean of ``quant_part - float_part`` outputs over the batches, both models
+    run in one compiled pass per batch."""
+    @tf.function(reduce_retracing=True)
+    def sums(x):
+        q = quant_part(x, training=False)
+        q = q.to_float() if isinstance(q, QTensor) else q
+        diff = tf.reshape(tf.cast(q, tf.float64) - tf.cast(float_part(x, training=False),
+                                                           tf.float64), (-1, channels))
+        return tf.reduce_sum(diff, axis=0), tf.shape(diff)[0]
+
     total, count = np.zeros(channels, np.float64), 0
     for batch in batches:
-        out = model(batch if len(batch) > 1 else batch[0], training=False)
-        out = out.to_float() if isinstance(out, QTensor) else out
-        out = np.asarray(out, np.float64).reshape(-1, channels)
-        total += out.sum(axis=0)
-        count += out.shape[0]
+        s, n = sums(batch if len(batch) > 1 else batch[0])
+        total += s.numpy()
+        count += int(n)
     return total / max(count, 1)
 
 
@@ -43,7 +52,7 @@ def correct_biases(model, qmodel, batches, max_bits=MAX_CORRECTED_BITS):
         model (keras.Model): the float reference model (same layer names).
         qmodel (keras.Model): the calibrated quantized model.
         batches (iterable): calibration batches (lists of arrays, one per input); iterated
-            twice per corrected layer.
+            once per corrected layer.
         max_bits (int, optional): largest weight bitwidth corrected. Defaults to 4.
 
     Returns:
@@ -61,8 +70,7 @@ def correct_biases(model, qmodel, batches, max_bits=MAX_CORRECTED_BITS):
         channels = int(bias.shape[-1])
         float_part = keras.Model(model.inputs, model.get_layer(layer.name).output)
         quant_part = keras.Model(qmodel.inputs, layer.output)
-        shift = _mean_output(quant_part, batches, channels) - \
-            _mean_output(float_part, batches, channels)
+        shift = _mean_shift(quant_part, float_part, batches, channels)
         bias.assign(bias.numpy() - shift.astype(bias.dtype.as_numpy_dtype))
         corrected.append(layer.name)
     return corrected

@@ -16,8 +16,7 @@ import tf_keras as keras
 
 from ..layers import (Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer,
                       QuantizeWrapper)
-from ..tensors import QTensor
-from .graph import check_functional
+from .graph import check_functional, is_qtensor
 from .samples import Batches
 
 #: How many extra fractional bits the range search tries beyond the no-clipping ones.
@@ -76,10 +75,7 @@ def _reference_tensors(model, names):
 
 
 def _dequantized(t):
-    if isinstance(t.type_spec, tf.TypeSpec) and issubclass(
-            getattr(t.type_spec, "value_type", object), QTensor):
-        return Dequantizer()(t)
-    return t
+    return Dequantizer()(t) if is_qtensor(t) else t
 
 
 def _calibrate_wrappers(qmodel, batches):

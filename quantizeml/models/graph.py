@@ -17,6 +17,13 @@ def check_functional(model, what="model"):
                          "unbuilt model (call it on an Input first)")
 
 
+def is_qtensor(tensor):
+    """Whether a KerasTensor stands for a QTensor (FixedPoint, QFloat)."""
+    from ..tensors import QTensor
+    value_type = getattr(getattr(tensor, "type_spec", None), "value_type", None)
+    return isinstance(value_type, type) and issubclass(value_type, QTensor)
+
+
 def producer(tensor):
     """The layer that produced a KerasTensor."""
     return tensor._keras_history.layer

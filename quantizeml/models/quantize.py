@@ -34,7 +34,8 @@ from ..layers.base import QUANTIZATION_TARGETS
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
 from .bias_correction import correct_biases
 from .calibrate import calibrate
-from .graph import check_functional, consumers, output_layers, producer, rebuild
+from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
+                    rebuild)
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import Batches
 
@@ -279,26 +280,26 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
 
     input_index = {producer(t).name: i for i, t in enumerate(model.inputs)}
 
+    def input_quantizer(layer, signed):
+        """The InputQuantizer after ``layer`` (q_config entry ``<layer>_quantizer`` first)."""
+        name = f"{layer.name}_quantizer"
+        kwargs = q_config.get(name) or {
+            "bitwidth": qparams.activation_bits, "axis": "per-tensor", "signed": signed,
+            "buffer_bitwidth": qparams.buffer_bits}
+        return InputQuantizer(name=name, **kwargs)
+
     def after(layer, outputs):
         if isinstance(layer, keras.layers.InputLayer) and not requantize:
             users = consumer_map.get(layer.name, [])
             if users and all(_float_name(u) == "Rescaling" for u in users):
                 return outputs
-            name = f"{layer.name}_quantizer"
-            kwargs = q_config.get(name) or {
-                "bitwidth": qparams.activation_bits, "axis": "per-tensor",
-                "signed": _input_signed(batches, input_index[layer.name]),
-                "buffer_bitwidth": qparams.buffer_bits}
-            return InputQuantizer(name=name, **kwargs)(outputs)
+            return input_quantizer(layer, _input_signed(batches, input_index[layer.name]))(
+                outputs)
         if layer.name in wrapped and any(
                 c.name not in tail and c.name not in wrapped
                 for c in consumer_map.get(layer.name, [])):
             # back to integers after a fake-quantized layer
-            name = f"{layer.name}_quantizer"
-            kwargs = q_config.get(name) or {
-                "bitwidth": qparams.activation_bits, "axis": "per-tensor", "signed": True,
-                "buffer_bitwidth": qparams.buffer_bits}
-            return InputQuantizer(name=name, **kwargs)(outputs)
+            return input_quantizer(layer, True)(outputs)
         return outputs
 
     def before(layer, args):
@@ -306,7 +307,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             count = iter(range(1000))
 
             def dequantize(t):
-                if not _is_qtensor(t):
+                if not is_qtensor(t):
                     return t
                 index = next(count)
                 suffix = "" if index == 0 else f"_{index}"
@@ -326,17 +327,10 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     return qmodel
 
 
-def _is_qtensor(t):
-    value_type = getattr(getattr(t, "type_spec", None), "value_type", None)
-    from ..tensors import QTensor
-    return value_type is not None and isinstance(value_type, type) and \
-        issubclass(value_type, QTensor)
-
-
 def _append_dequantizers(qmodel):
     outputs = qmodel.outputs
-    if not any(_is_qtensor(t) for t in outputs):
+    if not any(is_qtensor(t) for t in outputs):
         return qmodel
     new = [Dequantizer(name="dequantizer" if len(outputs) == 1 else f"dequantizer_{i}")(t)
-           if _is_qtensor(t) else t for i, t in enumerate(outputs)]
+           if is_qtensor(t) else t for i, t in enumerate(outputs)]
     return keras.Model(qmodel.inputs, new if len(new) > 1 else new[0], name=qmodel.name)
