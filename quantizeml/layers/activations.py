@@ -43,13 +43,14 @@ class QuantizedReLU(QuantConfigMixin, keras.layers.ReLU):
 
     def call(self, inputs):
         x = self._to_fixed_point(check_qtensor(self, inputs, (FixedPoint, QFloat)))
-        values = tf.maximum(x.values, tf.zeros_like(x.values))
+        values = tf.maximum(x.values, tf.constant(0.0, x.values.dtype))
         if self.max_value is not None:
             dtype = values.dtype
             max_int = tf.floor(tf.constant(float(self.max_value), dtype)
                                * tf.pow(tf.constant(2.0, dtype), tf.cast(x.frac_bits, dtype)))
             values = tf.minimum(values, max_int)
-        return self._quantize_output(FixedPoint(values, x.value_bits, x.frac_bits))
+        # max(x, 0) and min(x, max_int) stay within the value bits of x
+        return self._quantize_output(FixedPoint(values, x.value_bits, x.frac_bits, clip=False))
 
     def get_config(self):
         config = super().get_config()

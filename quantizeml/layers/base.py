@@ -1,5 +1,9 @@
 """Shared plumbing of quantizeml layers: registration, quant_config checks, saturation."""
+import contextlib
+import functools
 import inspect
+import threading
+import weakref
 
 import tensorflow as tf
 import tf_keras as keras
@@ -10,23 +14,147 @@ from ..tensors import FixedPoint, QFloat, QTensor
 QUANTIZATION_TARGETS = {}
 
 
+#: Per-thread state of the layer calls: nesting depth, the saturation collector of a compiled
+#: call being traced, and whether compiled eager calls are disabled.
+_STATE = threading.local()
+#: layer -> {raw call: [number of eager calls, compiled tf.function or None]}
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def eager_layer_calls():
+    """Runs eager calls of quantizeml layers op by op (no compiled calls), e.g. to debug them.
+
+    Example:
+        ```python
+        with eager_layer_calls():
+            y = qmodel(x)   # every layer runs its TensorFlow ops one at a time
+        ```
+    """
+    previous = getattr(_STATE, "disabled", False)
+    _STATE.disabled = True
+    try:
+        yield
+    finally:
+        _STATE.disabled = previous
+
+
+def _depth():
+    return getattr(_STATE, "depth", 0)
+
+
+@contextlib.contextmanager
+def _nested(collector=None):
+    """Marks a layer call in progress (sub-layer calls run inline) and, when tracing a
+    compiled call, collects the saturation ratios its layers compute."""
+    previous = getattr(_STATE, "collector", None)
+    _STATE.depth = _depth() + 1
+    if collector is not None:
+        _STATE.collector = collector
+    try:
+        yield
+    finally:
+        _STATE.depth -= 1
+        _STATE.collector = previous
+
+
+def _traced_call(layer_ref, raw, args, kwargs):
+    """The body of a compiled eager call: ``raw(layer, ...)`` and the saturation ratios its
+    layers record, as ``(outputs, {index: ratio})`` (indices into ``sources``)."""
+    collector = {"graph": tf.compat.v1.get_default_graph(), "ratios": {}}
+    with _nested(collector):
+        outputs = raw(layer_ref(), *args, **kwargs)
+    return outputs, collector["ratios"]
+
+
+def _compiled_call(layer, raw, args, kwargs):
+    """Runs ``raw`` as a per-layer tf.function, records the saturation it measured."""
+    from .calibration.recorders import generation  # noqa: PLC0415 (import cycle)
+
+    entry = _COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
+    if entry[1] is None:
+        layer_ref = weakref.ref(layer)
+        sources = entry[2]
+
+        def body(args, kwargs, generation):
+            del generation  # a cache key only: records are captured as constants
+            outputs, ratios = _traced_call(layer_ref, raw, args, kwargs)
+            indexed = {}
+            for (owner, key), ratio in ratios.items():
+                if (owner, key) not in sources:
+                    sources.append((owner, key))
+                indexed[str(sources.index((owner, key)))] = ratio
+            return outputs, indexed
+
+        entry[1] = tf.function(body, reduce_retracing=True, autograph=False)
+    outputs, ratios = entry[1](args, kwargs, generation=generation())
+    for index, ratio in ratios.items():
+        owner, key = entry[2][int(index)]
+        _store_saturation(owner, key, float(ratio))
+    return outputs
+
+
+def _dispatch(layer, raw, args, kwargs):
+    """Eager calls of a layer run op by op the first COMPILE_AFTER_CALLS times, then as a
+    compiled tf.function (same integer results, without the per-op Python overhead)."""
+    training = kwargs.get("training")
+    if (_depth() or getattr(_STATE, "disabled", False) or COMPILE_AFTER_CALLS is None
+            or not layer.compile_eager_calls or not tf.executing_eagerly()
+            or isinstance(training, tf.Tensor) or training
+            or tf.distribute.has_strategy() or _is_recording()):
+        with _nested():
+            return raw(layer, *args, **kwargs)
+    entry = _COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
+    entry[0] += 1
+    if entry[0] <= COMPILE_AFTER_CALLS:
+        with _nested():
+            return raw(layer, *args, **kwargs)
+    return _compiled_call(layer, raw, args, kwargs)
+
+
+def _is_recording():
+    from .calibration.recorders import is_recording  # noqa: PLC0415 (import cycle)
+    return is_recording()
+
+
+#: Eager calls of a quantizeml layer run op by op this many times, then as a compiled
+#: tf.function (None: never compile). Integer results are identical either way.
+COMPILE_AFTER_CALLS = 2
+
+
 class StaticCallMixin:
-    """Marks the ``call`` of each subclass with ``tf.autograph.experimental.do_not_convert``.
+    """Marks the ``call`` of each subclass with ``tf.autograph.experimental.do_not_convert``
+    and compiles repeated eager calls.
 
     quantizeml layers branch only on static Python values (bitwidths, configuration, shapes),
     so AutoGraph has nothing to convert in them; Keras would otherwise transpile every call of
     every layer while building a functional model (most of the time quantize() took).
+
+    An eager inference call (``training`` falsy, outside recording mode and distribution
+    strategies) runs op by op the first ``COMPILE_AFTER_CALLS`` times, then through a per-layer
+    ``tf.function``: a quantized layer runs ~100-200 small TensorFlow ops, whose Python
+    dispatch dominated eager inference. Saturation ratios measured inside compiled calls are
+    recorded as in eager ones; ``eager_layer_calls()`` turns compilation off. Sub-layers (the
+    quantizers of a layer) run inside their caller's call.
     """
+
+    #: False for layers that must always run op by op.
+    compile_eager_calls = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         call = cls.__dict__.get("call")
         if call is not None and not hasattr(call, "__signature__"):
-            wrapped = tf.autograph.experimental.do_not_convert(call)
+            raw = tf.autograph.experimental.do_not_convert(call)
+
+            @functools.wraps(call)
+            def dispatched(self, *args, **kwargs):
+                return _dispatch(self, raw, args, kwargs)
+
             # Keras reads the call signature (``training``, ``mask``) with getfullargspec,
             # which honours __signature__ but not __wrapped__
-            wrapped.__signature__ = inspect.signature(call)
-            cls.call = wrapped
+            dispatched.__signature__ = inspect.signature(call)
+            cls.call = dispatched
 
 
 def register_keras(cls):
@@ -83,17 +211,30 @@ def check_qtensor(layer, inputs, types=(FixedPoint,), per_tensor=False):
 
 
 def record_saturation(layer, key, values, value_bits, tolerance=0):
-    """Stores, in eager mode, the ratio of ``values`` outside ``[-2^vb, 2^vb - 1]`` by more
-    than ``tolerance`` quantization steps.
+    """Stores the ratio of ``values`` outside ``[-2^vb, 2^vb - 1]`` by more than
+    ``tolerance`` quantization steps, in eager calls (compiled eager calls included).
 
-    check_quantization reads ``layer.saturation`` after running samples eagerly.
+    check_quantization reads ``layer.saturation`` after running samples eagerly. Graph calls
+    (predict, fit) record nothing.
     """
-    if not tf.executing_eagerly():
+    collector = getattr(_STATE, "collector", None)
+    eager = tf.executing_eagerly()
+    if not eager and (collector is None or values.graph is not collector["graph"]):
         return
     int_max = 2.0**value_bits - 1 + tolerance
-    values = tf.cast(values, tf.float64)
-    outside = tf.logical_or(values > int_max, values < -int_max - 1)
-    ratio = float(tf.reduce_mean(tf.cast(outside, tf.float32))) if tf.size(values) > 0 else 0.0
+    outside = tf.logical_or(values > tf.constant(int_max, values.dtype),
+                            values < tf.constant(-int_max - 1, values.dtype))
+    ratio = tf.math.divide_no_nan(tf.reduce_sum(tf.cast(outside, tf.float32)),
+                                  tf.cast(tf.size(values), tf.float32))
+    if eager:
+        _store_saturation(layer, key, float(ratio))
+        return
+    ratios = collector["ratios"]
+    previous = ratios.get((layer, key))
+    ratios[(layer, key)] = ratio if previous is None else tf.maximum(previous, ratio)
+
+
+def _store_saturation(layer, key, ratio):
     store = layer.__dict__.setdefault("_saturation", {})
     store[key] = max(store.get(key, 0.0), ratio)
 
@@ -120,7 +261,7 @@ def buffer_add(layer, x, y, buffer_bits):
     value_bits = max(fx.value_bits, fy.value_bits) + 1
     dtype = tf.float64 if value_bits > 23 else tf.float32
     total = FixedPoint(tf.cast(fx.values, dtype) + tf.cast(fy.values, dtype),
-                       min(value_bits, 52), fx.frac_bits)
+                       min(value_bits, 52), fx.frac_bits, clip=value_bits > 52)
     total = clip_to_buffer(layer, total, buffer_bits)
     return QFloat(total, x.scales) if isinstance(x, QFloat) else total
 

@@ -251,11 +251,17 @@ class QuantizedConv2DTranspose(QuantizedReduction, keras.layers.Conv2DTranspose)
         output_shape, static_shape = transpose_output_shape(self, x.values, self.filters)
 
         def conv_transpose(xv, wv):
-            out = tf.nn.conv2d_transpose(xv, tf.transpose(wv, (0, 1, 3, 2)),
-                                         tf.cast(output_shape, tf.int32),
-                                         strides=list(self.strides),
-                                         padding=self.padding.upper(),
-                                         dilations=list(self.dilation_rate))
+            kernel = tf.transpose(wv, (0, 1, 3, 2))
+            shape = tf.cast(output_shape, tf.int32)
+            if tuple(self.dilation_rate) != (1, 1):
+                # the CPU kernel of a dilated conv2d_transpose only runs eagerly: use the
+                # atrous form (as Keras does; dilation requires strides 1)
+                out = tf.nn.atrous_conv2d_transpose(xv, kernel, shape,
+                                                    rate=self.dilation_rate[0],
+                                                    padding=self.padding.upper())
+            else:
+                out = tf.nn.conv2d_transpose(xv, kernel, shape, strides=list(self.strides),
+                                             padding=self.padding.upper())
             out.set_shape(static_shape)
             return out
 

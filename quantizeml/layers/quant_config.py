@@ -74,10 +74,12 @@ class QuantConfigMixin(StaticCallMixin):
         if not isinstance(x, QFloat):
             return x
         scales = QFloat.quantize_scales(x.scales, self.scale_bits)
-        value_bits = min(x.value_bits + scales.value_bits + 1, MAX_VALUE_BITS)
+        exact_bits = x.value_bits + scales.value_bits + 1
+        value_bits = min(exact_bits, MAX_VALUE_BITS)
         dtype = carrier_dtype(value_bits)
         values = tf.cast(x.values, dtype) * tf.cast(scales.values, dtype)
-        return FixedPoint(values, value_bits, x.frac_bits + scales.frac_bits)
+        return FixedPoint(values, value_bits, x.frac_bits + scales.frac_bits,
+                          clip=exact_bits > MAX_VALUE_BITS)
 
     def get_config(self):
         return {**super().get_config(), "quant_config": copy.deepcopy(self.quant_config)}

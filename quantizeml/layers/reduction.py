@@ -170,7 +170,9 @@ class QuantizedReduction(QuantConfigMixin):
             frac_bits = x.frac_bits + wf.frac_bits
         if scales is None:
             scales = fold_scales(x_scales, w_scales)
-        acc = FixedPoint(values, min(value_bits, MAX_VALUE_BITS), frac_bits)
+        # the static bound holds every sum: nothing to clip below MAX_VALUE_BITS
+        acc = FixedPoint(values, min(value_bits, MAX_VALUE_BITS), frac_bits,
+                         clip=value_bits > MAX_VALUE_BITS)
         return as_qtensor(acc, scales)
 
     def add_bias(self, acc, bias, training=None):

@@ -71,6 +71,31 @@ def round_half_up(x):
     return x + tf.stop_gradient(rounded - x)
 
 
+@tf.custom_gradient
+def round_shifted_half_up(x):
+    """``floor(x + 0.5)`` for integers scaled by a power of two, gradient identity (STE).
+
+    Exact (equal to :func:`round_half_up`) when ``x = n * 2^s`` with an integer ``n`` that
+    its carrier holds exactly (``|n| < 2^23`` in float32, ``2^52`` in float64), as the values
+    of a FixedPoint shifted by ``2^s`` are:
+
+    * ``s >= 0``: ``x`` is an integer and ``x + 0.5`` is exact below ``2^23`` (``2^52``);
+      beyond, a tie may round up to ``x + 1``, which the clipping to the value bits of the
+      carrier that follows absorbs;
+    * ``-(bits(n) + 1) <= s < 0``: ``x + 0.5 = (n + 2^(-s-1)) * 2^s`` with
+      ``|n + 2^(-s-1)| < 2^(bits(n) + 1)``, exact;
+    * ``s < -(bits(n) + 1)``: ``|x| < 1/4`` and ``x + 0.5`` stays in ``(1/4, 3/4)``: 0.
+
+    Two operations instead of the five of the general rounding, and no straight-through
+    ``x + stop_gradient(r - x)`` arithmetic.
+    """
+    rounded = tf.floor(x + tf.constant(0.5, x.dtype))
+
+    def grad(dy):
+        return dy
+    return rounded, grad
+
+
 def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):
     """Runs an integer reduction ``fn(x, w)`` (matmul, convolution) exactly.
 
@@ -92,12 +117,13 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):
     """
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
         return fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
-    x64 = tf.cast(x, tf.float64)
-    w64 = tf.cast(w, tf.float64)
     if l1_axes is None:
         l1_axes = list(range(len(w.shape) - 1))
-    bound = tf.reduce_max(tf.abs(x64)) * tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
+    # max|x| in the carrier of x (exact), the weights' L1 norms in float64 (small tensors)
+    max_x = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
+    w64 = tf.cast(w, tf.float64)
+    bound = max_x * tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
     return tf.cond(
         bound <= 2.0**24,
         lambda: tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64),
-        lambda: fn(x64, w64))
+        lambda: fn(tf.cast(x, tf.float64), w64))

@@ -15,7 +15,8 @@ says so.
 import numpy as np
 import tensorflow as tf
 
-from .carrier import (BUFFER_BITS, carrier_dtype, check_value_bits, round_half_up)
+from .carrier import (BUFFER_BITS, carrier_dtype, check_value_bits, round_half_up,
+                      round_shifted_half_up)
 from .qtensor import QTensor, is_per_tensor
 
 
@@ -61,6 +62,9 @@ class FixedPoint(QTensor):
         values (tf.Tensor): a tensor of integer values.
         value_bits (int): the number of value bits (sign bit excluded).
         frac_bits (tf.Tensor): an integer tensor of fractional bits, scalar or per-axis.
+        clip (bool, optional): clip the values to the value bits. Only an exact result known
+            to fit them (a sum of values with one more value bit, a product with the sum of
+            the value bits...) may skip it. Defaults to True.
 
     Example:
         ```python
@@ -80,7 +84,7 @@ class FixedPoint(QTensor):
             """tf.TensorShape: the shape of the values (KerasTensors require it)."""
             return self.values.shape
 
-    def __init__(self, values, value_bits, frac_bits):
+    def __init__(self, values, value_bits, frac_bits, *, clip=True):
         value_bits = check_value_bits(value_bits)
         dtype = carrier_dtype(value_bits)
         if isinstance(values, tf.Tensor) and not values.dtype.is_floating \
@@ -88,9 +92,11 @@ class FixedPoint(QTensor):
             raise TypeError("FixedPoint values expected an integer or float tensor. "
                             f"Received: values.dtype={values.dtype}")
         values = tf.cast(values, dtype)
-        int_max = 2.0**value_bits - 1
-        self.values = tf.clip_by_value(values, tf.constant(-int_max - 1, dtype),
-                                       tf.constant(int_max, dtype))
+        if clip:
+            int_max = 2.0**value_bits - 1
+            values = tf.minimum(tf.maximum(values, tf.constant(-int_max - 1, dtype)),
+                                tf.constant(int_max, dtype))
+        self.values = values
         self.value_bits = value_bits
         self.frac_bits = _as_frac_bits(frac_bits)
 
@@ -198,15 +204,18 @@ class FixedPoint(QTensor):
         if bits < self.value_bits:
             raise ValueError(f"FixedPoint.promote expected bits >= value_bits "
                              f"({self.value_bits}). Received: bits={bits}")
-        return FixedPoint(self.values, bits, self.frac_bits)
+        return FixedPoint(self.values, bits, self.frac_bits, clip=False)
 
-    def _shifted(self, shift, value_bits):
+    def _shifted(self, shift, value_bits, left=False):
         """Values times 2^shift, exactly, rounded half up on right shifts, in the carrier of
-        ``value_bits`` (computed in the wider of both carriers)."""
+        ``value_bits`` (computed in the wider of both carriers). ``left=True`` promises that
+        every shift is a left shift (nothing to round)."""
         out_dtype = carrier_dtype(value_bits)
         dtype = tf.float64 if tf.float64 in (out_dtype, self.values.dtype) else tf.float32
         values = tf.cast(self.values, dtype) * _pow2(shift, dtype)
-        return round_half_up(values)
+        if left:
+            return values
+        return round_shifted_half_up(values)
 
     def rescale(self, frac_bits, value_bits=None):
         """Rescale a FixedPoint to a specified precision and bitwidth.
@@ -327,14 +336,22 @@ class FixedPoint(QTensor):
 
     def _assert_fits(self, shift, value_bits, message):
         """Run-time checks that ``values * 2^shift`` lies in
-        ``[-2^value_bits, 2^value_bits - 1]`` (element-wise shifts, per-axis included)."""
-        shifted = tf.cast(self.values, tf.float64) * _pow2(shift, tf.float64)
-        return [tf.debugging.assert_less_equal(
-                    tf.reduce_max(shifted), tf.constant(2.0**value_bits - 1, tf.float64),
-                    message=message),
-                tf.debugging.assert_greater_equal(
-                    tf.reduce_min(shifted), tf.constant(-2.0**value_bits, tf.float64),
-                    message=message)]
+        ``[-2^value_bits, 2^value_bits - 1]`` (element-wise shifts, per-axis included).
+
+        The check reads the values only when the shifts alone do not prove it
+        (``self.value_bits + max(shift) <= value_bits``).
+        """
+        shift = tf.cast(shift, tf.float64)
+
+        def values_fit():
+            shifted = tf.cast(self.values, tf.float64) * _pow2(shift, tf.float64)
+            return tf.logical_and(
+                tf.reduce_max(shifted) <= tf.constant(2.0**value_bits - 1, tf.float64),
+                tf.reduce_min(shifted) >= tf.constant(-2.0**value_bits, tf.float64))
+
+        by_shift = tf.reduce_max(shift) <= float(value_bits - self.value_bits)
+        fits = tf.cond(by_shift, lambda: tf.constant(True), values_fit)
+        return [tf.debugging.assert_equal(fits, True, message=message)]
 
     def align(self, other, value_bits=None):
         """Align fractional bits.
@@ -385,15 +402,17 @@ class FixedPoint(QTensor):
             shift, value_bits, f"FixedPoint.expand: the expanded values exceed {value_bits} "
                                "value bits")
         with tf.control_dependencies(checks):
-            values = self._shifted(shift, value_bits)
-        return FixedPoint(values, value_bits, target), shift
+            values = self._shifted(shift, value_bits, left=True)
+        return FixedPoint(values, value_bits, target, clip=False), shift
 
     def _left_align(self, target, value_bits, method, dynamic_bits=BUFFER_BITS - 1):
         shift = fold_static(tf.subtract, target, self.frac_bits)
+        # an explicit value_bits may clip; deduced ones hold every shifted value
+        clip = value_bits is not None
         value_bits, checks = self._widened(shift, value_bits, method, dynamic_bits)
         with tf.control_dependencies(checks):
-            values = self._shifted(shift, value_bits)
-        return FixedPoint(values, value_bits, target), shift
+            values = self._shifted(shift, value_bits, left=True)
+        return FixedPoint(values, value_bits, target, clip=clip), shift
 
     # ---- element-wise --------------------------------------------------------------------
     def abs(self):
@@ -405,7 +424,7 @@ class FixedPoint(QTensor):
         Returns:
             FixedPoint: the absolute value.
         """
-        return FixedPoint(tf.abs(self.values), self.value_bits + 1, self.frac_bits)
+        return FixedPoint(tf.abs(self.values), self.value_bits + 1, self.frac_bits, clip=False)
 
     @property
     def sign(self):
@@ -414,7 +433,7 @@ class FixedPoint(QTensor):
         Returns:
             FixedPoint: -1, 0 or 1, with 1 value bit and no fractional bits.
         """
-        return FixedPoint(tf.sign(self.values), 1, 0.0)
+        return FixedPoint(tf.sign(self.values), 1, 0.0, clip=False)
 
     # ---- operators (see quantizeml.tensors.dispatch) -------------------------------------
     def __add__(self, other):
@@ -439,7 +458,7 @@ class FixedPoint(QTensor):
         return tf.linalg.matmul(self, other)
 
     def __neg__(self):
-        return FixedPoint(-self.values, self.value_bits + 1, self.frac_bits)
+        return FixedPoint(-self.values, self.value_bits + 1, self.frac_bits, clip=False)
 
     def __getitem__(self, key):
         values = self.values[key]

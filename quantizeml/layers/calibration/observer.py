@@ -29,6 +29,9 @@ class OutputObserver(StaticCallMixin, keras.layers.Layer):
         momentum (float, optional): the momentum for the moving average. Defaults to 0.9.
     """
 
+    #: observers update variables: always run op by op when called eagerly
+    compile_eager_calls = False
+
     def __init__(self, axis="per-tensor", momentum=0.9, **kwargs):
         super().__init__(**kwargs)
         self.axis = check_axis(axis, self.name)

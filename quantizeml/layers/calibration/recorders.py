@@ -13,6 +13,14 @@ import threading
 import tensorflow as tf
 
 _STATE = threading.local()
+#: Bumped whenever a record is stored or dropped: compiled eager calls (see
+#: :mod:`quantizeml.layers.base`) capture records as constants and retrace when it changes.
+_GENERATION = [0]
+
+
+def generation():
+    """int: a counter that changes whenever any record is stored or dropped."""
+    return _GENERATION[0]
 
 
 def is_recording():
@@ -55,9 +63,12 @@ class NonTrackVariable:
     def set_var(self, value):
         """Stores ``value`` (a tensor, or a nest of tensors)."""
         self._value = value
+        _GENERATION[0] += 1
 
     def reset(self):
         """Drops the stored value."""
+        if self._value is not None:
+            _GENERATION[0] += 1
         self._value = None
 
     def __repr__(self):

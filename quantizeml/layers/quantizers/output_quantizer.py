@@ -74,8 +74,10 @@ class OutputQuantizer(Quantizer):
             # (value_bits + scale_bits + 1 bits, in float64) that _requantize shifts back.
             scales = QFloat.quantize_scales(inputs.scales, self.scale_bits)
             values = tf.cast(inputs.values, tf.float64) * tf.cast(scales.values, tf.float64)
-            value_bits = min(inputs.value_bits + scales.value_bits + 1, MAX_VALUE_BITS)
-            return FixedPoint(values, value_bits, inputs.frac_bits + scales.frac_bits)
+            exact_bits = inputs.value_bits + scales.value_bits + 1
+            value_bits = min(exact_bits, MAX_VALUE_BITS)
+            return FixedPoint(values, value_bits, inputs.frac_bits + scales.frac_bits,
+                              clip=exact_bits > MAX_VALUE_BITS)
         if isinstance(inputs, FixedPoint):
             return inputs
         raise TypeError(f"Layer {self.name} (OutputQuantizer) expected FixedPoint or QFloat "
@@ -83,14 +85,17 @@ class OutputQuantizer(Quantizer):
 
     def _requantize(self, fp):
         frac_bits = self.frac_bits
-        wide = fp.rescale(frac_bits, max(fp.value_bits, self.value_bits))
-        values = wide.values
+        # the rounded shift, computed in the carrier of the wider of both bitwidths
+        values = fp._shifted(frac_bits - fp.frac_bits, max(fp.value_bits, self.value_bits))
         # a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256] grid) is a
         # rounding of the calibrated range, not a saturation worth reporting
         record_saturation(self, "output", values, self.value_bits, tolerance=1)
-        if not self.signed:
-            values = tf.maximum(values, tf.zeros_like(values))
-        return FixedPoint(values, self.value_bits, frac_bits)
+        # one clip to the output range: [-2^vb, 2^vb - 1], or [0, 2^vb - 1] unsigned
+        dtype = values.dtype
+        low = -2.0**self.value_bits if self.signed else 0.0
+        values = tf.minimum(tf.maximum(values, tf.constant(low, dtype)),
+                            tf.constant(2.0**self.value_bits - 1, dtype))
+        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     def call(self, inputs):
         """Quantize the QTensor inputs to a lower bitwidth.
