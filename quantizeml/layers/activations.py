@@ -4,6 +4,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
+from ..tensors.carrier import MAX_VALUE_BITS
 from .base import check_qtensor, register_keras, register_quantize_target
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 
@@ -42,7 +43,12 @@ class QuantizedReLU(QuantConfigMixin, keras.layers.ReLU):
         self._init_quant_config(quant_config, OUTPUT_KEYS)
 
     def call(self, inputs):
-        x = self._to_fixed_point(check_qtensor(self, inputs, (FixedPoint, QFloat)))
+        check_qtensor(self, inputs, (FixedPoint, QFloat))
+        if isinstance(inputs, QFloat) and self.out_quantizer is not None \
+                and inputs.value_bits + self.scale_bits <= MAX_VALUE_BITS:
+            # the ReLU fused with the requantization (same integers, fewer passes)
+            return self.out_quantizer(inputs, relu=True, max_value=self.max_value)
+        x = self._to_fixed_point(inputs)
         values = tf.maximum(x.values, tf.constant(0.0, x.values.dtype))
         if self.max_value is not None:
             dtype = values.dtype

@@ -217,10 +217,10 @@ def record_saturation(layer, key, values, value_bits, tolerance=0):
     check_quantization reads ``layer.saturation`` after running samples eagerly. Graph calls
     (predict, fit) record nothing.
     """
+    if not saturation_observed(values):
+        return
     collector = getattr(_STATE, "collector", None)
     eager = tf.executing_eagerly()
-    if not eager and (collector is None or values.graph is not collector["graph"]):
-        return
     int_max = 2.0**value_bits - 1 + tolerance
     outside = tf.logical_or(values > tf.constant(int_max, values.dtype),
                             values < tf.constant(-int_max - 1, values.dtype))
@@ -232,6 +232,15 @@ def record_saturation(layer, key, values, value_bits, tolerance=0):
     ratios = collector["ratios"]
     previous = ratios.get((layer, key))
     ratios[(layer, key)] = ratio if previous is None else tf.maximum(previous, ratio)
+
+
+def saturation_observed(values):
+    """bool: whether :func:`record_saturation` records ``values`` (eager and compiled eager
+    calls), so that callers compute what it measures only then."""
+    if tf.executing_eagerly():
+        return True
+    collector = getattr(_STATE, "collector", None)
+    return collector is not None and values.graph is collector["graph"]
 
 
 def _store_saturation(layer, key, ratio):

@@ -5,7 +5,7 @@ import tf_keras as keras
 
 from ..tensors import FixedPoint
 from .base import register_keras, register_quantize_target
-from .reduction import QuantizedReduction
+from .reduction import QuantizedReduction, to_single_frac_bits
 
 __all__ = ["PaddedConv2D", "QuantizedConv2D", "QuantizedConv2DTranspose"]
 
@@ -188,6 +188,7 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
         w = self.quantize_weights("weight_quantizer", self.kernel, training)
         padding = self.padding.upper()
         if self.padding_value is not None:
+            x = to_single_frac_bits(x)  # the padding value lies on the aligned grid
             value = tf.constant(self.padding_value, tf.float32)
             if x_scales is not None:
                 value = value / x_scales

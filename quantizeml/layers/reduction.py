@@ -3,9 +3,11 @@
 Convolutions (plain, transposed, depthwise, separable) and Dense all follow the same integer
 recipe, implemented once here:
 
-1. input alignment (:meth:`QuantizedReduction.aligned_inputs`): a per-axis FixedPoint is first
-   expanded to one fractional bit (an exact left shift); a QFloat contributes its FixedPoint and
-   its scales, which are folded into the output scales;
+1. input alignment (:meth:`QuantizedReduction.aligned_inputs`): the inputs of a per-axis
+   FixedPoint are aligned on one fractional bit (their largest, an exact left shift); the
+   shifts are applied to the weights' input channels instead of the (larger) inputs, which
+   gives the same integer sums (see :meth:`QuantizedReduction.accumulate`); a QFloat
+   contributes its FixedPoint and its scales, which are folded into the output scales;
 2. weights: ``w = weight_quantizer(kernel)`` (a QFloat, or a FixedPoint with fp_quantizer);
 3. accumulator (:meth:`QuantizedReduction.accumulate`): ``acc = sum(x_int * w_int)`` computed
    exactly by :func:`~quantizeml.tensors.carrier.exact_reduction` with
@@ -19,11 +21,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, exact_reduction
+from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, exact_reduction
 from ..tensors.dispatch.common import bits_for
-from ..tensors.fixed_point import static_max
+from ..tensors.fixed_point import fold_static, static_max
 from ..tensors.qtensor import is_per_tensor
-from .base import buffer_add, check_qtensor, clip_to_buffer
+from .base import buffer_add, check_qtensor, clip_to_buffer, saturation_observed
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .quantizers import AlignedWeightQuantizer, WeightQuantizer
 
@@ -119,9 +121,9 @@ class QuantizedReduction(QuantConfigMixin):
 
         Args:
             inputs (QTensor): a FixedPoint or a QFloat.
-            per_tensor (bool, optional): True when the layer sums over the input channels: the
-                FixedPoint is then expanded to one fractional bit and QFloat scales must be
-                per-tensor. Defaults to True.
+            per_tensor (bool, optional): True when the layer sums over the input channels:
+                QFloat scales must then be per-tensor, and :meth:`accumulate` aligns a
+                per-axis FixedPoint on one fractional bit. Defaults to True.
 
         Raises:
             TypeError: for inputs that are not QTensors.
@@ -134,7 +136,6 @@ class QuantizedReduction(QuantConfigMixin):
                 raise ValueError(f"Layer {self.name} ({type(self).__name__}) expected a QFloat "
                                  "with per-tensor scales (its inputs channels are summed). "
                                  f"Received: scales of shape {scales.shape}")
-            fp = to_single_frac_bits(fp)
         return fp, scales
 
     def quantize_weights(self, key, kernel, training=None):
@@ -148,7 +149,9 @@ class QuantizedReduction(QuantConfigMixin):
         Args:
             fn (callable): the reduction on the integer carriers, taking the weights in the
                 layout of ``w`` (output channels last).
-            x (FixedPoint): the inputs.
+            x (FixedPoint): the inputs. Per-axis ones (when ``frac_bits`` is None) are aligned
+                on their largest fractional bits by shifting the weights of their channels
+                (axis -2 of ``w``), which gives the sums of the aligned inputs exactly.
             w (QTensor): the quantized weights, output channels last; every output sums at most
                 ``prod(w.shape[:-1])`` products.
             x_scales (tf.Tensor, optional): the input scales. Defaults to None.
@@ -164,8 +167,28 @@ class QuantizedReduction(QuantConfigMixin):
         terms = 1
         for dim in w.shape[:-1]:
             terms *= int(dim)
-        value_bits = bits_for(terms * 2.0**(x.value_bits + wf.value_bits))
-        values = exact_reduction(fn, x.values, wf.values, value_bits)
+        w_values, x_bits, checks = wf.values, x.value_bits, []
+        if frac_bits is None and not x.per_tensor:
+            # Per-axis inputs, summed over their channels (axis -2 of w): aligned on their
+            # largest fractional bits, ``x_c * 2^shift_c``. The shifts multiply the weights of
+            # each input channel instead: same integer sums, and the inputs keep their carrier.
+            target = fold_static(tf.reduce_max, x.frac_bits)
+            shift = fold_static(tf.subtract, target, x.frac_bits)
+            max_shift = static_max(shift)
+            if max_shift is None:
+                # as FixedPoint.expand: aligned inputs within the 32-bit buffer, checked
+                x_bits = max(x.value_bits, BUFFER_BITS - 1)
+                checks = x._assert_fits(shift, x_bits, f"the inputs aligned on one fractional "
+                                                       f"bit exceed {x_bits} value bits")
+            else:
+                x_bits = min(x.value_bits + int(max_shift), MAX_VALUE_BITS)
+            factors = tf.pow(tf.constant(2.0, w_values.dtype), tf.cast(shift, w_values.dtype))
+            w_values = w_values * tf.reshape(factors, [-1, 1])
+            x = FixedPoint(x.values, x.value_bits, target, clip=False)
+        value_bits = bits_for(terms * 2.0**(x_bits + wf.value_bits))
+        with tf.control_dependencies(checks):
+            values = exact_reduction(fn, x.values, w_values, value_bits,
+                                     x_bits=x.value_bits)
         if frac_bits is None:
             frac_bits = x.frac_bits + wf.frac_bits
         if scales is None:
@@ -176,15 +199,44 @@ class QuantizedReduction(QuantConfigMixin):
         return as_qtensor(acc, scales)
 
     def add_bias(self, acc, bias, training=None):
-        """Clips ``acc`` to the buffer and adds the bias quantized on its grid (if any)."""
+        """Clips ``acc`` to the buffer and adds the bias quantized on its grid (if any), the
+        sum clipped to the buffer: ``clip(clip(acc) + b)``.
+
+        When ``max|acc| + max|b|`` fits the buffer (``max|acc|`` from the value bits of
+        ``acc``, or read from its values when they exceed the buffer), neither clip can change
+        a value: the sum is then computed alone.
+        """
         fp, scales = split_qtensor(acc)
-        fp = clip_to_buffer(self, fp, self.buffer_bitwidth)
         if bias is None:
-            return as_qtensor(fp, scales)
+            return as_qtensor(clip_to_buffer(self, fp, self.buffer_bitwidth), scales)
         grid = QFloat(fp, tf.ones_like(bias) if scales is None else scales)
         qbias = self.bias_quantizer(bias, grid, training=training)
-        total = buffer_add(self, grid, qbias, self.buffer_bitwidth)
-        return total if scales is not None else total.fp
+        value_bits = self.buffer_bitwidth - 1
+        int_max = 2.0**value_bits - 1
+        bias_fp = qbias.fp
+        if fp.value_bits <= value_bits:
+            acc_max = tf.constant(2.0**fp.value_bits, tf.float64)
+        else:
+            acc_max = tf.cast(tf.maximum(tf.reduce_max(fp.values), -tf.reduce_min(fp.values)),
+                              tf.float64)
+        bias_max = tf.cast(tf.reduce_max(tf.abs(bias_fp.values)), tf.float64)
+        dtype = carrier_dtype(max(fp.value_bits, bias_fp.value_bits) + 1)
+
+        def exact_sum():
+            return tf.cast(fp.values, dtype) + tf.cast(bias_fp.values, dtype)
+
+        def clipped_sum():
+            clipped = clip_to_buffer(self, fp, self.buffer_bitwidth)
+            return buffer_add(self, clipped, bias_fp, self.buffer_bitwidth).values
+
+        if saturation_observed(fp.values):
+            # eager: the clipped path records the saturation of both clips
+            values = tf.cast(clipped_sum(), dtype)
+        else:
+            values = tf.cond(acc_max + bias_max <= int_max, exact_sum,
+                             lambda: tf.cast(clipped_sum(), dtype))
+        total = FixedPoint(values, value_bits, fp.frac_bits, clip=False)
+        return as_qtensor(total, scales)
 
     def finalize(self, acc):
         """Clips to the buffer, then applies the output quantizer (if any)."""

@@ -56,19 +56,22 @@ def check_value_bits(value_bits, name="value_bits"):
     return value_bits
 
 
+@tf.custom_gradient
 def round_half_up(x):
     """Rounds to the nearest integer, halves towards +inf (what a rounded right shift does).
 
     The gradient is the straight-through estimator (identity), so that quantization-aware
-    training reaches the float weights. ``x + (r - x)`` is exactly ``r``: ``r - x`` is exact
-    (Sterbenz: ``r/2 <= x <= 2r`` for ``|r| >= 1``, and ``-x`` when ``r == 0``).
+    training reaches the float weights.
     """
     # floor(x + 0.5) computed without rounding the sum: x + 0.5 rounds up to the next integer
     # for the largest float below a half (0.49999997 + 0.5 == 1.0 in float32). ``x - floor(x)``
     # is exact (Sterbenz for |x| >= 1, and rounds monotonically around 0.5 in (-1, 0)).
     floored = tf.floor(x)
     rounded = floored + tf.cast(x - floored >= tf.constant(0.5, x.dtype), x.dtype)
-    return x + tf.stop_gradient(rounded - x)
+
+    def grad(dy):
+        return dy
+    return rounded, grad
 
 
 @tf.custom_gradient
@@ -96,7 +99,7 @@ def round_shifted_half_up(x):
     return rounded, grad
 
 
-def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):
+def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None):
     """Runs an integer reduction ``fn(x, w)`` (matmul, convolution) exactly.
 
     The partial sums of ``sum_k x_k * w_k`` are bounded by ``max|x| * max_c sum_k |w_kc|``.
@@ -111,6 +114,9 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):
         max_abs_sum_bits_static (int): bits of the static bound of any partial sum magnitude.
         l1_axes (list, optional): axes of ``w`` summed by the reduction, to compute the run-time
             bound ``max|x| * max(sum(|w|, l1_axes))``. Defaults to all axes but the last.
+        x_bits (int, optional): the value bits of ``x``: the bound ``2^x_bits * L1(w)``, from
+            the (small) weights alone, is tried before reading ``max|x|`` from the inputs.
+            Defaults to None.
 
     Returns:
         tf.Tensor: the exact integer result, float64 when the static bound exceeds float32.
@@ -119,11 +125,18 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None):
         return fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
     if l1_axes is None:
         l1_axes = list(range(len(w.shape) - 1))
-    # max|x| in the carrier of x (exact), the weights' L1 norms in float64 (small tensors)
-    max_x = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
+    # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
     w64 = tf.cast(w, tf.float64)
-    bound = max_x * tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
-    return tf.cond(
-        bound <= 2.0**24,
-        lambda: tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64),
-        lambda: fn(tf.cast(x, tf.float64), w64))
+    l1 = tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
+
+    def in_float32():
+        return tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64)
+
+    def by_values():
+        max_x = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
+        return tf.cond(max_x * l1 <= 2.0**24, in_float32,
+                       lambda: fn(tf.cast(x, tf.float64), w64))
+
+    if x_bits is None:
+        return by_values()
+    return tf.cond(2.0**x_bits * l1 <= 2.0**24, in_float32, by_values)

@@ -28,6 +28,19 @@ def _pow2(exponent, dtype):
     return tf.pow(tf.constant(2.0, dtype), tf.cast(exponent, dtype))
 
 
+def ceil_log2(x):
+    """``ceil(log2(x))`` of positive float32 values, exactly, from their binary exponent.
+
+    A normal float32 ``x = 1.m * 2^e`` has ``ceil(log2(x)) = e`` when ``m == 0`` (a power of
+    two), ``e + 1`` otherwise; subnormals (below 2^-126) count as 2^-126. The result is
+    meaningless for ``x <= 0`` (callers select another value there).
+    """
+    bits = tf.bitcast(tf.maximum(tf.cast(x, tf.float32), 2.0**-126), tf.int32)
+    exponent = tf.bitwise.right_shift(bits, 23) - 127
+    fraction = tf.bitwise.bitwise_and(bits, 0x7FFFFF)
+    return tf.cast(exponent + tf.cast(fraction > 0, tf.int32), tf.float32)
+
+
 def static_max(t):
     """The maximum of ``t`` as a Python float when it is known statically, else None."""
     value = tf.get_static_value(t)
@@ -146,15 +159,8 @@ class FixedPoint(QTensor):
         """
         value_bits = check_value_bits(value_bits)
         ranges = tf.abs(tf.cast(ranges, tf.float32))
-        safe = tf.where(ranges > 0, ranges, tf.ones_like(ranges))
-        int_bits = tf.math.ceil(tf.math.log(safe) / tf.math.log(2.0))
-        # log() is off by an ulp near powers of two: fix the estimate with exact comparisons,
-        # so that 2^(int_bits - 1) < ranges <= 2^int_bits.
-        safe64 = tf.cast(safe, tf.float64)
-        int_bits = tf.where(_pow2(int_bits - 1, tf.float64) >= safe64, int_bits - 1, int_bits)
-        int_bits = tf.where(_pow2(int_bits, tf.float64) < safe64, int_bits + 1, int_bits)
-        frac_bits = tf.where(ranges > 0, value_bits - int_bits,
-                             tf.fill(tf.shape(ranges), float(value_bits)))
+        int_bits = ceil_log2(ranges)
+        frac_bits = tf.where(ranges > 0, value_bits - int_bits, float(value_bits))
         if clamp:
             frac_bits = tf.minimum(frac_bits, float(value_bits))
         return frac_bits

@@ -4,8 +4,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ...tensors import FixedPoint, QFloat, QTensor
-from ...tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS
-from ..base import StaticCallMixin, record_saturation, register_keras
+from ...tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, round_half_up,
+                                round_shifted_half_up)
+from ..base import StaticCallMixin, record_saturation, register_keras, saturation_observed
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
 
@@ -97,15 +98,64 @@ class OutputQuantizer(Quantizer):
                             tf.constant(2.0**self.value_bits - 1, dtype))
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
-    def call(self, inputs):
+    def _requantize_qfloat(self, inputs, relu=False, max_value=None):
+        """QFloat -> FixedPoint in one exact rounded multiplication.
+
+        ``round(values * s_int * 2^(frac_out - frac_in - s_frac))``: the quantized scales and
+        the shift form one float64 multiplier (an 8-bit integer times a power of two), and the
+        product with the values is the exact integer ``values * s_int`` shifted, so
+        :func:`round_shifted_half_up` rounds it exactly. The result equals
+        ``_requantize(_to_fixed_point(inputs))``, with a ReLU clipped at ``max_value`` first
+        when ``relu`` (rounding is monotonic: clipping before or after it is the same).
+        """
+        scales = QFloat.quantize_scales(inputs.scales, self.scale_bits)
+        frac_in = inputs.frac_bits + scales.frac_bits
+        frac_bits = self.frac_bits
+        shift = tf.cast(frac_bits - frac_in, tf.float64)
+        two = tf.constant(2.0, tf.float64)
+        multiplier = tf.cast(scales.values, tf.float64) * tf.pow(two, shift)
+        values = round_shifted_half_up(tf.cast(inputs.values, tf.float64) * multiplier)
+        low = -2.0**self.value_bits if self.signed else 0.0
+        high = tf.constant(2.0**self.value_bits - 1, tf.float64)
+        relu_high = None
+        if relu:
+            low = 0.0
+            if max_value is not None:
+                # the ReLU bound on the input grid (floored), then on the output one
+                max_int = tf.floor(float(max_value) * tf.pow(two, tf.cast(frac_in, tf.float64)))
+                relu_high = round_shifted_half_up(max_int * tf.pow(two, shift))
+                high = tf.minimum(high, relu_high)
+        if saturation_observed(values):
+            observed = tf.maximum(values, 0.0) if relu else values
+            if relu_high is not None:
+                observed = tf.minimum(observed, relu_high)
+            record_saturation(self, "output", observed, self.value_bits, tolerance=1)
+        # clipped in the output carrier: casting is monotonic and exact within the bounds
+        dtype = carrier_dtype(self.value_bits)
+        values = tf.minimum(tf.maximum(tf.cast(values, dtype), tf.constant(low, dtype)),
+                            tf.cast(high, dtype))
+        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+
+    def call(self, inputs, relu=False, max_value=None):
         """Quantize the QTensor inputs to a lower bitwidth.
 
         Args:
             inputs (QTensor): the inputs tensor.
+            relu (bool, optional): apply a ReLU first (QuantizedReLU fuses itself with its
+                output quantizer this way): ``min(max(x, 0), max_value)`` with
+                ``max_value`` floored on the input grid. Defaults to False.
+            max_value (float, optional): the ReLU maximum (None: unbounded). Defaults to None.
 
         Returns:
             FixedPoint: the quantized tensor.
         """
+        if isinstance(inputs, QFloat) \
+                and inputs.value_bits + self.scale_bits <= MAX_VALUE_BITS:
+            return self._requantize_qfloat(inputs, relu, max_value)
+        if relu:
+            raise ValueError(f"Layer {self.name}: relu expected QFloat inputs of at most "
+                             f"{MAX_VALUE_BITS - self.scale_bits} value bits. Received: "
+                             f"inputs of type {type(inputs).__name__}")
         return self._requantize(self._to_fixed_point(inputs))
 
     def get_config(self):
@@ -129,9 +179,13 @@ class InputQuantizer(OutputQuantizer):
             return super().call(inputs)
         x = tf.cast(inputs, tf.float32)
         frac_bits = self.frac_bits
-        # quantize in a wide FixedPoint first, so that saturation is observed, then clip
-        wide = FixedPoint.quantize(x, BUFFER_BITS - 1, frac_bits)
-        return self._requantize(wide)
+        # x * 2^frac_bits is exact in float32 (a power-of-two scaling; an overflow to +-inf
+        # is clipped like any saturated value), then rounded exactly
+        values = round_half_up(x * tf.pow(2.0, frac_bits))
+        record_saturation(self, "output", values, self.value_bits, tolerance=1)
+        low = -2.0**self.value_bits if self.signed else 0.0
+        values = tf.minimum(tf.maximum(values, low), 2.0**self.value_bits - 1)
+        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
 
 @register_keras
