@@ -120,23 +120,46 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
 
     Returns:
         tf.Tensor: the exact integer result, float64 when the static bound exceeds float32.
+        Its gradients are computed in float32 (quantization-aware training needs no exact
+        gradients, and float64 convolution gradients are several times slower).
     """
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
         return fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
     if l1_axes is None:
         l1_axes = list(range(len(w.shape) - 1))
-    # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
-    w64 = tf.cast(w, tf.float64)
-    l1 = tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
 
-    def in_float32():
-        return tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64)
+    @tf.custom_gradient
+    def reduction(x, w):
+        # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
+        w64 = tf.cast(w, tf.float64)
+        l1 = tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
 
-    def by_values():
-        max_x = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
-        return tf.cond(max_x * l1 <= 2.0**24, in_float32,
-                       lambda: fn(tf.cast(x, tf.float64), w64))
+        def in_float32():
+            return tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64)
 
-    if x_bits is None:
-        return by_values()
-    return tf.cond(2.0**x_bits * l1 <= 2.0**24, in_float32, by_values)
+        def by_values():
+            max_x = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
+            return tf.cond(max_x * l1 <= 2.0**24, in_float32,
+                           lambda: fn(tf.cast(x, tf.float64), w64))
+
+        if x_bits is None:
+            values = by_values()
+        else:
+            values = tf.cond(2.0**x_bits * l1 <= 2.0**24, in_float32, by_values)
+
+        def grad(dy):
+            # gradients in float32, whichever carrier ran the (exact) forward reduction
+            return float32_gradients(fn, x, w, dy)
+        return values, grad
+
+    return reduction(x, w)
+
+
+def float32_gradients(fn, x, w, dy):
+    """The gradients of ``fn(x, w)`` for ``dy``, computed in float32, in the dtypes of x, w."""
+    x32, w32 = tf.cast(x, tf.float32), tf.cast(w, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([x32, w32])
+        y = fn(x32, w32)
+    gx, gw = tape.gradient(y, [x32, w32], output_gradients=tf.cast(dy, tf.float32))
+    return tf.cast(gx, x.dtype), tf.cast(gw, w.dtype)
