@@ -3,7 +3,7 @@
 Every class is registered with Keras serialization under the ``quantizeml`` package when this
 module is imported, so saved models reload without custom_objects.
 """
-from .base import QUANTIZATION_TARGETS, register_quantize_target, saturation
+from .base import QUANTIZATION_TARGETS, eager_layer_calls, register_quantize_target, saturation
 from .calibration import (FixedPointRecorder, NonTrackFixedPointVariable, NonTrackVariable,
                           OutputObserver, QFloatRecorder, TensorRecorder, is_recording,
                           recording)

@@ -67,25 +67,28 @@ def _traced_call(layer_ref, raw, args, kwargs):
     return outputs, collector["ratios"]
 
 
+def _compiled_body(layer_ref, raw, sources, args, kwargs, generation):
+    """The traced body of a compiled eager call (``generation`` is a cache key only: records
+    are captured as constants, a new generation retraces)."""
+    del generation
+    outputs, ratios = _traced_call(layer_ref, raw, args, kwargs)
+    indexed = {}
+    for (owner, key), ratio in ratios.items():
+        if (owner, key) not in sources:
+            sources.append((owner, key))
+        indexed[str(sources.index((owner, key)))] = ratio
+    return outputs, indexed
+
+
 def _compiled_call(layer, raw, args, kwargs):
     """Runs ``raw`` as a per-layer tf.function, records the saturation it measured."""
     from .calibration.recorders import generation  # noqa: PLC0415 (import cycle)
 
     entry = _COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
     if entry[1] is None:
-        layer_ref = weakref.ref(layer)
-        sources = entry[2]
-
-        def body(args, kwargs, generation):
-            del generation  # a cache key only: records are captured as constants
-            outputs, ratios = _traced_call(layer_ref, raw, args, kwargs)
-            indexed = {}
-            for (owner, key), ratio in ratios.items():
-                if (owner, key) not in sources:
-                    sources.append((owner, key))
-                indexed[str(sources.index((owner, key)))] = ratio
-            return outputs, indexed
-
+        # a partial (no __code__): TensorFlow's retracing statistics are then per layer, not
+        # shared by every layer's first trace
+        body = functools.partial(_compiled_body, weakref.ref(layer), raw, entry[2])
         entry[1] = tf.function(body, reduce_retracing=True, autograph=False)
     outputs, ratios = entry[1](args, kwargs, generation=generation())
     for index, ratio in ratios.items():

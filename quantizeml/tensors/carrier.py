@@ -138,7 +138,8 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
             return tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64)
 
         def by_values():
-            max_x = tf.cast(tf.reduce_max(tf.abs(x)), tf.float64)
+            # two read-only reductions (no |x| tensor written)
+            max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
             return tf.cond(max_x * l1 <= 2.0**24, in_float32,
                            lambda: fn(tf.cast(x, tf.float64), w64))
 
