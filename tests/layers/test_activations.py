@@ -140,3 +140,25 @@ def test_relu_bad_inputs():
         QuantizedReLU(name="relu_key", quant_config={"weight_quantizer": {}})
     with pytest.raises(TypeError, match="relu_oq: quant_config\\['output_quantizer'\\]"):
         QuantizedReLU(name="relu_oq", quant_config={"output_quantizer": 8})
+
+
+def test_relu_fused_with_output_quantizer_gradients():
+    """A QFloat input with an output quantizer runs the fused requantization: its gradient is
+    the straight-through one, zero where the ReLU (or the output range) clips."""
+    relu = QuantizedReLU(max_value=2.0, quant_config={"output_quantizer": {
+        "bitwidth": 8, "signed": False}})
+    x = tf.Variable(np.linspace(-3.0, 3.0, 64, dtype=np.float32).reshape(2, 32))
+    scales = tf.constant(np.full((32,), 0.01, np.float32))
+    relu(QFloat.quantize(x, 15, scales))  # build
+    relu.out_quantizer.range_max.assign(tf.fill(relu.out_quantizer.range_max.shape, 2.0))
+    weights = tf.constant(np.random.RandomState(0).uniform(0.5, 1.5, (2, 32)), tf.float32)
+    with tf.GradientTape() as tape:
+        y = relu(QFloat.quantize(x, 15, scales))
+        loss = tf.reduce_sum(y.to_float() * weights)
+    grad = tape.gradient(loss, x).numpy()
+    y = y.to_float().numpy()
+    inside = (y > 0) & (y < 2.0 - 2.0**-6)
+    assert inside.any() and (~inside).any()
+    # d(y)/d(x) is the ratio of the quantized scales to the float ones: within 2^-7
+    np.testing.assert_allclose(grad[inside], weights.numpy()[inside], rtol=2.0**-7)
+    np.testing.assert_array_equal(grad[~inside], 0.0)

@@ -11,6 +11,24 @@ from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
 
 
+def clip_in_carrier(values, low, high):
+    """``min(max(values, low), high)`` in the dtype of ``low`` (integer bounds), with the
+    gradient of a clip (``dy`` where nothing was clipped, 0 elsewhere) from one comparison.
+
+    Casting to the narrower carrier first is exact within the bounds and monotonic outside,
+    so the clip is the same. The bounds get no gradient (integer constants).
+    """
+    @tf.custom_gradient
+    def clip(values):
+        cast = tf.cast(values, low.dtype)
+        clipped = tf.minimum(tf.maximum(cast, low), high)
+
+        def grad(dy):
+            return tf.cast(dy * tf.cast(tf.equal(clipped, cast), dy.dtype), values.dtype)
+        return clipped, grad
+    return clip(values)
+
+
 @register_keras
 class OutputQuantizer(Quantizer):
     """A uniform FixedPoint quantizer that selects the optimal number of fractional bits for the
@@ -130,10 +148,9 @@ class OutputQuantizer(Quantizer):
             if relu_high is not None:
                 observed = tf.minimum(observed, relu_high)
             record_saturation(self, "output", observed, self.value_bits, tolerance=1)
-        # clipped in the output carrier: casting is monotonic and exact within the bounds
         dtype = carrier_dtype(self.value_bits)
-        values = tf.minimum(tf.maximum(tf.cast(values, dtype), tf.constant(low, dtype)),
-                            tf.cast(high, dtype))
+        values = clip_in_carrier(values, tf.constant(low, dtype),
+                                 tf.cast(tf.stop_gradient(high), dtype))
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     def call(self, inputs, relu=False, max_value=None):
