@@ -6,6 +6,7 @@ import tf_keras as keras
 
 from quantizeml.layers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer,
                                OutputQuantizer, WeightQuantizer)
+from quantizeml.layers.quantizers.output_quantizer import clip_in_carrier
 from quantizeml.tensors import FixedPoint, QFloat
 from tests.utils import check_config_roundtrip, check_save_load
 
@@ -164,3 +165,19 @@ def test_quantizers_save_load():
     iq.range_max.assign(2.0)
     oq.range_max.assign(np.array([0.5, 1, 2, 4, 0.25], np.float32))
     check_save_load(model, np.random.uniform(-2, 2, (8, 5)).astype(np.float32))
+
+
+@pytest.mark.parametrize("high", [[5.0, 9.0, 100.0], [9.0, 9.0, 9.0], 9.0],
+                         ids=["per-channel", "uniform", "scalar"])
+def test_clip_in_carrier(high):
+    values = tf.constant(np.arange(-4.0, 20.0).reshape(8, 3), tf.float64)
+    low, high_t = tf.constant(0.0), tf.constant(high, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        out = clip_in_carrier(values, low, high_t)
+        loss = tf.reduce_sum(out * 3.0)
+    expected = np.clip(values.numpy(), 0.0, np.asarray(high))
+    np.testing.assert_array_equal(out.numpy(), expected)
+    assert out.dtype == tf.float32
+    inside = (values.numpy() >= 0) & (values.numpy() <= np.asarray(high))
+    np.testing.assert_array_equal(tape.gradient(loss, values).numpy(), np.where(inside, 3.0, 0.0))
