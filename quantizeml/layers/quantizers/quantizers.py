@@ -147,15 +147,15 @@ class AlignedWeightQuantizer(Quantizer):
         if not isinstance(other, QFloat):
             raise TypeError(f"Layer {self.name}: other expected a QFloat. "
                             f"Received: other of type {type(other).__name__}")
-        scales = tf.broadcast_to(other.scales, tf.shape(inputs))
-        rescaled = inputs / scales
-        target = tf.broadcast_to(other.frac_bits, tf.shape(inputs))
+        rescaled = inputs / other.scales  # broadcast: other's scales are scalar or per-axis
+        target = tf.cast(other.frac_bits, tf.float32)
         frac_bits = tf.minimum(FixedPoint.max_frac_bits(self.value_bits, rescaled, clamp=False),
                                target)
         fp = FixedPoint.quantize(rescaled, self.value_bits, frac_bits)
-        # exact left shift onto the accumulator grid, in the 32-bit buffer
-        fp = fp.rescale(target, BUFFER_BITS - 1)
-        return QFloat(FixedPoint(fp.values, fp.value_bits, other.frac_bits), other.scales)
+        # exact left shift onto the accumulator grid (frac_bits <= target), clipped to the
+        # 32-bit buffer
+        values = fp._shifted(target - frac_bits, BUFFER_BITS - 1, left=True)
+        return QFloat(FixedPoint(values, BUFFER_BITS - 1, other.frac_bits), other.scales)
 
     def call(self, inputs, other, training=None):
         """Quantize the float inputs, aligned on another QFloat.
