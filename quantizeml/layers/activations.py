@@ -4,7 +4,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import MAX_VALUE_BITS
 from .base import check_qtensor, register_keras, register_quantize_target
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 
@@ -44,8 +43,7 @@ class QuantizedReLU(QuantConfigMixin, keras.layers.ReLU):
 
     def call(self, inputs):
         check_qtensor(self, inputs, (FixedPoint, QFloat))
-        if isinstance(inputs, QFloat) and self.out_quantizer is not None \
-                and inputs.value_bits + self.scale_bits <= MAX_VALUE_BITS:
+        if self.out_quantizer is not None and self.out_quantizer.fuses(inputs):
             # the ReLU fused with the requantization (same integers, fewer passes)
             return self.out_quantizer(inputs, relu=True, max_value=self.max_value)
         x = self._to_fixed_point(inputs)

@@ -17,7 +17,8 @@ QUANTIZATION_TARGETS = {}
 #: Per-thread state of the layer calls: nesting depth, the saturation collector of a compiled
 #: call being traced, and whether compiled eager calls are disabled.
 _STATE = threading.local()
-#: layer -> {raw call: [number of eager calls, compiled tf.function or None]}
+#: layer -> {raw call: [number of eager calls, compiled tf.function or None, saturation
+#: sources (owner layer, key) indexed by the compiled function's outputs]}
 _COMPILED = weakref.WeakKeyDictionary()
 
 
@@ -58,33 +59,28 @@ def _nested(collector=None):
         _STATE.collector = previous
 
 
-def _traced_call(layer_ref, raw, args, kwargs):
-    """The body of a compiled eager call: ``raw(layer, ...)`` and the saturation ratios its
-    layers record, as ``(outputs, {index: ratio})`` (indices into ``sources``)."""
+def _compiled_body(layer_ref, raw, sources, args, kwargs, generation):
+    """The traced body of a compiled eager call: ``raw(layer, ...)`` and the saturation ratios
+    its layers record, as ``(outputs, {index: ratio})`` (indices into ``sources``).
+    ``generation`` is a cache key only: records are captured as constants, a new generation
+    retraces."""
+    del generation
     collector = {"graph": tf.compat.v1.get_default_graph(), "ratios": {}}
     with _nested(collector):
         outputs = raw(layer_ref(), *args, **kwargs)
-    return outputs, collector["ratios"]
-
-
-def _compiled_body(layer_ref, raw, sources, args, kwargs, generation):
-    """The traced body of a compiled eager call (``generation`` is a cache key only: records
-    are captured as constants, a new generation retraces)."""
-    del generation
-    outputs, ratios = _traced_call(layer_ref, raw, args, kwargs)
     indexed = {}
-    for (owner, key), ratio in ratios.items():
+    for (owner, key), ratio in collector["ratios"].items():
         if (owner, key) not in sources:
             sources.append((owner, key))
         indexed[str(sources.index((owner, key)))] = ratio
     return outputs, indexed
 
 
-def _compiled_call(layer, raw, args, kwargs):
-    """Runs ``raw`` as a per-layer tf.function, records the saturation it measured."""
+def _compiled_call(layer, raw, entry, args, kwargs):
+    """Runs ``raw`` as a per-layer tf.function (kept in ``entry``), records the saturation it
+    measured."""
     from .calibration.recorders import generation  # noqa: PLC0415 (import cycle)
 
-    entry = _COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
     if entry[1] is None:
         # a partial (no __code__): TensorFlow's retracing statistics are then per layer, not
         # shared by every layer's first trace
@@ -112,7 +108,7 @@ def _dispatch(layer, raw, args, kwargs):
     if entry[0] <= COMPILE_AFTER_CALLS:
         with _nested():
             return raw(layer, *args, **kwargs)
-    return _compiled_call(layer, raw, args, kwargs)
+    return _compiled_call(layer, raw, entry, args, kwargs)
 
 
 def _is_recording():

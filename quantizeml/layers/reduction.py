@@ -83,8 +83,14 @@ def to_single_frac_bits(fp):
     if fp.per_tensor:
         return fp
     max_shift = static_max(tf.reduce_max(fp.frac_bits) - fp.frac_bits)
-    value_bits = BUFFER_BITS - 1 if max_shift is None else fp.value_bits + int(max_shift)
-    return fp.expand(min(max(value_bits, fp.value_bits), MAX_VALUE_BITS))[0]
+    return fp.expand(aligned_value_bits(fp.value_bits, max_shift))[0]
+
+
+def aligned_value_bits(value_bits, max_shift):
+    """Value bits of per-axis values shifted left by at most ``max_shift`` (a static int, or
+    None when only known at run time: the 32-bit buffer, checked at run time)."""
+    widened = BUFFER_BITS - 1 if max_shift is None else value_bits + int(max_shift)
+    return min(max(widened, value_bits), MAX_VALUE_BITS)
 
 
 class QuantizedReduction(QuantConfigMixin):
@@ -175,13 +181,11 @@ class QuantizedReduction(QuantConfigMixin):
             target = fold_static(tf.reduce_max, x.frac_bits)
             shift = fold_static(tf.subtract, target, x.frac_bits)
             max_shift = static_max(shift)
+            x_bits = aligned_value_bits(x.value_bits, max_shift)
             if max_shift is None:
                 # as FixedPoint.expand: aligned inputs within the 32-bit buffer, checked
-                x_bits = max(x.value_bits, BUFFER_BITS - 1)
                 checks = x._assert_fits(shift, x_bits, f"the inputs aligned on one fractional "
                                                        f"bit exceed {x_bits} value bits")
-            else:
-                x_bits = min(x.value_bits + int(max_shift), MAX_VALUE_BITS)
             factors = tf.pow(tf.constant(2.0, w_values.dtype), tf.cast(shift, w_values.dtype))
             w_values = w_values * tf.reshape(factors, [-1, 1])
             x = FixedPoint(x.values, x.value_bits, target, clip=False)

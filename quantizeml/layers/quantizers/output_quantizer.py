@@ -117,12 +117,28 @@ class OutputQuantizer(Quantizer):
         # a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256] grid) is a
         # rounding of the calibrated range, not a saturation worth reporting
         record_saturation(self, "output", values, self.value_bits, tolerance=1)
-        # one clip to the output range: [-2^vb, 2^vb - 1], or [0, 2^vb - 1] unsigned
-        dtype = values.dtype
-        low = -2.0**self.value_bits if self.signed else 0.0
-        values = tf.minimum(tf.maximum(values, tf.constant(low, dtype)),
-                            tf.constant(2.0**self.value_bits - 1, dtype))
+        return self._clipped(values, frac_bits)
+
+    @property
+    def _low(self):
+        """float: the smallest output integer, ``-2^vb`` (signed) or 0."""
+        return -2.0**self.value_bits if self.signed else 0.0
+
+    def _clipped(self, values, frac_bits, low=None, high=None):
+        """The output FixedPoint: ``values`` clipped to ``[low, high]`` (the output range by
+        default) in the output carrier."""
+        dtype = carrier_dtype(self.value_bits)
+        low = self._low if low is None else low
+        high = tf.constant(2.0**self.value_bits - 1, dtype) if high is None \
+            else tf.cast(tf.stop_gradient(high), dtype)
+        values = clip_in_carrier(values, tf.constant(low, dtype), high)
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+
+    def fuses(self, inputs):
+        """bool: whether ``call(inputs, relu=True)`` takes these inputs (QFloats whose product
+        with the quantized scales float64 holds exactly)."""
+        return isinstance(inputs, QFloat) \
+            and inputs.value_bits + self.scale_bits <= MAX_VALUE_BITS
 
     def _requantize_qfloat(self, inputs, relu=False, max_value=None):
         """QFloat -> FixedPoint in one exact rounded multiplication.
@@ -141,25 +157,20 @@ class OutputQuantizer(Quantizer):
         two = tf.constant(2.0, tf.float64)
         multiplier = tf.cast(scales.values, tf.float64) * tf.pow(two, shift)
         values = round_shifted_half_up(tf.cast(inputs.values, tf.float64) * multiplier)
-        low = -2.0**self.value_bits if self.signed else 0.0
-        high = tf.constant(2.0**self.value_bits - 1, tf.float64)
-        relu_high = None
+        low, high, relu_high = self._low, None, None
         if relu:
             low = 0.0
             if max_value is not None:
                 # the ReLU bound on the input grid (floored), then on the output one
                 max_int = tf.floor(float(max_value) * tf.pow(two, tf.cast(frac_in, tf.float64)))
                 relu_high = round_shifted_half_up(max_int * tf.pow(two, shift))
-                high = tf.minimum(high, relu_high)
+                high = tf.minimum(relu_high, 2.0**self.value_bits - 1)
         if saturation_observed(values):
             observed = tf.maximum(values, 0.0) if relu else values
             if relu_high is not None:
                 observed = tf.minimum(observed, relu_high)
             record_saturation(self, "output", observed, self.value_bits, tolerance=1)
-        dtype = carrier_dtype(self.value_bits)
-        values = clip_in_carrier(values, tf.constant(low, dtype),
-                                 tf.cast(tf.stop_gradient(high), dtype))
-        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+        return self._clipped(values, frac_bits, low, high)
 
     def call(self, inputs, relu=False, max_value=None):
         """Quantize the QTensor inputs to a lower bitwidth.
@@ -174,8 +185,7 @@ class OutputQuantizer(Quantizer):
         Returns:
             FixedPoint: the quantized tensor.
         """
-        if isinstance(inputs, QFloat) \
-                and inputs.value_bits + self.scale_bits <= MAX_VALUE_BITS:
+        if self.fuses(inputs):
             return self._requantize_qfloat(inputs, relu, max_value)
         if relu:
             raise ValueError(f"Layer {self.name}: relu expected QFloat inputs of at most "
@@ -208,9 +218,7 @@ class InputQuantizer(OutputQuantizer):
         # is clipped like any saturated value), then rounded exactly
         values = round_half_up(x * tf.pow(2.0, frac_bits))
         record_saturation(self, "output", values, self.value_bits, tolerance=1)
-        low = -2.0**self.value_bits if self.signed else 0.0
-        values = tf.minimum(tf.maximum(values, low), 2.0**self.value_bits - 1)
-        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+        return self._clipped(values, frac_bits)
 
 
 @register_keras
