@@ -136,6 +136,25 @@ def digits_workload(cfg):
             "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
 
 
+def reestimate_batchnorm(model, x):
+    """Sets the BatchNormalization statistics to those of ``x`` (one training-mode pass).
+
+    With its initial statistics (mean 0, variance 1) a randomly initialized MobileNet's
+    activations shrink layer after layer until they vanish, unlike those of a trained network;
+    the quantized model then takes paths (float64 convolutions, saturated biases) a trained
+    one does not. Re-estimating the statistics on the inputs, as after training, keeps every
+    layer's activations in a realistic range.
+    """
+    layers = [layer for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
 def mobilenet_workload(cfg):
     size = cfg["mobilenet_size"]
     keras.utils.set_random_seed(0)
@@ -145,6 +164,8 @@ def mobilenet_workload(cfg):
     n = max(cfg["num_samples"], cfg["eval_samples"])
     x = rng.uniform(-1, 1, (n,) + (size, size, 3)).astype(np.float32)
     y = rng.randint(0, 1000, (n,)).astype(np.int64)
+    if not cfg.get("raw_batchnorm"):
+        reestimate_batchnorm(model, x[:cfg["num_samples"]])
     return {"name": f"mobilenet_a0.25_{size}", "model": model, "float_accuracy": None,
             "x_calib": x, "x_eval": x[:cfg["eval_samples"]], "y_eval": None,
             "x_train": x, "y_train": y,
@@ -522,6 +543,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, help="timed repeats (median)")
     parser.add_argument("--xla", action="store_true", help="measure XLA in --quick mode too")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the accuracy table")
+    parser.add_argument("--raw-batchnorm", action="store_true",
+                        help="keep MobileNet's initial BatchNormalization statistics (its "
+                             "activations vanish after a few blocks)")
     args = parser.parse_args(argv)
     cfg = configs(args.quick)
     if args.workloads:
@@ -532,6 +556,7 @@ def main(argv=None):
         cfg["xla"] = True
     if args.no_accuracy:
         cfg["accuracy"] = False
+    cfg["raw_batchnorm"] = args.raw_batchnorm
 
     start = time.perf_counter()
 

@@ -24,6 +24,7 @@ from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, exact_reduction
 from ..tensors.dispatch.common import bits_for
 from ..tensors.fixed_point import fold_static, static_max
+from ..tensors.fusion import fused
 from ..tensors.qtensor import is_per_tensor
 from .base import buffer_add, check_qtensor, clip_to_buffer, saturation_observed
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
@@ -149,7 +150,7 @@ class QuantizedReduction(QuantConfigMixin):
         return getattr(self, key)(kernel, training=training)
 
     @staticmethod
-    def accumulate(fn, x, w, x_scales=None, frac_bits=None, scales=None):
+    def accumulate(fn, x, w, x_scales=None, frac_bits=None, scales=None, with_bound=False):
         """Exact integer reduction ``fn(x_int, w_int)`` as a FixedPoint (QFloat with scales).
 
         Args:
@@ -165,9 +166,12 @@ class QuantizedReduction(QuantConfigMixin):
                 ``x.frac_bits + w.frac_bits``.
             scales (tf.Tensor, optional): the accumulator scales. Defaults to
                 ``x_scales * w.scales``.
+            with_bound (bool, optional): also return a float64 scalar bounding the magnitude
+                of the accumulator values (for :meth:`add_bias`). Defaults to False.
 
         Returns:
-            QTensor: the accumulator (value bits from the static bound, up to 52).
+            QTensor: the accumulator (value bits from the static bound, up to 52), and its
+            bound when ``with_bound``.
         """
         wf, w_scales = split_qtensor(w)
         terms = 1
@@ -191,8 +195,8 @@ class QuantizedReduction(QuantConfigMixin):
             x = FixedPoint(x.values, x.value_bits, target, clip=False)
         value_bits = bits_for(terms * 2.0**(x_bits + wf.value_bits))
         with tf.control_dependencies(checks):
-            values = exact_reduction(fn, x.values, w_values, value_bits,
-                                     x_bits=x.value_bits)
+            values, bound = exact_reduction(fn, x.values, w_values, value_bits,
+                                            x_bits=x.value_bits, with_bound=True)
         if frac_bits is None:
             frac_bits = x.frac_bits + wf.frac_bits
         if scales is None:
@@ -200,15 +204,16 @@ class QuantizedReduction(QuantConfigMixin):
         # the static bound holds every sum: nothing to clip below MAX_VALUE_BITS
         acc = FixedPoint(values, min(value_bits, MAX_VALUE_BITS), frac_bits,
                          clip=value_bits > MAX_VALUE_BITS)
-        return as_qtensor(acc, scales)
+        acc = as_qtensor(acc, scales)
+        return (acc, bound) if with_bound else acc
 
-    def add_bias(self, acc, bias, training=None):
+    def add_bias(self, acc, bias, training=None, acc_bound=None):
         """Clips ``acc`` to the buffer and adds the bias quantized on its grid (if any), the
         sum clipped to the buffer: ``clip(clip(acc) + b)``.
 
-        When ``max|acc| + max|b|`` fits the buffer (``max|acc|`` from the value bits of
-        ``acc``, or read from its values when they exceed the buffer), neither clip can change
-        a value: the sum is then computed alone.
+        When ``max|acc| + max|b|`` fits the buffer (``max|acc|`` from ``acc_bound``, the value
+        bits of ``acc``, or read from its values when they exceed the buffer), neither clip can
+        change a value: the sum is then computed alone.
         """
         fp, scales = split_qtensor(acc)
         if bias is None:
@@ -220,6 +225,8 @@ class QuantizedReduction(QuantConfigMixin):
         bias_fp = qbias.fp
         if fp.value_bits <= value_bits:
             acc_max = tf.constant(2.0**fp.value_bits, tf.float64)
+        elif acc_bound is not None:
+            acc_max = acc_bound
         else:
             acc_max = tf.cast(tf.maximum(tf.reduce_max(fp.values), -tf.reduce_min(fp.values)),
                               tf.float64)
@@ -227,7 +234,9 @@ class QuantizedReduction(QuantConfigMixin):
         dtype = carrier_dtype(max(fp.value_bits, bias_fp.value_bits) + 1)
 
         def exact_sum():
-            return tf.cast(fp.values, dtype) + tf.cast(bias_fp.values, dtype)
+            # one fused kernel in graphs (the accumulator is often cast to a wider carrier)
+            return fused(lambda a, b: tf.cast(a, dtype) + tf.cast(b, dtype),
+                         fp.values, bias_fp.values)
 
         def clipped_sum():
             clipped = clip_to_buffer(self, fp, self.buffer_bitwidth)

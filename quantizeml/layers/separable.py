@@ -92,6 +92,6 @@ class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D)
         def pointwise(xv, wv):
             return tf.nn.conv2d(xv, wv, strides=1, padding="VALID")
 
-        acc = self.accumulate(pointwise, d, pw, d_scales)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training)
+        acc, bound = self.accumulate(pointwise, d, pw, d_scales, with_bound=True)
+        acc = self.add_bias(acc, self.bias if self.use_bias else None, training, bound)
         return self.finalize(acc)

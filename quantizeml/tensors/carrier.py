@@ -99,13 +99,17 @@ def round_shifted_half_up(x):
     return rounded, grad
 
 
-def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None):
+def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None,
+                    with_bound=False):
     """Runs an integer reduction ``fn(x, w)`` (matmul, convolution) exactly.
 
     The partial sums of ``sum_k x_k * w_k`` are bounded by ``max|x| * max_c sum_k |w_kc|``.
     When ``max_abs_sum_bits_static`` (a static bound, in bits) is at most 24, ``fn`` runs in
-    float32. Otherwise the bound is evaluated at run time from the operands and ``fn`` runs in
-    float32 when it proves exactness, in float64 else.
+    float32. Otherwise the bound is evaluated at run time from the operands (``2^x_bits *
+    L1(w)`` from the small weights first, then ``max|x| * L1(w)``) and ``fn`` runs in float32
+    when it proves exactness, in float64 else. (Splitting the weights in two halves that each
+    fit float32 was measured no faster than one float64 reduction: 1x1 float64 convolutions
+    are matrix products.)
 
     Args:
         fn (callable): the reduction, taking two tensors of the same float dtype.
@@ -117,22 +121,32 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         x_bits (int, optional): the value bits of ``x``: the bound ``2^x_bits * L1(w)``, from
             the (small) weights alone, is tried before reading ``max|x|`` from the inputs.
             Defaults to None.
+        with_bound (bool, optional): also return a float64 scalar bounding ``|result|``
+            (static, or the run-time bound). Defaults to False.
 
     Returns:
-        tf.Tensor: the exact integer result, float64 when the static bound exceeds float32.
-        Its gradients are computed in float32 (quantization-aware training needs no exact
-        gradients, and float64 convolution gradients are several times slower).
+        tf.Tensor: the exact integer result, float64 when the static bound exceeds float32
+        (and the bound when ``with_bound``). Its gradients are computed in float32
+        (quantization-aware training needs no exact gradients, and float64 convolution
+        gradients are several times slower).
     """
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
-        return fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+        values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+        if with_bound:
+            return values, tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
+        return values
     if l1_axes is None:
         l1_axes = list(range(len(w.shape) - 1))
+    float32_max = 2.0**(FLOAT32_VALUE_BITS + 1)
+
+    def l1_norm(weights):
+        return tf.reduce_max(tf.reduce_sum(tf.abs(weights), axis=l1_axes))
 
     @tf.custom_gradient
     def reduction(x, w):
         # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
         w64 = tf.cast(w, tf.float64)
-        l1 = tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
+        l1 = l1_norm(w64)
 
         def in_float32():
             return tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64)
@@ -140,20 +154,25 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         def by_values():
             # two read-only reductions (no |x| tensor written)
             max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
-            return tf.cond(max_x * l1 <= 2.0**24, in_float32,
-                           lambda: fn(tf.cast(x, tf.float64), w64))
+            values = tf.cond(max_x * l1 <= float32_max, in_float32,
+                             lambda: fn(tf.cast(x, tf.float64), w64))
+            return values, max_x * l1
 
         if x_bits is None:
-            values = by_values()
+            values, bound = by_values()
         else:
-            values = tf.cond(2.0**x_bits * l1 <= 2.0**24, in_float32, by_values)
+            bound = 2.0**x_bits * l1
+            values, bound = tf.cond(bound <= float32_max, lambda: (in_float32(), bound),
+                                    by_values)
 
-        def grad(dy):
+        def grad(dy, _):
             # gradients in float32, whichever carrier ran the (exact) forward reduction
             return float32_gradients(fn, x, w, dy)
-        return values, grad
+        return (values, bound), grad
 
-    return reduction(x, w)
+    values, bound = reduction(x, w)
+    bound = tf.minimum(bound, 2.0**max_abs_sum_bits_static)
+    return (values, bound) if with_bound else values
 
 
 def float32_gradients(fn, x, w, dy):

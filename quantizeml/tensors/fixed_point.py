@@ -212,16 +212,9 @@ class FixedPoint(QTensor):
                              f"({self.value_bits}). Received: bits={bits}")
         return FixedPoint(self.values, bits, self.frac_bits, clip=False)
 
-    def _shifted(self, shift, value_bits, left=False):
-        """Values times 2^shift, exactly, rounded half up on right shifts, in the carrier of
-        ``value_bits`` (computed in the wider of both carriers). ``left=True`` promises that
-        every shift is a left shift (nothing to round)."""
-        out_dtype = carrier_dtype(value_bits)
-        dtype = tf.float64 if tf.float64 in (out_dtype, self.values.dtype) else tf.float32
-        values = tf.cast(self.values, dtype) * _pow2(shift, dtype)
-        if left:
-            return values
-        return round_shifted_half_up(values)
+    def shifted_values(self, shift, value_bits, left=False):
+        """The values times ``2^shift``, not clipped (see :func:`shift_values`)."""
+        return shift_values(self.values, shift, value_bits, left)
 
     def rescale(self, frac_bits, value_bits=None):
         """Rescale a FixedPoint to a specified precision and bitwidth.
@@ -238,7 +231,7 @@ class FixedPoint(QTensor):
         """
         value_bits = self.value_bits if value_bits is None else check_value_bits(value_bits)
         frac_bits = _as_frac_bits(frac_bits)
-        values = self._shifted(frac_bits - self.frac_bits, value_bits)
+        values = self.shifted_values(frac_bits - self.frac_bits, value_bits)
         return FixedPoint(values, value_bits, frac_bits)
 
     def _check_direction(self, frac_bits, method, higher):
@@ -408,7 +401,7 @@ class FixedPoint(QTensor):
             shift, value_bits, f"FixedPoint.expand: the expanded values exceed {value_bits} "
                                "value bits")
         with tf.control_dependencies(checks):
-            values = self._shifted(shift, value_bits, left=True)
+            values = self.shifted_values(shift, value_bits, left=True)
         return FixedPoint(values, value_bits, target, clip=False), shift
 
     def _left_align(self, target, value_bits, method, dynamic_bits=BUFFER_BITS - 1):
@@ -417,7 +410,7 @@ class FixedPoint(QTensor):
         clip = value_bits is not None
         value_bits, checks = self._widened(shift, value_bits, method, dynamic_bits)
         with tf.control_dependencies(checks):
-            values = self._shifted(shift, value_bits, left=True)
+            values = self.shifted_values(shift, value_bits, left=True)
         return FixedPoint(values, value_bits, target, clip=clip), shift
 
     # ---- element-wise --------------------------------------------------------------------
@@ -472,3 +465,27 @@ class FixedPoint(QTensor):
         if not self.per_tensor:
             frac_bits = tf.broadcast_to(frac_bits, tf.shape(self.values))[key]
         return FixedPoint(values, self.value_bits, frac_bits)
+
+
+def shift_values(values, shift, value_bits, left=False):
+    """Integer values times ``2^shift``, exactly, rounded half up on right shifts, not clipped.
+
+    Computed in the wider of the carriers of ``values`` and ``value_bits`` (the result's
+    dtype).
+
+    Args:
+        values (tf.Tensor): integer values in their carrier.
+        shift (tf.Tensor): the shifts (broadcast with the values; negative: right shifts).
+        value_bits (int): the value bits the result is meant for.
+        left (bool, optional): the caller promises that every shift is a left shift (nothing
+            to round). Defaults to False.
+
+    Returns:
+        tf.Tensor: the shifted values.
+    """
+    out_dtype = carrier_dtype(value_bits)
+    dtype = tf.float64 if tf.float64 in (out_dtype, values.dtype) else tf.float32
+    values = tf.cast(values, dtype) * _pow2(shift, dtype)
+    if left:
+        return values
+    return round_shifted_half_up(values)

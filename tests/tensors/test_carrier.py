@@ -91,3 +91,27 @@ def test_exact_reduction_values_and_float32_gradients(magnitude):
     np.testing.assert_allclose(gw.numpy(), (x.astype(np.float32).T
                                             @ dy.numpy().astype(np.float32)), rtol=1e-5, atol=1e-2)
     assert gx.dtype == tf.float64 and gw.dtype == tf.float64
+
+
+@pytest.mark.parametrize("x_bits, magnitude", [(None, 2**6), (7, 2**6), (None, 2**14), (15, 2**14)])
+def test_exact_reduction_bound(x_bits, magnitude):
+    """with_bound: a bound of the result magnitudes (add_bias skips its clips with it), the
+    run-time bound ``max|x| * L1(w)`` (or ``2^x_bits * L1(w)`` when it proves float32)."""
+    rng = np.random.RandomState(1)
+    x = rng.randint(-magnitude, magnitude, (4, 64)).astype(np.float32)
+    w = rng.randint(-127, 128, (64, 8)).astype(np.float32)
+    y, bound = exact_reduction(tf.linalg.matmul, tf.constant(x), tf.constant(w),
+                               max_abs_sum_bits_static=40, x_bits=x_bits, with_bound=True)
+    np.testing.assert_array_equal(y.numpy().astype(np.int64),
+                                  x.astype(np.int64) @ w.astype(np.int64))
+    l1 = np.abs(w.astype(np.float64)).sum(0).max()
+    by_values = float(np.abs(x).max()) * l1
+    assert np.abs(y.numpy()).max() <= bound.numpy()
+    if x_bits is not None and 2.0**x_bits * l1 <= 2**24:
+        assert bound.numpy() == 2.0**x_bits * l1
+    else:
+        assert bound.numpy() == min(by_values, 2.0**40)
+    _, static = exact_reduction(tf.linalg.matmul, tf.constant(x[:, :2] % 4),
+                                tf.constant(w[:2] % 4), max_abs_sum_bits_static=5,
+                                with_bound=True)
+    assert static.numpy() == 2.0**5

@@ -6,23 +6,27 @@ import tf_keras as keras
 from ...tensors import FixedPoint, QFloat, QTensor
 from ...tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, round_half_up,
                                 round_shifted_half_up)
+from ...tensors.fixed_point import shift_values
+from ...tensors.fusion import fused
 from ..base import StaticCallMixin, record_saturation, register_keras, saturation_observed
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
 
 
-def clip_in_carrier(values, low, high):
+def clip_in_carrier(values, low, high, scalar_top=True):
     """``min(max(values, low), high)`` in the dtype of ``low`` (integer bounds), with the
     gradient of a clip (``dy`` where nothing was clipped, 0 elsewhere) from one comparison.
 
     Casting to the narrower carrier first is exact within the bounds and monotonic outside,
-    so the clip is the same. The bounds get no gradient (integer constants).
+    so the clip is the same. The bounds get no gradient (integer constants). ``scalar_top``
+    clips with a scalar when a per-channel ``high`` is the same on every channel (False in
+    fused kernels, where broadcasting costs nothing).
     """
     @tf.custom_gradient
     def clip(values):
         cast = tf.cast(values, low.dtype)
         floor = tf.maximum(cast, low)
-        if high.shape.rank:
+        if high.shape.rank and scalar_top:
             # a per-channel bound (a ReLU's maximum) broadcasts 2-3 times slower than a
             # scalar: use its largest value when it is the same for every channel
             top = tf.reduce_max(high)
@@ -112,8 +116,16 @@ class OutputQuantizer(Quantizer):
 
     def _requantize(self, fp):
         frac_bits = self.frac_bits
+        low, high = self._bounds()
         # the rounded shift, computed in the carrier of the wider of both bitwidths
-        values = fp._shifted(frac_bits - fp.frac_bits, max(fp.value_bits, self.value_bits))
+        value_bits = max(fp.value_bits, self.value_bits)
+        if not saturation_observed(fp.values):
+            def kernel(values, shift, low, high):
+                return clip_in_carrier(shift_values(values, shift, value_bits), low, high,
+                                       scalar_top=False)
+            values = fused(kernel, fp.values, frac_bits - fp.frac_bits, low, high)
+            return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+        values = fp.shifted_values(frac_bits - fp.frac_bits, value_bits)
         # a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256] grid) is a
         # rounding of the calibrated range, not a saturation worth reporting
         record_saturation(self, "output", values, self.value_bits, tolerance=1)
@@ -124,14 +136,19 @@ class OutputQuantizer(Quantizer):
         """float: the smallest output integer, ``-2^vb`` (signed) or 0."""
         return -2.0**self.value_bits if self.signed else 0.0
 
-    def _clipped(self, values, frac_bits, low=None, high=None):
-        """The output FixedPoint: ``values`` clipped to ``[low, high]`` (the output range by
-        default) in the output carrier."""
+    def _bounds(self, low=None, high=None):
+        """The integer bounds of the output, as tensors in the output carrier: ``[low, high]``
+        (the output range by default)."""
         dtype = carrier_dtype(self.value_bits)
         low = self._low if low is None else low
         high = tf.constant(2.0**self.value_bits - 1, dtype) if high is None \
             else tf.cast(tf.stop_gradient(high), dtype)
-        values = clip_in_carrier(values, tf.constant(low, dtype), high)
+        return tf.constant(low, dtype), high
+
+    def _clipped(self, values, frac_bits, low=None, high=None):
+        """The output FixedPoint: ``values`` clipped to ``[low, high]`` (the output range by
+        default) in the output carrier."""
+        values = clip_in_carrier(values, *self._bounds(low, high))
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     def fuses(self, inputs):
@@ -150,13 +167,37 @@ class OutputQuantizer(Quantizer):
         ``_requantize(_to_fixed_point(inputs))``, with a ReLU clipped at ``max_value`` first
         when ``relu`` (rounding is monotonic: clipping before or after it is the same).
         """
-        scales = QFloat.quantize_scales(inputs.scales, self.scale_bits)
-        frac_in = inputs.frac_bits + scales.frac_bits
+        if not saturation_observed(inputs.values):
+            # graphs (predict, fit): one fused kernel, no saturation recorded
+            def kernel(values, scales, frac_in):
+                frac_bits, multiplier, low, high, _ = self._qfloat_parameters(
+                    scales, frac_in, relu, max_value)
+                product = tf.cast(values, tf.float64) * multiplier
+                return clip_in_carrier(round_shifted_half_up(product), low, high,
+                                       scalar_top=False), frac_bits
+            values, frac_bits = fused(kernel, inputs.values, inputs.scales, inputs.frac_bits)
+            return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+        # eager (and compiled eager) calls: the saturation before the clip is recorded
+        frac_bits, multiplier, low, high, relu_high = self._qfloat_parameters(
+            inputs.scales, inputs.frac_bits, relu, max_value)
+        values = round_shifted_half_up(tf.cast(inputs.values, tf.float64) * multiplier)
+        observed = tf.maximum(values, 0.0) if relu else values
+        if relu_high is not None:
+            observed = tf.minimum(observed, relu_high)
+        record_saturation(self, "output", observed, self.value_bits, tolerance=1)
+        values = clip_in_carrier(values, low, high)
+        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+
+    def _qfloat_parameters(self, scales, frac_in_bits, relu, max_value):
+        """(frac_bits, multiplier, low, high, relu_high) of :meth:`_requantize_qfloat`: the
+        output fractional bits, the float64 multiplier of the values, the output bounds (in
+        the output carrier) and the ReLU bound on the output grid (None without one)."""
+        scales = QFloat.quantize_scales(scales, self.scale_bits)
+        frac_in = frac_in_bits + scales.frac_bits
         frac_bits = self.frac_bits
         shift = tf.cast(frac_bits - frac_in, tf.float64)
         two = tf.constant(2.0, tf.float64)
         multiplier = tf.cast(scales.values, tf.float64) * tf.pow(two, shift)
-        values = round_shifted_half_up(tf.cast(inputs.values, tf.float64) * multiplier)
         low, high, relu_high = self._low, None, None
         if relu:
             low = 0.0
@@ -165,12 +206,7 @@ class OutputQuantizer(Quantizer):
                 max_int = tf.floor(float(max_value) * tf.pow(two, tf.cast(frac_in, tf.float64)))
                 relu_high = round_shifted_half_up(max_int * tf.pow(two, shift))
                 high = tf.minimum(relu_high, 2.0**self.value_bits - 1)
-        if saturation_observed(values):
-            observed = tf.maximum(values, 0.0) if relu else values
-            if relu_high is not None:
-                observed = tf.minimum(observed, relu_high)
-            record_saturation(self, "output", observed, self.value_bits, tolerance=1)
-        return self._clipped(values, frac_bits, low, high)
+        return (frac_bits, multiplier, *self._bounds(low, high), relu_high)
 
     def call(self, inputs, relu=False, max_value=None):
         """Quantize the QTensor inputs to a lower bitwidth.
@@ -216,6 +252,11 @@ class InputQuantizer(OutputQuantizer):
         frac_bits = self.frac_bits
         # x * 2^frac_bits is exact in float32 (a power-of-two scaling; an overflow to +-inf
         # is clipped like any saturated value), then rounded exactly
+        if not saturation_observed(x):
+            def kernel(x, frac_bits, low, high):
+                return clip_in_carrier(round_half_up(x * tf.pow(2.0, frac_bits)), low, high)
+            values = fused(kernel, x, frac_bits, *self._bounds())
+            return FixedPoint(values, self.value_bits, frac_bits, clip=False)
         values = round_half_up(x * tf.pow(2.0, frac_bits))
         record_saturation(self, "output", values, self.value_bits, tolerance=1)
         return self._clipped(values, frac_bits)

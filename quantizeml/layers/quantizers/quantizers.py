@@ -154,7 +154,7 @@ class AlignedWeightQuantizer(Quantizer):
         fp = FixedPoint.quantize(rescaled, self.value_bits, frac_bits)
         # exact left shift onto the accumulator grid (frac_bits <= target), clipped to the
         # 32-bit buffer
-        values = fp._shifted(target - frac_bits, BUFFER_BITS - 1, left=True)
+        values = fp.shifted_values(target - frac_bits, BUFFER_BITS - 1, left=True)
         return QFloat(FixedPoint(values, BUFFER_BITS - 1, other.frac_bits), other.scales)
 
     def call(self, inputs, other, training=None):
