@@ -201,8 +201,9 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
             return tf.nn.convolution(xv, wv, strides=list(self.strides), padding=padding,
                                      dilations=list(self.dilation_rate))
 
-        acc, bound = self.accumulate(conv, x, w, x_scales, with_bound=True)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training, bound)
+        bias = self.bias if self.use_bias else None
+
+        acc = self.reduce(conv, x, w, x_scales, bias, training)
         return self.finalize(acc)
 
     def get_config(self):
@@ -266,6 +267,7 @@ class QuantizedConv2DTranspose(QuantizedReduction, keras.layers.Conv2DTranspose)
             out.set_shape(static_shape)
             return out
 
-        acc, bound = self.accumulate(conv_transpose, x, w, x_scales, with_bound=True)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training, bound)
+        bias = self.bias if self.use_bias else None
+
+        acc = self.reduce(conv_transpose, x, w, x_scales, bias, training)
         return self.finalize(acc)

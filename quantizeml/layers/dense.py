@@ -51,6 +51,6 @@ class QuantizedDense(QuantizedReduction, keras.layers.Dense):
         self._check_rank(inputs.shape.rank)
         x, x_scales = self.aligned_inputs(inputs)
         w = self.quantize_weights("weight_quantizer", self.kernel, training)
-        acc, bound = self.accumulate(tf.linalg.matmul, x, w, x_scales, with_bound=True)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training, bound)
+        bias = self.bias if self.use_bias else None
+        acc = self.reduce(tf.linalg.matmul, x, w, x_scales, bias, training)
         return self.finalize(acc)

@@ -24,7 +24,7 @@ from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, exact_reduction
 from ..tensors.dispatch.common import bits_for
 from ..tensors.fixed_point import fold_static, static_max
-from ..tensors.fusion import fused
+from ..tensors.fusion import fused, fuses
 from ..tensors.qtensor import is_per_tensor
 from .base import buffer_add, check_qtensor, clip_to_buffer, saturation_observed
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
@@ -173,38 +173,8 @@ class QuantizedReduction(QuantConfigMixin):
             QTensor: the accumulator (value bits from the static bound, up to 52), and its
             bound when ``with_bound``.
         """
-        wf, w_scales = split_qtensor(w)
-        terms = 1
-        for dim in w.shape[:-1]:
-            terms *= int(dim)
-        w_values, x_bits, checks = wf.values, x.value_bits, []
-        if frac_bits is None and not x.per_tensor:
-            # Per-axis inputs, summed over their channels (axis -2 of w): aligned on their
-            # largest fractional bits, ``x_c * 2^shift_c``. The shifts multiply the weights of
-            # each input channel instead: same integer sums, and the inputs keep their carrier.
-            target = fold_static(tf.reduce_max, x.frac_bits)
-            shift = fold_static(tf.subtract, target, x.frac_bits)
-            max_shift = static_max(shift)
-            x_bits = aligned_value_bits(x.value_bits, max_shift)
-            if max_shift is None:
-                # as FixedPoint.expand: aligned inputs within the 32-bit buffer, checked
-                checks = x._assert_fits(shift, x_bits, f"the inputs aligned on one fractional "
-                                                       f"bit exceed {x_bits} value bits")
-            factors = tf.pow(tf.constant(2.0, w_values.dtype), tf.cast(shift, w_values.dtype))
-            w_values = w_values * tf.reshape(factors, [-1, 1])
-            x = FixedPoint(x.values, x.value_bits, target, clip=False)
-        value_bits = bits_for(terms * 2.0**(x_bits + wf.value_bits))
-        with tf.control_dependencies(checks):
-            values, bound = exact_reduction(fn, x.values, w_values, value_bits,
-                                            x_bits=x.value_bits, with_bound=True)
-        if frac_bits is None:
-            frac_bits = x.frac_bits + wf.frac_bits
-        if scales is None:
-            scales = fold_scales(x_scales, w_scales)
-        # the static bound holds every sum: nothing to clip below MAX_VALUE_BITS
-        acc = FixedPoint(values, min(value_bits, MAX_VALUE_BITS), frac_bits,
-                         clip=value_bits > MAX_VALUE_BITS)
-        acc = as_qtensor(acc, scales)
+        terms = _Terms(fn, x, w, x_scales, frac_bits, scales)
+        acc, bound = terms.accumulator()
         return (acc, bound) if with_bound else acc
 
     def add_bias(self, acc, bias, training=None, acc_bound=None):
@@ -239,8 +209,7 @@ class QuantizedReduction(QuantConfigMixin):
                          fp.values, bias_fp.values)
 
         def clipped_sum():
-            clipped = clip_to_buffer(self, fp, self.buffer_bitwidth)
-            return buffer_add(self, clipped, bias_fp, self.buffer_bitwidth).values
+            return self._clipped_bias_sum(fp, bias_fp)
 
         if saturation_observed(fp.values):
             # eager: the clipped path records the saturation of both clips
@@ -251,6 +220,44 @@ class QuantizedReduction(QuantConfigMixin):
         total = FixedPoint(values, value_bits, fp.frac_bits, clip=False)
         return as_qtensor(total, scales)
 
+    def _clipped_bias_sum(self, fp, bias_fp):
+        """``clip(clip(acc) + b)`` to the buffer (saturation recorded)."""
+        clipped = clip_to_buffer(self, fp, self.buffer_bitwidth)
+        return buffer_add(self, clipped, bias_fp, self.buffer_bitwidth).values
+
+    def reduce(self, fn, x, w, x_scales=None, bias=None, training=None):
+        """:meth:`accumulate` then :meth:`add_bias` (``bias`` None: no bias).
+
+        In fused graphs (see :mod:`~quantizeml.tensors.fusion`) the quantized bias is added in
+        the kernel that casts the reduction's result to float64 (one pass less over the
+        accumulator); the buffer clips then run, on the accumulator recovered exactly, only
+        when the bounds do not prove them useless.
+        """
+        if bias is None or not fuses():
+            acc, bound = self.accumulate(fn, x, w, x_scales, with_bound=True)
+            return self.add_bias(acc, bias, training, bound)
+        terms = _Terms(fn, x, w, x_scales)
+        if terms.value_bits > MAX_VALUE_BITS:
+            acc, bound = terms.accumulator()
+            return self.add_bias(acc, bias, training, bound)
+        grid = QFloat(FixedPoint(tf.zeros_like(bias), 1, terms.frac_bits, clip=False),
+                      tf.ones_like(bias) if terms.scales is None else terms.scales)
+        bias_fp = self.bias_quantizer(bias, grid, training=training).fp
+        bias_values = tf.cast(bias_fp.values, tf.float64)
+        total, bound = terms.reduce(addend=bias_values)
+        value_bits = self.buffer_bitwidth - 1
+        if terms.value_bits <= value_bits:
+            bound = tf.constant(2.0**terms.value_bits, tf.float64)
+        bias_max = tf.reduce_max(tf.abs(bias_values))
+
+        def clipped_sum():
+            acc = FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits, clip=False)
+            return tf.cast(self._clipped_bias_sum(acc, bias_fp), tf.float64)
+
+        values = tf.cond(bound + bias_max <= 2.0**value_bits - 1, lambda: total, clipped_sum)
+        return as_qtensor(FixedPoint(values, value_bits, terms.frac_bits, clip=False),
+                          terms.scales)
+
     def finalize(self, acc):
         """Clips to the buffer, then applies the output quantizer (if any)."""
         fp, scales = split_qtensor(acc)
@@ -258,3 +265,49 @@ class QuantizedReduction(QuantConfigMixin):
         if self.out_quantizer is not None:
             return self.out_quantizer(acc)
         return acc
+
+
+class _Terms:
+    """The operands of an exact reduction (see :meth:`QuantizedReduction.accumulate`): the
+    integer inputs and weights (per-axis inputs aligned through the weights), the static bound
+    ``value_bits`` of the sums, and the accumulator's ``frac_bits`` and ``scales``."""
+
+    def __init__(self, fn, x, w, x_scales=None, frac_bits=None, scales=None):
+        wf, w_scales = split_qtensor(w)
+        terms = 1
+        for dim in w.shape[:-1]:
+            terms *= int(dim)
+        w_values, x_bits, checks = wf.values, x.value_bits, []
+        if frac_bits is None and not x.per_tensor:
+            # Per-axis inputs, summed over their channels (axis -2 of w): aligned on their
+            # largest fractional bits, ``x_c * 2^shift_c``. The shifts multiply the weights of
+            # each input channel instead: same integer sums, and the inputs keep their carrier.
+            target = fold_static(tf.reduce_max, x.frac_bits)
+            shift = fold_static(tf.subtract, target, x.frac_bits)
+            max_shift = static_max(shift)
+            x_bits = aligned_value_bits(x.value_bits, max_shift)
+            if max_shift is None:
+                # as FixedPoint.expand: aligned inputs within the 32-bit buffer, checked
+                checks = x._assert_fits(shift, x_bits, f"the inputs aligned on one fractional "
+                                                       f"bit exceed {x_bits} value bits")
+            factors = tf.pow(tf.constant(2.0, w_values.dtype), tf.cast(shift, w_values.dtype))
+            w_values = w_values * tf.reshape(factors, [-1, 1])
+            x = FixedPoint(x.values, x.value_bits, target, clip=False)
+        self.fn, self.x, self.w_values, self.checks = fn, x, w_values, checks
+        self.value_bits = bits_for(terms * 2.0**(x_bits + wf.value_bits))
+        self.frac_bits = x.frac_bits + wf.frac_bits if frac_bits is None else frac_bits
+        self.scales = fold_scales(x_scales, w_scales) if scales is None else scales
+
+    def accumulator(self):
+        """(the accumulator QTensor, the bound of its magnitudes)."""
+        values, bound = self.reduce()
+        # the static bound holds every sum: nothing to clip below MAX_VALUE_BITS
+        acc = FixedPoint(values, min(self.value_bits, MAX_VALUE_BITS), self.frac_bits,
+                         clip=self.value_bits > MAX_VALUE_BITS)
+        return as_qtensor(acc, self.scales), bound
+
+    def reduce(self, addend=None):
+        """(sums, bound of their magnitudes), plus ``addend`` (float64) when given."""
+        with tf.control_dependencies(self.checks):
+            return exact_reduction(self.fn, self.x.values, self.w_values, self.value_bits,
+                                   x_bits=self.x.value_bits, with_bound=True, addend=addend)

@@ -92,6 +92,7 @@ class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D)
         def pointwise(xv, wv):
             return tf.nn.conv2d(xv, wv, strides=1, padding="VALID")
 
-        acc, bound = self.accumulate(pointwise, d, pw, d_scales, with_bound=True)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training, bound)
+        bias = self.bias if self.use_bias else None
+
+        acc = self.reduce(pointwise, d, pw, d_scales, bias, training)
         return self.finalize(acc)

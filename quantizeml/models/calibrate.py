@@ -16,6 +16,7 @@ import tf_keras as keras
 
 from ..layers import (Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer,
                       QuantizeWrapper)
+from ..tensors.fusion import unfused
 from .graph import check_functional, is_qtensor
 from .samples import Batches
 
@@ -108,6 +109,7 @@ def _candidate_errors(x, quantizer, f0):
     return tf.stack(errors)
 
 
+@unfused
 def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, epochs=1,
               verbose=False, batches=None):
     """Calibrates the model using the provided samples.

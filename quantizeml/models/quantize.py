@@ -32,6 +32,7 @@ import tf_keras as keras
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.base import QUANTIZATION_TARGETS
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
+from ..tensors.fusion import unfused
 from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
@@ -172,6 +173,7 @@ def _input_signed(batches, index):
     return bool(min(float(np.min(b[index])) for b in batches) < 0)
 
 
+@unfused
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
              batch_size=None, epochs=1, verbose=False):
     """Quantizes a Keras or ONNX model using the provided configuration or parameters.

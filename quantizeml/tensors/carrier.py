@@ -20,6 +20,8 @@ exact, otherwise at run time from the actual magnitudes of the operands (see
 """
 import tensorflow as tf
 
+from .fusion import fused
+
 #: Largest number of value bits a float32 carrier holds exactly.
 FLOAT32_VALUE_BITS = 23
 #: Largest number of value bits quantizeml supports (float64 carrier).
@@ -100,7 +102,7 @@ def round_shifted_half_up(x):
 
 
 def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None,
-                    with_bound=False):
+                    with_bound=False, addend=None):
     """Runs an integer reduction ``fn(x, w)`` (matmul, convolution) exactly.
 
     The partial sums of ``sum_k x_k * w_k`` are bounded by ``max|x| * max_c sum_k |w_kc|``.
@@ -123,6 +125,10 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
             Defaults to None.
         with_bound (bool, optional): also return a float64 scalar bounding ``|result|``
             (static, or the run-time bound). Defaults to False.
+        addend (tf.Tensor, optional): integer values added to the result (broadcast), in
+            float64, in one fused kernel with the cast of a float32 reduction (see
+            :mod:`~quantizeml.tensors.fusion`); the bound stays the bound of the reduction
+            alone. The caller ensures that the sum needs no clipping. Defaults to None.
 
     Returns:
         tf.Tensor: the exact integer result, float64 when the static bound exceeds float32
@@ -130,8 +136,15 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         (quantization-aware training needs no exact gradients, and float64 convolution
         gradients are several times slower).
     """
+    def finish(values):
+        if addend is None:
+            return tf.cast(values, tf.float64)
+        return fused(lambda v, b: tf.cast(v, tf.float64) + b, values, addend)
+
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
         values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+        if addend is not None:
+            values = finish(values)
         if with_bound:
             return values, tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
         return values
@@ -143,19 +156,19 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         return tf.reduce_max(tf.reduce_sum(tf.abs(weights), axis=l1_axes))
 
     @tf.custom_gradient
-    def reduction(x, w):
+    def reduction(x, w, *addends):
         # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
         w64 = tf.cast(w, tf.float64)
         l1 = l1_norm(w64)
 
         def in_float32():
-            return tf.cast(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)), tf.float64)
+            return finish(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)))
 
         def by_values():
             # two read-only reductions (no |x| tensor written)
             max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
             values = tf.cond(max_x * l1 <= float32_max, in_float32,
-                             lambda: fn(tf.cast(x, tf.float64), w64))
+                             lambda: finish(fn(tf.cast(x, tf.float64), w64)))
             return values, max_x * l1
 
         if x_bits is None:
@@ -167,12 +180,23 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
 
         def grad(dy, _):
             # gradients in float32, whichever carrier ran the (exact) forward reduction
-            return float32_gradients(fn, x, w, dy)
+            return (*float32_gradients(fn, x, w, dy),
+                    *[sum_to_shape(dy, a) for a in addends])
         return (values, bound), grad
 
-    values, bound = reduction(x, w)
+    values, bound = reduction(x, w, *([] if addend is None else [addend]))
     bound = tf.minimum(bound, 2.0**max_abs_sum_bits_static)
     return (values, bound) if with_bound else values
+
+
+def sum_to_shape(dy, target):
+    """The gradient of a tensor ``target`` broadcast to the shape of ``dy``: ``dy`` summed over
+    the broadcast axes, in the dtype of ``target``."""
+    rank, shape = dy.shape.rank, target.shape.as_list()
+    padded = [1] * (rank - len(shape)) + shape
+    axes = [i for i, dim in enumerate(padded) if dim == 1 and dy.shape[i] != 1]
+    summed = tf.reduce_sum(dy, axis=axes, keepdims=True) if axes else dy
+    return tf.cast(tf.reshape(summed, tf.shape(target)), target.dtype)
 
 
 def float32_gradients(fn, x, w, dy):

@@ -16,6 +16,7 @@ graph stays free of XLA-only functions). :func:`xla_fusion` turns fusion off (e.
 platform without XLA).
 """
 import contextlib
+import functools
 import threading
 
 import tensorflow as tf
@@ -46,6 +47,16 @@ def xla_fusion(enabled):
         yield
     finally:
         _STATE.enabled = previous
+
+
+def unfused(fn):
+    """Decorator: runs ``fn`` with fusion off (e.g. quantize() and calibrate(), whose graphs
+    run a few batches or are never executed, where compiling would cost more than it saves)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with xla_fusion(False):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def fusion_enabled():
