@@ -233,7 +233,8 @@ class QuantizedReduction(QuantConfigMixin):
         accumulator); the buffer clips then run, on the accumulator recovered exactly, only
         when the bounds do not prove them useless.
         """
-        if bias is None or not fuses():
+        if bias is None or not fuses() or saturation_observed(x.values):
+            # (eager and compiled eager calls record the saturation of the buffer clips)
             acc, bound = self.accumulate(fn, x, w, x_scales, with_bound=True)
             return self.add_bias(acc, bias, training, bound)
         terms = _Terms(fn, x, w, x_scales)
