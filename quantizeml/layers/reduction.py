@@ -193,14 +193,15 @@ class QuantizedReduction(QuantConfigMixin):
         value_bits = self.buffer_bitwidth - 1
         int_max = 2.0**value_bits - 1
         bias_fp = qbias.fp
+        bias_max = tf.cast(tf.reduce_max(tf.abs(bias_fp.values)), tf.float64)
         if fp.value_bits <= value_bits:
             acc_max = tf.constant(2.0**fp.value_bits, tf.float64)
         elif acc_bound is not None:
-            acc_max = acc_bound
+            # the bound when it proves the sum exact, the actual maximum (one read) otherwise
+            acc_max = tf.cond(acc_bound + bias_max <= int_max, lambda: acc_bound,
+                              lambda: max_abs(fp.values))
         else:
-            acc_max = tf.cast(tf.maximum(tf.reduce_max(fp.values), -tf.reduce_min(fp.values)),
-                              tf.float64)
-        bias_max = tf.cast(tf.reduce_max(tf.abs(bias_fp.values)), tf.float64)
+            acc_max = max_abs(fp.values)
         dtype = carrier_dtype(max(fp.value_bits, bias_fp.value_bits) + 1)
 
         def exact_sum():
@@ -251,11 +252,15 @@ class QuantizedReduction(QuantConfigMixin):
             bound = tf.constant(2.0**terms.value_bits, tf.float64)
         bias_max = tf.reduce_max(tf.abs(bias_values))
 
-        def clipped_sum():
-            acc = FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits, clip=False)
-            return tf.cast(self._clipped_bias_sum(acc, bias_fp), tf.float64)
+        int_max = 2.0**value_bits - 1
 
-        values = tf.cond(bound + bias_max <= 2.0**value_bits - 1, lambda: total, clipped_sum)
+        def checked_sum():
+            # the bound is loose: the accumulator's actual maximum decides
+            acc = FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits, clip=False)
+            return tf.cond(max_abs(acc.values) + bias_max <= int_max, lambda: total,
+                           lambda: tf.cast(self._clipped_bias_sum(acc, bias_fp), tf.float64))
+
+        values = tf.cond(bound + bias_max <= int_max, lambda: total, checked_sum)
         return as_qtensor(FixedPoint(values, value_bits, terms.frac_bits, clip=False),
                           terms.scales)
 
@@ -266,6 +271,11 @@ class QuantizedReduction(QuantConfigMixin):
         if self.out_quantizer is not None:
             return self.out_quantizer(acc)
         return acc
+
+
+def max_abs(values):
+    """``max|values|`` in float64, from two read-only reductions (no |x| tensor written)."""
+    return tf.cast(tf.maximum(tf.reduce_max(values), -tf.reduce_min(values)), tf.float64)
 
 
 class _Terms:

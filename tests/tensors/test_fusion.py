@@ -122,3 +122,36 @@ def test_saved_model_has_no_xla_functions(qmodels, tmp_path):
     with eager_layer_calls():
         expected = qmodel(x).numpy()
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
+
+
+@pytest.mark.parametrize("features", [8, 64])
+def test_fused_bias_buffer_clips(features):
+    """Fused graphs clip the buffer as the op-by-op calls do: accumulators past a 16-bit
+    buffer (clipped) and, with 64 features, run-time bounds far looser than the sums."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((features,))
+    x = keras.layers.Dense(4, name="wide")(inputs)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    kernel = np.zeros((features, 4), np.float32)
+    kernel[:8] = 1.0
+    kernel[8:] = np.random.RandomState(0).uniform(-1, 1, (features - 8, 4))
+    model.get_layer("wide").set_weights([kernel, np.full(4, 0.5, np.float32)])
+    rng = np.random.RandomState(1)
+    calib = rng.uniform(0, 1e-3, (32, features)).astype(np.float32)
+    calib[:, 0] = rng.uniform(0, 1, 32)
+    qmodel = quantize(model, qparams=QuantizationParams(buffer_bits=16), samples=calib)
+    x = np.concatenate([calib[:8], np.full((4, features), 1e6, np.float32),
+                        -np.full((4, features), 1e6, np.float32)])
+    x[8:, 8:] = 0.0  # sums of the all-ones columns only: past the buffer, bound loose
+    with eager_layer_calls():
+        expected = keras.Model(qmodel.input, qmodel.get_layer("wide").output)(x)
+        expected_out = qmodel(x).numpy()
+    wide = tf.function(lambda t: keras.Model(qmodel.input,
+                                             qmodel.get_layer("wide").output)(t))
+    got = wide(tf.constant(x))
+    assert must_compile_functions(wide.get_concrete_function(tf.constant(x)).graph
+                                  .as_graph_def())
+    np.testing.assert_array_equal(got.values.numpy(), expected.values.numpy())
+    assert np.abs(expected.values.numpy()).max() >= 2**15 - 1  # clipped to the buffer
+    np.testing.assert_array_equal(qmodel.predict(x, verbose=0), expected_out)
