@@ -188,20 +188,7 @@ class QuantizedReduction(QuantConfigMixin):
         fp, scales = split_qtensor(acc)
         if bias is None:
             return as_qtensor(clip_to_buffer(self, fp, self.buffer_bitwidth), scales)
-        grid = QFloat(fp, tf.ones_like(bias) if scales is None else scales)
-        qbias = self.bias_quantizer(bias, grid, training=training)
-        value_bits = self.buffer_bitwidth - 1
-        int_max = 2.0**value_bits - 1
-        bias_fp = qbias.fp
-        bias_max = tf.cast(tf.reduce_max(tf.abs(bias_fp.values)), tf.float64)
-        if fp.value_bits <= value_bits:
-            acc_max = tf.constant(2.0**fp.value_bits, tf.float64)
-        elif acc_bound is not None:
-            # the bound when it proves the sum exact, the actual maximum (one read) otherwise
-            acc_max = tf.cond(acc_bound + bias_max <= int_max, lambda: acc_bound,
-                              lambda: max_abs(fp.values))
-        else:
-            acc_max = max_abs(fp.values)
+        bias_fp = self._quantized_bias(bias, fp.frac_bits, scales, training)
         dtype = carrier_dtype(max(fp.value_bits, bias_fp.value_bits) + 1)
 
         def exact_sum():
@@ -216,10 +203,34 @@ class QuantizedReduction(QuantConfigMixin):
             # eager: the clipped path records the saturation of both clips
             values = tf.cast(clipped_sum(), dtype)
         else:
-            values = tf.cond(acc_max + bias_max <= int_max, exact_sum,
-                             lambda: tf.cast(clipped_sum(), dtype))
-        total = FixedPoint(values, value_bits, fp.frac_bits, clip=False)
+            values = tf.cond(self._fits_buffer(fp.value_bits, acc_bound, lambda: fp.values,
+                                               bias_fp),
+                             exact_sum, lambda: tf.cast(clipped_sum(), dtype))
+        total = FixedPoint(values, self.buffer_bitwidth - 1, fp.frac_bits, clip=False)
         return as_qtensor(total, scales)
+
+    def _quantized_bias(self, bias, frac_bits, scales, training):
+        """The bias quantized on the accumulator grid (``frac_bits`` and ``scales``), as a
+        FixedPoint."""
+        grid = QFloat(FixedPoint(tf.zeros_like(bias), 1, frac_bits, clip=False),
+                      tf.ones_like(bias) if scales is None else scales)
+        return self.bias_quantizer(bias, grid, training=training).fp
+
+    def _fits_buffer(self, value_bits, bound, values_fn, bias_fp):
+        """bool tensor: whether ``max|acc| + max|b|`` fits the buffer, so that no buffer clip
+        can change a value. ``max|acc|`` comes from the accumulator's value bits, else from
+        ``bound`` (its run-time bound, None if unknown) when that proves it, else from its
+        values (``values_fn()``, read only then)."""
+        int_max = 2.0**(self.buffer_bitwidth - 1) - 1
+        bias_max = tf.cast(tf.reduce_max(tf.abs(bias_fp.values)), tf.float64)
+        if value_bits <= self.buffer_bitwidth - 1:
+            acc_max = tf.constant(2.0**value_bits, tf.float64)
+        elif bound is None:
+            acc_max = max_abs(values_fn())
+        else:
+            acc_max = tf.cond(bound + bias_max <= int_max, lambda: bound,
+                              lambda: max_abs(values_fn()))
+        return acc_max + bias_max <= int_max
 
     def _clipped_bias_sum(self, fp, bias_fp):
         """``clip(clip(acc) + b)`` to the buffer (saturation recorded)."""
@@ -242,27 +253,21 @@ class QuantizedReduction(QuantConfigMixin):
         if terms.value_bits > MAX_VALUE_BITS:
             acc, bound = terms.accumulator()
             return self.add_bias(acc, bias, training, bound)
-        grid = QFloat(FixedPoint(tf.zeros_like(bias), 1, terms.frac_bits, clip=False),
-                      tf.ones_like(bias) if terms.scales is None else terms.scales)
-        bias_fp = self.bias_quantizer(bias, grid, training=training).fp
+        bias_fp = self._quantized_bias(bias, terms.frac_bits, terms.scales, training)
         bias_values = tf.cast(bias_fp.values, tf.float64)
         total, bound = terms.reduce(addend=bias_values)
-        value_bits = self.buffer_bitwidth - 1
-        if terms.value_bits <= value_bits:
-            bound = tf.constant(2.0**terms.value_bits, tf.float64)
-        bias_max = tf.reduce_max(tf.abs(bias_values))
 
-        int_max = 2.0**value_bits - 1
+        def accumulator():
+            # recovered exactly (integers in float64)
+            return FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits,
+                              clip=False)
 
-        def checked_sum():
-            # the bound is loose: the accumulator's actual maximum decides
-            acc = FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits, clip=False)
-            return tf.cond(max_abs(acc.values) + bias_max <= int_max, lambda: total,
-                           lambda: tf.cast(self._clipped_bias_sum(acc, bias_fp), tf.float64))
-
-        values = tf.cond(bound + bias_max <= int_max, lambda: total, checked_sum)
-        return as_qtensor(FixedPoint(values, value_bits, terms.frac_bits, clip=False),
-                          terms.scales)
+        values = tf.cond(
+            self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values, bias_fp),
+            lambda: total,
+            lambda: tf.cast(self._clipped_bias_sum(accumulator(), bias_fp), tf.float64))
+        return as_qtensor(FixedPoint(values, self.buffer_bitwidth - 1, terms.frac_bits,
+                                     clip=False), terms.scales)
 
     def finalize(self, acc):
         """Clips to the buffer, then applies the output quantizer (if any)."""

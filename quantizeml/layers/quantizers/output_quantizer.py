@@ -116,20 +116,31 @@ class OutputQuantizer(Quantizer):
 
     def _requantize(self, fp):
         frac_bits = self.frac_bits
-        low, high = self._bounds()
         # the rounded shift, computed in the carrier of the wider of both bitwidths
         value_bits = max(fp.value_bits, self.value_bits)
-        if not saturation_observed(fp.values):
-            def kernel(values, shift, low, high):
-                return clip_in_carrier(shift_values(values, shift, value_bits), low, high,
-                                       scalar_top=False)
-            values = fused(kernel, fp.values, frac_bits - fp.frac_bits, low, high)
-            return FixedPoint(values, self.value_bits, frac_bits, clip=False)
-        values = fp.shifted_values(frac_bits - fp.frac_bits, value_bits)
-        # a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256] grid) is a
-        # rounding of the calibrated range, not a saturation worth reporting
-        record_saturation(self, "output", values, self.value_bits, tolerance=1)
-        return self._clipped(values, frac_bits)
+        return self._output(lambda values, shift: shift_values(values, shift, value_bits),
+                            (fp.values, frac_bits - fp.frac_bits), frac_bits)
+
+    def _output(self, rounded, args, frac_bits, low=None, high=None, observed=None):
+        """The output FixedPoint: ``rounded(*args)`` (exact rounded integers) clipped to
+        ``[low, high]`` (the output range by default).
+
+        In graphs both run as one fused kernel (see :mod:`~quantizeml.tensors.fusion`); eager
+        (and compiled eager) calls record the saturation of ``observed(values)`` (the values by
+        default) first: a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256]
+        grid) is a rounding of the calibrated range, not a saturation worth reporting.
+        """
+        low, high = self._bounds(low, high)
+        if saturation_observed(args[0]):
+            values = rounded(*args)
+            record_saturation(self, "output", values if observed is None else observed(values),
+                              self.value_bits, tolerance=1)
+            values = clip_in_carrier(values, low, high)
+        else:
+            def kernel(low, high, *args):
+                return clip_in_carrier(rounded(*args), low, high, scalar_top=False)
+            values = fused(kernel, low, high, *args)
+        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     @property
     def _low(self):
@@ -144,12 +155,6 @@ class OutputQuantizer(Quantizer):
         high = tf.constant(2.0**self.value_bits - 1, dtype) if high is None \
             else tf.cast(tf.stop_gradient(high), dtype)
         return tf.constant(low, dtype), high
-
-    def _clipped(self, values, frac_bits, low=None, high=None):
-        """The output FixedPoint: ``values`` clipped to ``[low, high]`` (the output range by
-        default) in the output carrier."""
-        values = clip_in_carrier(values, *self._bounds(low, high))
-        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     def fuses(self, inputs):
         """bool: whether ``call(inputs, relu=True)`` takes these inputs (QFloats whose product
@@ -167,31 +172,22 @@ class OutputQuantizer(Quantizer):
         ``_requantize(_to_fixed_point(inputs))``, with a ReLU clipped at ``max_value`` first
         when ``relu`` (rounding is monotonic: clipping before or after it is the same).
         """
-        if not saturation_observed(inputs.values):
-            # graphs (predict, fit): one fused kernel, no saturation recorded
-            def kernel(values, scales, frac_in):
-                frac_bits, multiplier, low, high, _ = self._qfloat_parameters(
-                    scales, frac_in, relu, max_value)
-                product = tf.cast(values, tf.float64) * multiplier
-                return clip_in_carrier(round_shifted_half_up(product), low, high,
-                                       scalar_top=False), frac_bits
-            values, frac_bits = fused(kernel, inputs.values, inputs.scales, inputs.frac_bits)
-            return FixedPoint(values, self.value_bits, frac_bits, clip=False)
-        # eager (and compiled eager) calls: the saturation before the clip is recorded
         frac_bits, multiplier, low, high, relu_high = self._qfloat_parameters(
             inputs.scales, inputs.frac_bits, relu, max_value)
-        values = round_shifted_half_up(tf.cast(inputs.values, tf.float64) * multiplier)
-        observed = tf.maximum(values, 0.0) if relu else values
-        if relu_high is not None:
-            observed = tf.minimum(observed, relu_high)
-        record_saturation(self, "output", observed, self.value_bits, tolerance=1)
-        values = clip_in_carrier(values, low, high)
-        return FixedPoint(values, self.value_bits, frac_bits, clip=False)
+
+        def observed(values):
+            # the saturation beyond the ReLU's own clip
+            values = tf.maximum(values, 0.0) if relu else values
+            return values if relu_high is None else tf.minimum(values, relu_high)
+
+        def rounded(values, multiplier):
+            return round_shifted_half_up(tf.cast(values, tf.float64) * multiplier)
+        return self._output(rounded, (inputs.values, multiplier), frac_bits, low, high, observed)
 
     def _qfloat_parameters(self, scales, frac_in_bits, relu, max_value):
         """(frac_bits, multiplier, low, high, relu_high) of :meth:`_requantize_qfloat`: the
-        output fractional bits, the float64 multiplier of the values, the output bounds (in
-        the output carrier) and the ReLU bound on the output grid (None without one)."""
+        output fractional bits, the float64 multiplier of the values, the output bounds (None
+        for the output range's) and the ReLU bound on the output grid (None without one)."""
         scales = QFloat.quantize_scales(scales, self.scale_bits)
         frac_in = frac_in_bits + scales.frac_bits
         frac_bits = self.frac_bits
@@ -206,7 +202,7 @@ class OutputQuantizer(Quantizer):
                 max_int = tf.floor(float(max_value) * tf.pow(two, tf.cast(frac_in, tf.float64)))
                 relu_high = round_shifted_half_up(max_int * tf.pow(two, shift))
                 high = tf.minimum(relu_high, 2.0**self.value_bits - 1)
-        return (frac_bits, multiplier, *self._bounds(low, high), relu_high)
+        return frac_bits, multiplier, low, high, relu_high
 
     def call(self, inputs, relu=False, max_value=None):
         """Quantize the QTensor inputs to a lower bitwidth.
@@ -252,14 +248,8 @@ class InputQuantizer(OutputQuantizer):
         frac_bits = self.frac_bits
         # x * 2^frac_bits is exact in float32 (a power-of-two scaling; an overflow to +-inf
         # is clipped like any saturated value), then rounded exactly
-        if not saturation_observed(x):
-            def kernel(x, frac_bits, low, high):
-                return clip_in_carrier(round_half_up(x * tf.pow(2.0, frac_bits)), low, high)
-            values = fused(kernel, x, frac_bits, *self._bounds())
-            return FixedPoint(values, self.value_bits, frac_bits, clip=False)
-        values = round_half_up(x * tf.pow(2.0, frac_bits))
-        record_saturation(self, "output", values, self.value_bits, tolerance=1)
-        return self._clipped(values, frac_bits)
+        return self._output(lambda x, frac_bits: round_half_up(x * tf.pow(2.0, frac_bits)),
+                            (x, frac_bits), frac_bits)
 
 
 @register_keras
