@@ -21,13 +21,15 @@ def per_output_channel(t, channels, multiplier):
     return tf.repeat(tf.reshape(t, (channels,)), multiplier)
 
 
-def depthwise_accumulate(layer, inputs, kernel, fn, training):
+def depthwise_reduce(layer, inputs, kernel, fn, training, bias=None, add_bias=True):
     """The depthwise integer maths shared by the depthwise layers and the separable one.
 
     ``kernel`` (kh, kw, C, M) is quantized per output channel as (kh, kw, 1, C * M) (the
     weight quantizer's last axis is the output channel); per-axis inputs are accepted as they
     are (each channel is reduced alone). ``fn(x, w)`` runs the convolution on carriers with
-    ``w`` of shape (kh, kw, C, M).
+    ``w`` of shape (kh, kw, C, M). With ``add_bias``, the ``bias`` (None: no bias) is added by
+    :meth:`~quantizeml.layers.reduction.QuantizedReduction.reduce`; without, the accumulator
+    is returned as it is.
 
     Returns:
         QTensor: the accumulator, frac_bits ``x.frac_bits + w.frac_bits`` and scales
@@ -45,7 +47,10 @@ def depthwise_accumulate(layer, inputs, kernel, fn, training):
     def depthwise(xv, wv):
         return fn(xv, tf.reshape(wv, (kh, kw, channels, multiplier)))
 
-    return layer.accumulate(depthwise, x, w, frac_bits=frac_bits, scales=scales)
+    if not add_bias:
+        return layer.accumulate(depthwise, x, w, frac_bits=frac_bits, scales=scales)
+    return layer.reduce(depthwise, x, w, bias=bias, training=training, frac_bits=frac_bits,
+                        scales=scales)
 
 
 @register_keras
@@ -88,8 +93,8 @@ class QuantizedDepthwiseConv2D(QuantizedReduction, keras.layers.DepthwiseConv2D)
                                           padding=self.padding.upper(),
                                           dilations=self.dilation_rate)
 
-        acc = depthwise_accumulate(self, inputs, self.depthwise_kernel, depthwise, training)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training)
+        acc = depthwise_reduce(self, inputs, self.depthwise_kernel, depthwise, training,
+                               self.bias if self.use_bias else None)
         return self.finalize(acc)
 
 
@@ -251,7 +256,6 @@ class QuantizedDepthwiseConv2DTranspose(QuantizedReduction, DepthwiseConv2DTrans
         self.init_reduction(quant_config, activation, self.data_format)
 
     def call(self, inputs, training=None):
-        acc = depthwise_accumulate(self, inputs, self.depthwise_kernel, self.transpose_op,
-                                   training)
-        acc = self.add_bias(acc, self.bias if self.use_bias else None, training)
+        acc = depthwise_reduce(self, inputs, self.depthwise_kernel, self.transpose_op,
+                               training, self.bias if self.use_bias else None)
         return self.finalize(acc)

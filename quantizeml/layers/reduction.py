@@ -237,19 +237,21 @@ class QuantizedReduction(QuantConfigMixin):
         clipped = clip_to_buffer(self, fp, self.buffer_bitwidth)
         return buffer_add(self, clipped, bias_fp, self.buffer_bitwidth).values
 
-    def reduce(self, fn, x, w, x_scales=None, bias=None, training=None):
-        """:meth:`accumulate` then :meth:`add_bias` (``bias`` None: no bias).
+    def reduce(self, fn, x, w, x_scales=None, bias=None, training=None, frac_bits=None,
+               scales=None):
+        """:meth:`accumulate` (``frac_bits`` and ``scales`` as there) then :meth:`add_bias`
+        (``bias`` None: no bias).
 
-        In fused graphs (see :mod:`~quantizeml.tensors.fusion`) the quantized bias is added in
-        the kernel that casts the reduction's result to float64 (one pass less over the
-        accumulator); the buffer clips then run, on the accumulator recovered exactly, only
-        when the bounds do not prove them useless.
+        In fused graphs (see :mod:`~quantizeml.tensors.fusion`), train steps included, the
+        quantized bias is added in the kernel that casts the reduction's result to float64
+        (one pass less over the accumulator); the buffer clips then run, on the accumulator
+        recovered exactly, only when the bounds do not prove them useless.
         """
-        if bias is None or not fuses() or saturation_observed(x.values):
+        if bias is None or not fuses(under_tape=True) or saturation_observed(x.values):
             # (eager and compiled eager calls record the saturation of the buffer clips)
-            acc, bound = self.accumulate(fn, x, w, x_scales, with_bound=True)
+            acc, bound = self.accumulate(fn, x, w, x_scales, frac_bits, scales, with_bound=True)
             return self.add_bias(acc, bias, training, bound)
-        terms = _Terms(fn, x, w, x_scales)
+        terms = _Terms(fn, x, w, x_scales, frac_bits, scales)
         if terms.value_bits > MAX_VALUE_BITS:
             acc, bound = terms.accumulator()
             return self.add_bias(acc, bias, training, bound)

@@ -4,7 +4,7 @@ import tf_keras as keras
 
 from ..tensors.qtensor import is_per_tensor
 from .base import clip_to_buffer, register_keras, register_quantize_target
-from .depthwise import depthwise_accumulate
+from .depthwise import depthwise_reduce
 from .reduction import QuantizedReduction, split_qtensor, to_single_frac_bits
 
 __all__ = ["QuantizedSeparableConv2D"]
@@ -83,7 +83,8 @@ class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D)
                                           padding=self.padding.upper(),
                                           dilations=self.dilation_rate)
 
-        d = depthwise_accumulate(self, inputs, self.depthwise_kernel, depthwise, training)
+        d = depthwise_reduce(self, inputs, self.depthwise_kernel, depthwise, training,
+                             add_bias=False)
         d, d_scales = split_qtensor(d)
         d = to_single_frac_bits(clip_to_buffer(self, d, self.buffer_bitwidth))
         kernel, d_scales = self.folded_pointwise_kernel(d_scales)

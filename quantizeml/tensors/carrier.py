@@ -137,14 +137,15 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         gradients are several times slower).
     """
     def finish(values):
+        # (in the custom gradient below: its gradient function differentiates the sum)
         if addend is None:
             return tf.cast(values, tf.float64)
-        return fused(lambda v, b: tf.cast(v, tf.float64) + b, values, addend)
+        return fused(lambda v, b: tf.cast(v, tf.float64) + b, values, addend, under_tape=True)
 
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
         values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
         if addend is not None:
-            values = finish(values)
+            values = add_to_float32(values, addend)
         if with_bound:
             return values, tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
         return values
@@ -187,6 +188,19 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     values, bound = reduction(x, w, *([] if addend is None else [addend]))
     bound = tf.minimum(bound, 2.0**max_abs_sum_bits_static)
     return (values, bound) if with_bound else values
+
+
+@tf.custom_gradient
+def add_to_float32(values, addend):
+    """``cast(values, float64) + addend`` (float32 integers plus a broadcast float64 addend)
+    as one fused kernel in graphs, train steps included: its gradient (the gradient cast back
+    to float32, and summed to the addend's shape) is one kernel too."""
+    total = fused(lambda v, b: tf.cast(v, tf.float64) + b, values, addend, under_tape=True)
+
+    def grad(dy):
+        return fused(lambda dy, b: (tf.cast(dy, values.dtype), sum_to_shape(dy, b)), dy, addend,
+                     under_tape=True)
+    return total, grad
 
 
 def sum_to_shape(dy, target):

@@ -10,10 +10,12 @@ is exact (integer-valued float products, sums and roundings proven exact in thei
 so no evaluation order or FMA contraction can change them.
 
 Eager calls run the ops directly (compiling costs ~50 ms per chain and input shape), and so do
-graphs traced under a gradient tape (a ``fit`` train step: differentiating through XLA calls
-measured ~40% slower than the plain ops) and graphs traced for a SavedModel (the exported
-graph stays free of XLA-only functions). :func:`xla_fusion` turns fusion off (e.g. on a
-platform without XLA).
+graphs traced for a SavedModel (the exported graph stays free of XLA-only functions). Under a
+gradient tape (a ``fit`` train step) a compiled call is never differentiated (measured ~40%
+slower than the plain ops): only the forward and gradient functions of custom gradients are
+compiled there (``under_tape=True``: the requantizations and the bias additions, whose
+gradients are one expression each). :func:`xla_fusion` turns fusion off (e.g. on a platform
+without XLA).
 """
 import contextlib
 import functools
@@ -64,24 +66,29 @@ def fusion_enabled():
     return getattr(_STATE, "enabled", True)
 
 
-def fuses():
+def fuses(under_tape=False):
     """bool: whether a chain passed to :func:`fused` here would be compiled (graph mode, fusion
-    enabled, no gradient tape recording, not saving a SavedModel)."""
+    enabled, no gradient tape recording unless ``under_tape``, not saving a SavedModel)."""
     return fusion_enabled() and not tf.executing_eagerly() \
-        and not record.could_possibly_record() and not save_context.in_save_context()
+        and (under_tape or not record.could_possibly_record()) \
+        and not save_context.in_save_context()
 
 
-def fused(fn, *args):
+def fused(fn, *args, under_tape=False):
     """``fn(*args)``, compiled with XLA as one kernel when :func:`fuses`.
 
     Args:
         fn (callable): exact elementwise ops (and reductions to scalars) on tensors; every
             tensor it uses must be passed in ``args`` (gradients flow through ``args``).
         *args (tf.Tensor): its inputs.
+        under_tape (bool, optional): compile under a gradient tape too: for the forward and
+            backward functions of a custom gradient, which the tape never differentiates
+            (differentiating through the compiled call itself is slower than the plain ops).
+            Defaults to False.
 
     Returns:
         the outputs of ``fn``.
     """
-    if not fuses():
+    if not fuses(under_tape):
         return fn(*args)
     return tf.function(fn, jit_compile=True, autograph=False)(*args)

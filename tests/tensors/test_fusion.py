@@ -93,20 +93,50 @@ def test_fused_gradients_equal_unfused(qmodels):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_train_step_graph_not_fused(qmodels):
-    """Under a gradient tape (a fit train step) the ops stay plain: differentiating through
-    XLA calls is slower."""
-    qmodel, x = qmodels[0], tf.constant(qmodels[2][:8])
+@pytest.mark.parametrize("which", [0, 1], ids=["8bit", "4bit-per-axis"])
+def test_train_step_gradients_equal_op_by_op(qmodels, which):
+    """A train step's requantizations differentiate in one expression (ste_requantized): the
+    gradients equal those of the op-by-op chain (straight-through rounding, clip mask) of an
+    eager call, saturated values included."""
+    qmodel, x = qmodels[which], tf.constant(qmodels[2][:16] * 3)
 
-    @tf.function
+    def loss_and_gradients(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(qmodel(t, training=True) ** 2)
+        return loss, tape.gradient(loss, [t, *qmodel.trainable_variables])
+
+    with eager_layer_calls():
+        eager_loss, eager_grads = loss_and_gradients(x)
+    step = tf.function(loss_and_gradients)
+    graph_loss, graph_grads = step(x)
+    assert float(graph_loss) == float(eager_loss)
+    assert all(np.abs(g.numpy()).max() > 0 for g in eager_grads)
+    for a, b in zip(graph_grads, eager_grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_fuses_custom_gradients_only(qmodels):
+    """Under a gradient tape (a fit train step) the forward and gradient functions of the
+    custom gradients (requantizations, bias additions) are compiled; the gradients equal those
+    of the plain step."""
+    qmodel, x = qmodels[1], tf.constant(qmodels[2][:8] * 3)
+
     def step(t):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(qmodel(t, training=True))
+            loss = tf.reduce_sum(qmodel(t, training=True) ** 2)
         return tape.gradient(loss, qmodel.trainable_variables)
 
-    assert not must_compile_functions(step.get_concrete_function(x).graph.as_graph_def())
-    assert must_compile_functions(
-        tf.function(lambda t: qmodel(t)).get_concrete_function(x).graph.as_graph_def())
+    fused_step = tf.function(step)
+    compiled = must_compile_functions(fused_step.get_concrete_function(x).graph.as_graph_def())
+    assert compiled
+    with xla_fusion(False):
+        plain_step = tf.function(step)
+        assert not must_compile_functions(
+            plain_step.get_concrete_function(x).graph.as_graph_def())
+        plain = [g.numpy() for g in plain_step(x)]
+    for a, b in zip(fused_step(x), plain):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
 
 
 def test_saved_model_has_no_xla_functions(qmodels, tmp_path):

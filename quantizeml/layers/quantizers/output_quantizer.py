@@ -2,6 +2,7 @@
 and Dequantizer (QTensor -> float)."""
 import tensorflow as tf
 import tf_keras as keras
+from tensorflow.python.eager import record
 
 from ...tensors import FixedPoint, QFloat, QTensor
 from ...tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, round_half_up,
@@ -39,6 +40,35 @@ def clip_in_carrier(values, low, high, scalar_top=True):
             return tf.cast(dy * tf.cast(tf.equal(clipped, cast), dy.dtype), values.dtype)
         return clipped, grad
     return clip(values)
+
+
+def ste_requantized(rounded, args, low, high, slope):
+    """``clip(rounded(*args), low, high)`` in the dtype of ``low``, differentiated in one
+    expression: ``dy * slope`` where nothing was clipped, 0 elsewhere, for ``args[0]``.
+
+    It is the gradient that the op-by-op chain (straight-through rounding, then the clip of
+    :func:`clip_in_carrier`) gets, with ``slope`` the derivative of ``rounded`` in ``args[0]``
+    (a per-channel float32 multiplier, e.g. the requantization scale: exact in float32, an
+    8-bit integer times a power of two). The other args, ``slope`` and the bounds are constants
+    of the step (no gradient). In graphs the forward (clipped values and the mask of the values
+    kept) and the gradient run as one fused kernel each (see
+    :mod:`~quantizeml.tensors.fusion`), instead of five to seven passes over the tensor each.
+    """
+    @tf.custom_gradient
+    def requantized(values):
+        def forward(low, high, *args):
+            cast = tf.cast(rounded(*args), low.dtype)
+            clipped = tf.minimum(tf.maximum(cast, low), high)
+            return clipped, tf.equal(clipped, cast)
+        clipped, kept = fused(forward, low, high, values, *args[1:], under_tape=True)
+
+        def grad(dy):
+            def backward(dy, kept, slope):
+                kept_dy = tf.where(kept, dy * tf.cast(slope, dy.dtype), tf.zeros_like(dy))
+                return tf.cast(kept_dy, values.dtype)
+            return fused(backward, dy, kept, slope, under_tape=True)
+        return clipped, grad
+    return requantized(args[0])
 
 
 @register_keras
@@ -119,16 +149,21 @@ class OutputQuantizer(Quantizer):
         # the rounded shift, computed in the carrier of the wider of both bitwidths
         value_bits = max(fp.value_bits, self.value_bits)
         return self._output(lambda values, shift: shift_values(values, shift, value_bits),
-                            (fp.values, frac_bits - fp.frac_bits), frac_bits)
+                            (fp.values, frac_bits - fp.frac_bits), frac_bits,
+                            slope=lambda shift: tf.pow(2.0, tf.cast(shift, tf.float32)))
 
-    def _output(self, rounded, args, frac_bits, low=None, high=None, observed=None):
+    def _output(self, rounded, args, frac_bits, low=None, high=None, observed=None,
+                slope=None):
         """The output FixedPoint: ``rounded(*args)`` (exact rounded integers) clipped to
         ``[low, high]`` (the output range by default).
 
         In graphs both run as one fused kernel (see :mod:`~quantizeml.tensors.fusion`); eager
         (and compiled eager) calls record the saturation of ``observed(values)`` (the values by
         default) first: a value clipped by a single step (e.g. 1.0 on an 8-bit [0, 255/256]
-        grid) is a rounding of the calibrated range, not a saturation worth reporting.
+        grid) is a rounding of the calibrated range, not a saturation worth reporting. Under a
+        gradient tape in graphs (train steps), ``slope(*args[1:])`` (the float32 derivative of
+        ``rounded`` in ``args[0]`` with a straight-through rounding, broadcast on the values)
+        gives the gradient of the whole chain in one expression (see :func:`ste_requantized`).
         """
         low, high = self._bounds(low, high)
         if saturation_observed(args[0]):
@@ -136,6 +171,8 @@ class OutputQuantizer(Quantizer):
             record_saturation(self, "output", values if observed is None else observed(values),
                               self.value_bits, tolerance=1)
             values = clip_in_carrier(values, low, high)
+        elif slope is not None and record.could_possibly_record():
+            values = ste_requantized(rounded, args, low, high, slope(*args[1:]))
         else:
             def kernel(low, high, *args):
                 return clip_in_carrier(rounded(*args), low, high, scalar_top=False)
@@ -182,7 +219,8 @@ class OutputQuantizer(Quantizer):
 
         def rounded(values, multiplier):
             return round_shifted_half_up(tf.cast(values, tf.float64) * multiplier)
-        return self._output(rounded, (inputs.values, multiplier), frac_bits, low, high, observed)
+        return self._output(rounded, (inputs.values, multiplier), frac_bits, low, high, observed,
+                            slope=lambda multiplier: tf.cast(multiplier, tf.float32))
 
     def _qfloat_parameters(self, scales, frac_in_bits, relu, max_value):
         """(frac_bits, multiplier, low, high, relu_high) of :meth:`_requantize_qfloat`: the
@@ -249,7 +287,8 @@ class InputQuantizer(OutputQuantizer):
         # x * 2^frac_bits is exact in float32 (a power-of-two scaling; an overflow to +-inf
         # is clipped like any saturated value), then rounded exactly
         return self._output(lambda x, frac_bits: round_half_up(x * tf.pow(2.0, frac_bits)),
-                            (x, frac_bits), frac_bits)
+                            (x, frac_bits), frac_bits,
+                            slope=lambda frac_bits: tf.pow(2.0, frac_bits))
 
 
 @register_keras

@@ -60,7 +60,10 @@ class WeightQuantizer(Quantizer):
     range ``[-int_max, int_max]`` (``scales = max|w| / int_max``, per axis or per tensor) and
     quantizes the rescaled tensor as a FixedPoint: ``w_int = round(w / scales)``. With
     ``fp_quantizer=True`` it returns a FixedPoint with power-of-two (per-axis) fractional bits
-    instead. The rounding has a straight-through gradient (identity inside the range).
+    instead. The rounding has a straight-through gradient (identity inside the range), and the
+    scales are constants of the step (``tf.stop_gradient``, as TF-MOT's weight ranges and Larq's
+    magnitude-aware scales): the gradient of the dequantized weights ``scales * w_int`` is
+    exactly the incoming gradient, as for the float weights.
 
     A 1-bit signed quantizer has no integer level but -1 and 0: it is treated as a binary
     quantizer ``w_int = sign(w)`` (in {-1, +1}) with ``scales = mean|w|``.
@@ -94,7 +97,7 @@ class WeightQuantizer(Quantizer):
         if self.signed and self.bitwidth == 1:
             axes = reduction_axes(len(inputs.shape), self.axis)
             scales = tf.reduce_mean(tf.abs(inputs), axis=axes)
-            scales = tf.where(scales > 0, scales, tf.ones_like(scales))
+            scales = tf.stop_gradient(tf.where(scales > 0, scales, tf.ones_like(scales)))
             signs = tf.where(inputs >= 0, 1.0, -1.0)
             # straight-through estimator clipped to |w / scales| <= 1
             ratio = inputs / scales
@@ -105,7 +108,9 @@ class WeightQuantizer(Quantizer):
         if self.fp_quantizer:
             frac_bits = FixedPoint.max_frac_bits(self.value_bits, ranges)
             return FixedPoint.quantize(inputs, self.value_bits, frac_bits)
-        scales = QFloat.optimal_scales(ranges, self.value_bits)
+        # no gradient through max|w|: it only reached each channel's largest weight, and it
+        # costs a per-channel reduction over the batch in every layer of a train step
+        scales = tf.stop_gradient(QFloat.optimal_scales(ranges, self.value_bits))
         return QFloat.quantize(inputs, self.value_bits, scales)
 
     def call(self, inputs, training=None):
