@@ -447,7 +447,7 @@ def configs(quick):
                 "binary_epochs": 1, "mobilenet_size": 32, "accuracy": True}
     return {"quick": False, "workloads": ["digits", "mobilenet"], "train_epochs": 10,
             "num_samples": 256, "accuracy_calib_samples": 1257, "eval_samples": 256,
-            "batch_size": 32, "repeats": 7, "warmup": 2, "quantize_repeats": 3,
+            "batch_size": 32, "repeats": 11, "warmup": 2, "quantize_repeats": 3,
             "qat_epochs": 3, "binary_epochs": 10, "fit_samples": None, "mobilenet_size": 96, "xla": True,
             "accuracy": True}
 
