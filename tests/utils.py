@@ -76,3 +76,21 @@ def check_gradients_reach(model, inputs, variables=None):
         assert g is not None, f"no gradient for {v.name}"
         assert float(tf.reduce_sum(tf.abs(g))) > 0, f"zero gradient for {v.name}"
     return grads
+
+
+def train_step_gradients(model, x):
+    """``sum(model(x, training=True)^2)`` and its gradients for ``[x, *trainable variables]``,
+    from an eager call run op by op and from a traced train step: ``(eager, graph, step)``
+    with ``eager`` and ``graph`` as ``(loss, gradients)`` and ``step`` the tf.function."""
+    from quantizeml.layers import eager_layer_calls
+
+    def loss_and_gradients(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(model(t, training=True) ** 2)
+        return loss, tape.gradient(loss, [t, *model.trainable_variables])
+
+    with eager_layer_calls():
+        eager = loss_and_gradients(x)
+    step = tf.function(loss_and_gradients)
+    return eager, step(x), step

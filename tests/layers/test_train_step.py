@@ -7,12 +7,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from quantizeml.layers import (QuantizedConv2D, QuantizedConv2DTranspose, QuantizedDense,
-                               QuantizedDepthwiseConv2D, QuantizedSeparableConv2D,
-                               eager_layer_calls)
+                               QuantizedDepthwiseConv2D, QuantizedSeparableConv2D)
 from quantizeml.layers.base import saturation
 from quantizeml.layers.depthwise import QuantizedDepthwiseConv2DTranspose
 from tests.layers.references import random_inputs, single_layer_model
 from tests.tensors.test_fusion import must_compile_functions
+from tests.utils import train_step_gradients
 
 BIAS = {"bias_initializer": "random_normal"}
 LAYERS = {
@@ -42,22 +42,13 @@ def test_train_step_gradients_equal_op_by_op(name, saturated_buffer):
     model = single_layer_model(layer, shape, per_axis=True, out_range=2.0)
     x = tf.constant(random_inputs((SHAPE[0], *shape)))
 
-    def loss_and_gradients(t):
-        with tf.GradientTape() as tape:
-            tape.watch(t)
-            loss = tf.reduce_sum(model(t, training=True) ** 2)
-        return loss, tape.gradient(loss, [t, *model.trainable_variables])
-
-    with eager_layer_calls():
-        eager_loss, eager_grads = loss_and_gradients(x)
+    (eager_loss, eager_grads), (graph_loss, graph_grads), step = train_step_gradients(model, x)
     # the cases the test is for: saturated outputs (32-bit buffer), a partly saturated buffer
     if buffer_bitwidth == 32:
         assert saturation(layer.out_quantizer)["output"] > 0
     else:
         assert 0 < saturation(layer)["buffer"] < 1
-    step = tf.function(loss_and_gradients)
     assert must_compile_functions(step.get_concrete_function(x).graph.as_graph_def())
-    graph_loss, graph_grads = step(x)
     assert float(graph_loss) == float(eager_loss)
     assert len(eager_grads) == 1 + len(model.trainable_variables) >= 3
     nonzero = [np.abs(g.numpy()).max() > 0 for g in eager_grads]

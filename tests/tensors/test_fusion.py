@@ -8,6 +8,7 @@ import tf_keras as keras
 from quantizeml.layers import eager_layer_calls
 from quantizeml.models import QuantizationParams, quantize
 from quantizeml.tensors.fusion import fused, fuses, xla_fusion
+from tests.utils import train_step_gradients
 
 
 def must_compile_functions(graph_def):
@@ -99,24 +100,14 @@ def test_train_step_gradients_equal_op_by_op(qmodels, which):
     gradients equal those of the op-by-op chain (straight-through rounding, clip mask) of an
     eager call, saturated values included."""
     qmodel, x = qmodels[which], tf.constant(qmodels[2][:16] * 3)
-
-    def loss_and_gradients(t):
-        with tf.GradientTape() as tape:
-            tape.watch(t)
-            loss = tf.reduce_sum(qmodel(t, training=True) ** 2)
-        return loss, tape.gradient(loss, [t, *qmodel.trainable_variables])
-
-    with eager_layer_calls():
-        eager_loss, eager_grads = loss_and_gradients(x)
-    step = tf.function(loss_and_gradients)
-    graph_loss, graph_grads = step(x)
+    (eager_loss, eager_grads), (graph_loss, graph_grads), _ = train_step_gradients(qmodel, x)
     assert float(graph_loss) == float(eager_loss)
     assert all(np.abs(g.numpy()).max() > 0 for g in eager_grads)
     for a, b in zip(graph_grads, eager_grads):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_train_step_fuses_custom_gradients_only(qmodels):
+def test_train_step_fuses_custom_gradients(qmodels):
     """Under a gradient tape (a fit train step) the forward and gradient functions of the
     custom gradients (requantizations, bias additions) are compiled; the gradients equal those
     of the plain step."""
