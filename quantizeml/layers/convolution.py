@@ -202,7 +202,6 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
                                      dilations=list(self.dilation_rate))
 
         bias = self.bias if self.use_bias else None
-
         acc = self.reduce(conv, x, w, x_scales, bias, training)
         return self.finalize(acc)
 
@@ -268,6 +267,5 @@ class QuantizedConv2DTranspose(QuantizedReduction, keras.layers.Conv2DTranspose)
             return out
 
         bias = self.bias if self.use_bias else None
-
         acc = self.reduce(conv_transpose, x, w, x_scales, bias, training)
         return self.finalize(acc)

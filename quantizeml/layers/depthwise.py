@@ -21,19 +21,19 @@ def per_output_channel(t, channels, multiplier):
     return tf.repeat(tf.reshape(t, (channels,)), multiplier)
 
 
-def depthwise_reduce(layer, inputs, kernel, fn, training, bias=None, add_bias=True):
+def depthwise_operands(layer, inputs, kernel, fn, training):
     """The depthwise integer maths shared by the depthwise layers and the separable one.
 
     ``kernel`` (kh, kw, C, M) is quantized per output channel as (kh, kw, 1, C * M) (the
     weight quantizer's last axis is the output channel); per-axis inputs are accepted as they
     are (each channel is reduced alone). ``fn(x, w)`` runs the convolution on carriers with
-    ``w`` of shape (kh, kw, C, M). With ``add_bias``, the ``bias`` (None: no bias) is added by
-    :meth:`~quantizeml.layers.reduction.QuantizedReduction.reduce`; without, the accumulator
-    is returned as it is.
+    ``w`` of shape (kh, kw, C, M).
 
     Returns:
-        QTensor: the accumulator, frac_bits ``x.frac_bits + w.frac_bits`` and scales
-        ``x.scales * w.scales`` per output channel.
+        tuple: ``(reduction, x, w)`` and the keyword arguments ``frac_bits``
+        (``x.frac_bits + w.frac_bits``) and ``scales`` (``x.scales * w.scales``) per output
+        channel, for :meth:`~quantizeml.layers.reduction.QuantizedReduction.accumulate` and
+        :meth:`~quantizeml.layers.reduction.QuantizedReduction.reduce`.
     """
     x, x_scales = layer.aligned_inputs(inputs, per_tensor=False)
     kh, kw, channels, multiplier = kernel.shape
@@ -47,10 +47,7 @@ def depthwise_reduce(layer, inputs, kernel, fn, training, bias=None, add_bias=Tr
     def depthwise(xv, wv):
         return fn(xv, tf.reshape(wv, (kh, kw, channels, multiplier)))
 
-    if not add_bias:
-        return layer.accumulate(depthwise, x, w, frac_bits=frac_bits, scales=scales)
-    return layer.reduce(depthwise, x, w, bias=bias, training=training, frac_bits=frac_bits,
-                        scales=scales)
+    return (depthwise, x, w), {"frac_bits": frac_bits, "scales": scales}
 
 
 @register_keras
@@ -93,8 +90,10 @@ class QuantizedDepthwiseConv2D(QuantizedReduction, keras.layers.DepthwiseConv2D)
                                           padding=self.padding.upper(),
                                           dilations=self.dilation_rate)
 
-        acc = depthwise_reduce(self, inputs, self.depthwise_kernel, depthwise, training,
-                               self.bias if self.use_bias else None)
+        operands, grid = depthwise_operands(self, inputs, self.depthwise_kernel, depthwise,
+                                            training)
+        acc = self.reduce(*operands, bias=self.bias if self.use_bias else None,
+                          training=training, **grid)
         return self.finalize(acc)
 
 
@@ -256,6 +255,8 @@ class QuantizedDepthwiseConv2DTranspose(QuantizedReduction, DepthwiseConv2DTrans
         self.init_reduction(quant_config, activation, self.data_format)
 
     def call(self, inputs, training=None):
-        acc = depthwise_reduce(self, inputs, self.depthwise_kernel, self.transpose_op,
-                               training, self.bias if self.use_bias else None)
+        operands, grid = depthwise_operands(self, inputs, self.depthwise_kernel,
+                                            self.transpose_op, training)
+        acc = self.reduce(*operands, bias=self.bias if self.use_bias else None,
+                          training=training, **grid)
         return self.finalize(acc)

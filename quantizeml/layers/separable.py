@@ -4,7 +4,7 @@ import tf_keras as keras
 
 from ..tensors.qtensor import is_per_tensor
 from .base import clip_to_buffer, register_keras, register_quantize_target
-from .depthwise import depthwise_reduce
+from .depthwise import depthwise_operands
 from .reduction import QuantizedReduction, split_qtensor, to_single_frac_bits
 
 __all__ = ["QuantizedSeparableConv2D"]
@@ -83,8 +83,9 @@ class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D)
                                           padding=self.padding.upper(),
                                           dilations=self.dilation_rate)
 
-        d = depthwise_reduce(self, inputs, self.depthwise_kernel, depthwise, training,
-                             add_bias=False)
+        operands, grid = depthwise_operands(self, inputs, self.depthwise_kernel, depthwise,
+                                            training)
+        d = self.accumulate(*operands, **grid)
         d, d_scales = split_qtensor(d)
         d = to_single_frac_bits(clip_to_buffer(self, d, self.buffer_bitwidth))
         kernel, d_scales = self.folded_pointwise_kernel(d_scales)
@@ -94,6 +95,5 @@ class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D)
             return tf.nn.conv2d(xv, wv, strides=1, padding="VALID")
 
         bias = self.bias if self.use_bias else None
-
         acc = self.reduce(pointwise, d, pw, d_scales, bias, training)
         return self.finalize(acc)

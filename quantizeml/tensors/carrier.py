@@ -140,7 +140,7 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         # (in the custom gradient below: its gradient function differentiates the sum)
         if addend is None:
             return tf.cast(values, tf.float64)
-        return fused(lambda v, b: tf.cast(v, tf.float64) + b, values, addend, under_tape=True)
+        return fused(_cast_add, values, addend, under_tape=True)
 
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
         values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
@@ -190,12 +190,16 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     return (values, bound) if with_bound else values
 
 
+def _cast_add(values, addend):
+    return tf.cast(values, tf.float64) + addend
+
+
 @tf.custom_gradient
 def add_to_float32(values, addend):
     """``cast(values, float64) + addend`` (float32 integers plus a broadcast float64 addend)
     as one fused kernel in graphs, train steps included: its gradient (the gradient cast back
     to float32, and summed to the addend's shape) is one kernel too."""
-    total = fused(lambda v, b: tf.cast(v, tf.float64) + b, values, addend, under_tape=True)
+    total = fused(_cast_add, values, addend, under_tape=True)
 
     def grad(dy):
         return fused(lambda dy, b: (tf.cast(dy, values.dtype), sum_to_shape(dy, b)), dy, addend,

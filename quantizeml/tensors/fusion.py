@@ -66,12 +66,16 @@ def fusion_enabled():
     return getattr(_STATE, "enabled", True)
 
 
+def taping():
+    """bool: whether a gradient tape may record the ops built here (a train step)."""
+    return record.could_possibly_record()
+
+
 def fuses(under_tape=False):
     """bool: whether a chain passed to :func:`fused` here would be compiled (graph mode, fusion
     enabled, no gradient tape recording unless ``under_tape``, not saving a SavedModel)."""
     return fusion_enabled() and not tf.executing_eagerly() \
-        and (under_tape or not record.could_possibly_record()) \
-        and not save_context.in_save_context()
+        and (under_tape or not taping()) and not save_context.in_save_context()
 
 
 def fused(fn, *args, under_tape=False):

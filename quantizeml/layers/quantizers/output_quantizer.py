@@ -2,13 +2,12 @@
 and Dequantizer (QTensor -> float)."""
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow.python.eager import record
 
 from ...tensors import FixedPoint, QFloat, QTensor
 from ...tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, round_half_up,
                                 round_shifted_half_up)
 from ...tensors.fixed_point import shift_values
-from ...tensors.fusion import fused
+from ...tensors.fusion import fused, taping
 from ..base import StaticCallMixin, record_saturation, register_keras, saturation_observed
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
@@ -171,7 +170,7 @@ class OutputQuantizer(Quantizer):
             record_saturation(self, "output", values if observed is None else observed(values),
                               self.value_bits, tolerance=1)
             values = clip_in_carrier(values, low, high)
-        elif slope is not None and record.could_possibly_record():
+        elif slope is not None and taping():
             values = ste_requantized(rounded, args, low, high, slope(*args[1:]))
         else:
             def kernel(low, high, *args):
