@@ -21,10 +21,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, exact_reduction
+from ..tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, SPLIT_VALUE_BITS, carrier_dtype,
+                               exact_reduction, reduction_parts)
 from ..tensors.dispatch.common import bits_for
 from ..tensors.fixed_point import fold_static, static_max
-from ..tensors.fusion import fused, fuses
+from ..tensors.fusion import Deferred, fused, fuses, sum_parts, taping
 from ..tensors.qtensor import is_per_tensor
 from .base import buffer_add, check_qtensor, clip_to_buffer, saturation_observed
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
@@ -242,10 +243,12 @@ class QuantizedReduction(QuantConfigMixin):
         """:meth:`accumulate` (``frac_bits`` and ``scales`` as there) then :meth:`add_bias`
         (``bias`` None: no bias).
 
-        In fused graphs (see :mod:`~quantizeml.tensors.fusion`), train steps included, the
-        quantized bias is added in the kernel that casts the reduction's result to float64
-        (one pass less over the accumulator); the buffer clips then run, on the accumulator
-        recovered exactly, only when the bounds do not prove them useless.
+        In fused graphs (see :mod:`~quantizeml.tensors.fusion`), the buffer clips run only
+        when the bounds do not prove them useless. In train steps the quantized bias is added
+        in the kernel that casts the reduction's result to float64 (one pass less over the
+        accumulator); the clips run on the accumulator recovered exactly. In inference
+        graphs the float64 sum is deferred (see :meth:`_deferred_sum`) to the requantization
+        that follows.
         """
         if bias is None or not fuses(under_tape=True) or saturation_observed(x.values):
             # (eager and compiled eager calls record the saturation of the buffer clips)
@@ -257,19 +260,41 @@ class QuantizedReduction(QuantConfigMixin):
             return self.add_bias(acc, bias, training, bound)
         bias_fp = self._quantized_bias(bias, terms.frac_bits, terms.scales, training)
         bias_values = tf.cast(bias_fp.values, tf.float64)
-        total, bound = terms.reduce(addend=bias_values)
+        if not taping() and terms.value_bits <= SPLIT_VALUE_BITS:
+            values = self._deferred_sum(terms, bias_fp, bias_values)
+        else:
+            total, bound = terms.reduce(addend=bias_values)
 
-        def accumulator():
-            # recovered exactly (integers in float64)
-            return FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits,
-                              clip=False)
+            def accumulator():
+                # recovered exactly (integers in float64)
+                return FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits,
+                                  clip=False)
 
-        values = tf.cond(
-            self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values, bias_fp),
-            lambda: total,
-            lambda: tf.cast(self._clipped_bias_sum(accumulator(), bias_fp), tf.float64))
+            values = tf.cond(
+                self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values,
+                                  bias_fp),
+                lambda: total,
+                lambda: tf.cast(self._clipped_bias_sum(accumulator(), bias_fp), tf.float64))
         return as_qtensor(FixedPoint(values, self.buffer_bitwidth - 1, terms.frac_bits,
                                      clip=False), terms.scales)
+
+    def _deferred_sum(self, terms, bias_fp, bias_values):
+        """The accumulator plus bias (float64) of :meth:`reduce` in inference graphs, built
+        from the float32 parts of the reduction and deferred (see
+        :class:`~quantizeml.tensors.fusion.Deferred`): a requantization that follows adds
+        them in its own kernel, and this float64 tensor is then never written."""
+        parts, bound = terms.parts()
+
+        def accumulator():
+            return FixedPoint(fused(sum_parts, *parts), terms.value_bits, terms.frac_bits,
+                              clip=False)
+
+        def exact():
+            return self._clipped_bias_sum(accumulator(), bias_fp)
+
+        fits = self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values, bias_fp)
+        return Deferred((*parts, bias_values), fits, exact,
+                        carrier_dtype(self.buffer_bitwidth - 1)).values()
 
     def finalize(self, acc):
         """Clips to the buffer, then applies the output quantizer (if any)."""
@@ -323,6 +348,13 @@ class _Terms:
         acc = FixedPoint(values, min(self.value_bits, MAX_VALUE_BITS), self.frac_bits,
                          clip=self.value_bits > MAX_VALUE_BITS)
         return as_qtensor(acc, self.scales), bound
+
+    def parts(self):
+        """(float32 parts of the sums, bound of their magnitudes): see
+        :func:`~quantizeml.tensors.carrier.reduction_parts`."""
+        with tf.control_dependencies(self.checks):
+            return reduction_parts(self.fn, self.x.values, self.w_values, self.value_bits,
+                                   x_bits=self.x.value_bits)
 
     def reduce(self, addend=None):
         """(sums, bound of their magnitudes), plus ``addend`` (float64) when given."""

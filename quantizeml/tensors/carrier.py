@@ -149,35 +149,13 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         if with_bound:
             return values, tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
         return values
-    if l1_axes is None:
-        l1_axes = list(range(len(w.shape) - 1))
-    float32_max = 2.0**(FLOAT32_VALUE_BITS + 1)
-
-    def l1_norm(weights):
-        return tf.reduce_max(tf.reduce_sum(tf.abs(weights), axis=l1_axes))
 
     @tf.custom_gradient
     def reduction(x, w, *addends):
-        # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
-        w64 = tf.cast(w, tf.float64)
-        l1 = l1_norm(w64)
-
-        def in_float32():
-            return finish(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32)))
-
-        def by_values():
-            # two read-only reductions (no |x| tensor written)
-            max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
-            values = tf.cond(max_x * l1 <= float32_max, in_float32,
-                             lambda: finish(fn(tf.cast(x, tf.float64), w64)))
-            return values, max_x * l1
-
-        if x_bits is None:
-            values, bound = by_values()
-        else:
-            bound = 2.0**x_bits * l1
-            values, bound = tf.cond(bound <= float32_max, lambda: (in_float32(), bound),
-                                    by_values)
+        values, bound = _in_exact_carrier(
+            x, w, l1_axes, x_bits,
+            lambda: finish(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))),
+            lambda w64: finish(fn(tf.cast(x, tf.float64), w64)))
 
         def grad(dy, _):
             # gradients in float32, whichever carrier ran the (exact) forward reduction
@@ -188,6 +166,75 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     values, bound = reduction(x, w, *([] if addend is None else [addend]))
     bound = tf.minimum(bound, 2.0**max_abs_sum_bits_static)
     return (values, bound) if with_bound else values
+
+
+def _in_exact_carrier(x, w, l1_axes, x_bits, in_float32, in_float64):
+    """``(in_float32(), bound)`` when the run-time bound of the partial sums proves float32
+    exact, else ``(in_float64(w64), bound)`` (``w64``: the weights in float64); the bound is
+    ``2^x_bits * L1(w)`` when that proves it, else ``max|x| * L1(w)``."""
+    if l1_axes is None:
+        l1_axes = list(range(len(w.shape) - 1))
+    float32_max = 2.0**(FLOAT32_VALUE_BITS + 1)
+    # the weights' L1 norms in float64 (small tensors), max|x| in the carrier of x (exact)
+    w64 = tf.cast(w, tf.float64)
+    l1 = tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
+
+    def by_values():
+        # two read-only reductions (no |x| tensor written)
+        max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
+        values = tf.cond(max_x * l1 <= float32_max, in_float32, lambda: in_float64(w64))
+        return values, max_x * l1
+
+    if x_bits is None:
+        return by_values()
+    bound = 2.0**x_bits * l1
+    return tf.cond(bound <= float32_max, lambda: (in_float32(), bound), by_values)
+
+
+#: Largest static bound (bits) of the results that :func:`reduction_parts` splits exactly.
+SPLIT_VALUE_BITS = 2 * (FLOAT32_VALUE_BITS + 1)
+
+
+def reduction_parts(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None):
+    """Runs an integer reduction ``fn(x, w)`` exactly (as :func:`exact_reduction`), its result
+    given as float32 parts whose float64 sum it is, for inference.
+
+    A consumer adds the parts inside its own fused kernel (see :class:`~quantizeml.tensors.
+    fusion.Deferred`): the float64 result is then never written. One part (the float32
+    result) when the static bound proves float32 exact; else two, ``hi`` and ``lo``: the
+    float32 result and a broadcastable zero when the run-time bound proves float32 exact, else
+    the float64 result rounded to float32 and its (exact) float32 remainder. No gradient.
+
+    Args:
+        fn, x, w, max_abs_sum_bits_static, l1_axes, x_bits: as :func:`exact_reduction`;
+            ``max_abs_sum_bits_static`` at most ``SPLIT_VALUE_BITS`` (48): a remainder of
+            at most 24 bits is exact in float32.
+
+    Returns:
+        (tuple of tf.Tensor, tf.Tensor): the parts and the float64 bound of ``|result|``.
+    """
+    if max_abs_sum_bits_static > SPLIT_VALUE_BITS:
+        raise ValueError(f"max_abs_sum_bits_static expected <= {SPLIT_VALUE_BITS}. "
+                         f"Received: max_abs_sum_bits_static={max_abs_sum_bits_static}")
+    if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
+        values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+        return (values,), tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
+
+    def in_float32():
+        values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+        return values, tf.zeros([1] * values.shape.rank, tf.float32)
+
+    def in_float64(w64):
+        return fused(_split, fn(tf.cast(x, tf.float64), w64))
+
+    (hi, lo), bound = _in_exact_carrier(x, w, l1_axes, x_bits, in_float32, in_float64)
+    return (hi, lo), tf.minimum(bound, 2.0**max_abs_sum_bits_static)
+
+
+def _split(values):
+    # |values| < 2^48: hi keeps the 24 leading bits, the remainder has at most 24 bits
+    hi = tf.cast(values, tf.float32)
+    return hi, tf.cast(values - tf.cast(hi, tf.float64), tf.float32)
 
 
 def _cast_add(values, addend):

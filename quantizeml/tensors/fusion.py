@@ -16,10 +16,15 @@ slower than the plain ops): only the forward and gradient functions of custom gr
 compiled there (``under_tape=True``: the requantizations and the bias additions, whose
 gradients are one expression each). :func:`xla_fusion` turns fusion off (e.g. on a platform
 without XLA).
+
+A chain may also start in one layer and end in the next: a reducing layer leaves its float64
+accumulator as float32 parts and a recipe (:class:`Deferred`), and the requantization that
+follows sums the parts inside its own kernel; the float64 tensor is then pruned from the graph.
 """
 import contextlib
 import functools
 import threading
+import weakref
 
 import tensorflow as tf
 from tensorflow.python.eager import record
@@ -96,3 +101,66 @@ def fused(fn, *args, under_tape=False):
     if not fuses(under_tape):
         return fn(*args)
     return tf.function(fn, jit_compile=True, autograph=False)(*args)
+
+
+def sum_parts(*parts):
+    """The float64 sum of tensors (broadcast), with the shape of the first."""
+    total = tf.cast(parts[0], tf.float64)
+    for part in parts[1:]:
+        total += tf.cast(part, tf.float64)
+    return tf.reshape(total, tf.shape(parts[0]))
+
+
+#: graph -> {tensor ref: Deferred} (the entries go with their graph)
+_DEFERRED = weakref.WeakKeyDictionary()
+
+
+class Deferred:
+    """How a graph tensor ``values`` was built: ``cond(fits, sum_parts(*parts), exact())``,
+    so that its consumer can run its elementwise kernel on the parts instead (the sum inside
+    its kernel: ``values`` itself is then never computed, unless something else reads it).
+
+    A reducing layer builds its float64 accumulator (plus bias) this way in inference graphs,
+    from float32 parts; the requantization that follows it (a ReLU, an output quantizer)
+    reads the float32 parts in its fused kernel instead of a float64 tensor written by one
+    kernel and read by the next (see :meth:`apply`).
+
+    Args:
+        parts (tuple of tf.Tensor): tensors whose float64 sum (broadcast) is ``values`` when
+            ``fits``.
+        fits (tf.Tensor): a bool scalar.
+        exact (callable): builds ``values`` when not ``fits`` (called inside a cond branch:
+            it must build its tensors from inputs other than ``values``).
+        dtype (tf.DType, optional): the dtype of ``values`` (it holds the sum exactly when
+            ``fits``). Defaults to tf.float64.
+    """
+
+    def __init__(self, parts, fits, exact, dtype=tf.float64):
+        self.parts, self.fits, self.exact, self.dtype = tuple(parts), fits, exact, dtype
+
+    def values(self):
+        """``values`` (in ``dtype``), registered with this recipe for its consumers."""
+        values = self.apply(tf.identity)
+        _DEFERRED.setdefault(values.graph, {})[values.ref()] = self
+        return values
+
+    @staticmethod
+    def of(values):
+        """The Deferred registered for ``values``, or None (always None where a chain would not
+        be fused: see :func:`fuses`)."""
+        if not fuses() or not isinstance(values, tf.Tensor):
+            return None
+        return _DEFERRED.get(values.graph, {}).get(values.ref())
+
+    def apply(self, fn, *args):
+        """``fn(values, *args)`` (exact elementwise ops) as fused kernels, on the parts when
+        ``fits``."""
+        count = len(self.parts)
+
+        def on_parts(*tensors):
+            return fn(tf.cast(sum_parts(*tensors[:count]), self.dtype), *tensors[count:])
+
+        def on_exact(values, *args):
+            return fn(tf.cast(values, self.dtype), *args)
+        return tf.cond(self.fits, lambda: fused(on_parts, *self.parts, *args),
+                       lambda: fused(on_exact, self.exact(), *args))

@@ -1,11 +1,14 @@
-"""Carrier primitives: the 2-operation rounded shift, ceil_log2, exact reductions' gradients."""
+"""Carrier primitives: the 2-operation rounded shift, ceil_log2, exact reductions (their
+gradients, and their float32 parts for inference)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantizeml.tensors.carrier import exact_reduction, round_half_up, round_shifted_half_up
+from quantizeml.tensors.carrier import (SPLIT_VALUE_BITS, exact_reduction, reduction_parts,
+                                       round_half_up, round_shifted_half_up)
+from quantizeml.tensors.fusion import sum_parts
 from quantizeml.tensors.fixed_point import ceil_log2
 
 from .reference import SETTINGS
@@ -115,3 +118,44 @@ def test_exact_reduction_bound(x_bits, magnitude):
                                 tf.constant(w[:2] % 4), max_abs_sum_bits_static=5,
                                 with_bound=True)
     assert static.numpy() == 2.0**5
+
+
+@SETTINGS
+@given(st.integers(1, 30), st.integers(1, 16), st.integers(1, 64), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_reduction_parts_sum_exactly(x_bits, w_bits, terms, traced, seed):
+    """The float32 parts of a reduction add up (in float64) to the exact integer result, up to
+    the 48-bit static bound: one part (static float32), the float32 result plus a zero
+    (run-time bound), or the float64 result split in two float32 halves; in eager calls and
+    in graphs (the split fused)."""
+    from quantizeml.tensors.dispatch.common import bits_for
+    static_bits = bits_for(terms * 2.0**(x_bits + w_bits))
+    if static_bits > SPLIT_VALUE_BITS:
+        return
+    rng = np.random.default_rng(seed)
+    # values at the extremes of their ranges (the largest sums), and random ones
+    x = rng.choice([-2**x_bits, 2**x_bits - 1, rng.integers(-2**x_bits, 2**x_bits)],
+                   (3, terms)).astype(np.float64)
+    w = rng.integers(-2**w_bits, 2**w_bits, (terms, 5)).astype(np.float64)
+    parts_fn = lambda x, w: reduction_parts(tf.linalg.matmul, x, w, static_bits, x_bits=x_bits)
+    if traced:
+        parts_fn = tf.function(parts_fn)
+    parts, bound = parts_fn(tf.constant(x), tf.constant(w))
+    expected = x.astype(np.int64) @ w.astype(np.int64)
+    assert all(p.dtype == tf.float32 for p in parts)
+    assert len(parts) == (1 if static_bits <= 24 else 2)
+    np.testing.assert_array_equal(sum_parts(*parts).numpy().astype(np.int64), expected)
+    assert np.abs(expected).max() <= bound.numpy() <= 2.0**static_bits
+
+
+def test_reduction_parts_split_float64_sums():
+    """Sums past 2^24 (the float64 branch) up to 2^47 are split exactly; above the 48-bit
+    static bound the remainder would not fit float32: a clear error."""
+    x = np.array([[2.0**23 - 1, -2.0**23, 12345.0], [1.0, 3.0, -7.0]])
+    w = np.array([[2.0**23 - 1], [-2.0**23 + 3], [2.0**23 - 5]])
+    (hi, lo), _ = reduction_parts(tf.linalg.matmul, tf.constant(x), tf.constant(w), 48)
+    expected = x.astype(np.int64) @ w.astype(np.int64)
+    assert np.abs(expected).max() > 2**46 and np.abs(lo.numpy()).max() > 0
+    np.testing.assert_array_equal(sum_parts(hi, lo).numpy().astype(np.int64), expected)
+    with pytest.raises(ValueError, match="max_abs_sum_bits_static expected <= 48"):
+        reduction_parts(tf.linalg.matmul, tf.constant(x), tf.constant(w), 49)

@@ -7,7 +7,7 @@ from ...tensors import FixedPoint, QFloat, QTensor
 from ...tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, round_half_up,
                                 round_shifted_half_up)
 from ...tensors.fixed_point import shift_values
-from ...tensors.fusion import fused, taping
+from ...tensors.fusion import Deferred, fused, taping
 from ..base import StaticCallMixin, record_saturation, register_keras, saturation_observed
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth
@@ -173,9 +173,15 @@ class OutputQuantizer(Quantizer):
         elif slope is not None and taping():
             values = ste_requantized(rounded, args, low, high, slope(*args[1:]))
         else:
-            def kernel(low, high, *args):
-                return clip_in_carrier(rounded(*args), low, high, scalar_top=False)
-            values = fused(kernel, low, high, *args)
+            def kernel(values, low, high, *args):
+                return clip_in_carrier(rounded(values, *args), low, high, scalar_top=False)
+            deferred = Deferred.of(args[0])
+            if deferred is None:
+                values = fused(kernel, args[0], low, high, *args[1:])
+            else:
+                # a reducing layer's accumulator: its float32 parts summed in this kernel
+                values = deferred.apply(kernel, low, high, *args[1:])
+                values.set_shape(args[0].shape)
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     @property
