@@ -108,8 +108,9 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     The partial sums of ``sum_k x_k * w_k`` are bounded by ``max|x| * max_c sum_k |w_kc|``.
     When ``max_abs_sum_bits_static`` (a static bound, in bits) is at most 24, ``fn`` runs in
     float32. Otherwise the bound is evaluated at run time from the operands (``2^x_bits *
-    L1(w)`` from the small weights first, then ``max|x| * L1(w)``) and ``fn`` runs in float32
-    when it proves exactness, in float64 else. (Splitting the weights in two halves that each
+    L1(w)`` from the small weights first, then ``max|x| * L1(w)``, then the largest
+    ``sum_k |x_k| |w_k|`` of any output) and ``fn`` runs in float32 when one proves exactness,
+    in float64 else. (Splitting the weights in two halves that each
     fit float32 was measured no faster than one float64 reduction: 1x1 float64 convolutions
     are matrix products.)
 
@@ -153,7 +154,7 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     @tf.custom_gradient
     def reduction(x, w, *addends):
         values, bound = _in_exact_carrier(
-            x, w, l1_axes, x_bits,
+            fn, x, w, l1_axes, x_bits,
             lambda: finish(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))),
             lambda w64: finish(fn(tf.cast(x, tf.float64), w64)))
 
@@ -168,10 +169,12 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     return (values, bound) if with_bound else values
 
 
-def _in_exact_carrier(x, w, l1_axes, x_bits, in_float32, in_float64):
-    """``(in_float32(), bound)`` when the run-time bound of the partial sums proves float32
-    exact, else ``(in_float64(w64), bound)`` (``w64``: the weights in float64); the bound is
-    ``2^x_bits * L1(w)`` when that proves it, else ``max|x| * L1(w)``."""
+def _in_exact_carrier(fn, x, w, l1_axes, x_bits, in_float32, in_float64):
+    """``(in_float32(), bound)`` when a run-time bound of the partial sums proves float32
+    exact, else ``(in_float64(w64), bound)`` (``w64``: the weights in float64). The bounds,
+    tried in turn: ``2^x_bits * L1(w)`` (the weights alone), ``max|x| * L1(w)``, then the
+    largest ``sum_k |x_k| |w_k|`` of any output (``fn`` on the magnitudes, in float32: one
+    more float32 reduction, far cheaper than a float64 one)."""
     if l1_axes is None:
         l1_axes = list(range(len(w.shape) - 1))
     float32_max = 2.0**(FLOAT32_VALUE_BITS + 1)
@@ -182,8 +185,18 @@ def _in_exact_carrier(x, w, l1_axes, x_bits, in_float32, in_float64):
     def by_values():
         # two read-only reductions (no |x| tensor written)
         max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
-        values = tf.cond(max_x * l1 <= float32_max, in_float32, lambda: in_float64(w64))
-        return values, max_x * l1
+        bound = max_x * l1
+
+        def by_terms():
+            # max over the outputs of sum |x_k| |w_k|, in float32: exact below 2^24, and at
+            # least 2^24 once any true sum (or term, or cast operand) reaches it (non-negative
+            # terms rounded monotonically, summed in any order), so that "< 2^24" proves every
+            # partial sum of every output exact in float32
+            terms = fn(tf.abs(tf.cast(x, tf.float32)), tf.abs(tf.cast(w, tf.float32)))
+            terms_max = tf.cast(tf.reduce_max(terms), tf.float64)
+            return tf.cond(terms_max < float32_max, lambda: (in_float32(), terms_max),
+                           lambda: (in_float64(w64), bound))
+        return tf.cond(bound <= float32_max, lambda: (in_float32(), bound), by_terms)
 
     if x_bits is None:
         return by_values()
@@ -227,7 +240,7 @@ def reduction_parts(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     def in_float64(w64):
         return fused(_split, fn(tf.cast(x, tf.float64), w64))
 
-    (hi, lo), bound = _in_exact_carrier(x, w, l1_axes, x_bits, in_float32, in_float64)
+    (hi, lo), bound = _in_exact_carrier(fn, x, w, l1_axes, x_bits, in_float32, in_float64)
     return (hi, lo), tf.minimum(bound, 2.0**max_abs_sum_bits_static)
 
 

@@ -84,8 +84,8 @@ def test_exact_reduction_values_and_float32_gradients(magnitude):
         loss = tf.reduce_sum(y * tf.constant(rng.uniform(-1, 1, (4, 8))))
     expected = x.astype(np.int64) @ w.astype(np.int64)
     np.testing.assert_array_equal(y.numpy().astype(np.int64), expected)
-    if magnitude > 2**10:  # the float32 bound fails: the float64 branch ran
-        assert np.abs(x).max() * np.abs(w).sum(0).max() > 2**24
+    if magnitude > 2**10:  # every float32 bound fails: the float64 branch ran
+        assert (np.abs(x) @ np.abs(w)).max() > 2**24
     gx, gw = tape.gradient(loss, [xt, wt])
     dy = tape.gradient(loss, y)
     # the float32 gradients of the matmul, cast back to the operands' dtype
@@ -159,3 +159,28 @@ def test_reduction_parts_split_float64_sums():
     np.testing.assert_array_equal(sum_parts(hi, lo).numpy().astype(np.int64), expected)
     with pytest.raises(ValueError, match="max_abs_sum_bits_static expected <= 48"):
         reduction_parts(tf.linalg.matmul, tf.constant(x), tf.constant(w), 49)
+
+
+@pytest.mark.parametrize("excess", [-1, 0], ids=["terms-below-2^24", "terms-at-2^24"])
+def test_exact_reduction_bound_from_the_terms(excess):
+    """One large input makes ``max|x| * L1(w)`` far looser than the sums: the largest
+    ``sum_k |x_k| |w_k|`` of an output then decides. Below 2^24 the float32 reduction is exact
+    (the bound is that largest sum); from 2^24 (where float32 could round 2^24 + 1 down to
+    2^24) the float64 one runs."""
+    rng = np.random.RandomState(2)
+    w = rng.randint(-3, 4, (64, 8)).astype(np.float64)
+    w[:, 0], w[0, 1:] = 1.0, 0.0
+    x = rng.randint(-3, 4, (4, 64)).astype(np.float64)
+    # row 0, column 0: one large input plus 63 ones
+    x[0, 0], x[0, 1:] = 2**24 - 63 + excess, 1.0
+    magnitudes = np.abs(x) @ np.abs(w)
+    assert magnitudes.max() == magnitudes[0, 0] == 2**24 + excess
+    loose = np.abs(x).max() * np.abs(w).sum(0).max()
+    assert loose > 2**29
+    for fn in (tf.linalg.matmul, tf.function(tf.linalg.matmul)):
+        y, bound = exact_reduction(fn, tf.constant(x), tf.constant(w),
+                                   max_abs_sum_bits_static=40, with_bound=True)
+        np.testing.assert_array_equal(y.numpy().astype(np.int64),
+                                      x.astype(np.int64) @ w.astype(np.int64))
+        # float32 (bounded by the largest sum of magnitudes), or float64 (the loose bound)
+        assert bound.numpy() == (2**24 - 1 if excess < 0 else loose)
