@@ -243,12 +243,11 @@ class QuantizedReduction(QuantConfigMixin):
         """:meth:`accumulate` (``frac_bits`` and ``scales`` as there) then :meth:`add_bias`
         (``bias`` None: no bias).
 
-        In fused graphs (see :mod:`~quantizeml.tensors.fusion`), the buffer clips run only
-        when the bounds do not prove them useless. In train steps the quantized bias is added
-        in the kernel that casts the reduction's result to float64 (one pass less over the
-        accumulator); the clips run on the accumulator recovered exactly. In inference
-        graphs the float64 sum is deferred (see :meth:`_deferred_sum`) to the requantization
-        that follows.
+        In fused graphs (see :mod:`~quantizeml.tensors.fusion`) the buffer clips run only
+        when the bounds do not prove them useless, and the quantized bias is added without a
+        pass of its own over the accumulator: in the kernel that casts the reduction's result
+        to float64 in train steps (:meth:`_fused_bias_sum`), in the kernel of the
+        requantization that follows in inference graphs (:meth:`_deferred_sum`).
         """
         if bias is None or not fuses(under_tape=True) or saturation_observed(x.values):
             # (eager and compiled eager calls record the saturation of the buffer clips)
@@ -263,24 +262,29 @@ class QuantizedReduction(QuantConfigMixin):
         if not taping() and terms.value_bits <= SPLIT_VALUE_BITS:
             values = self._deferred_sum(terms, bias_fp, bias_values)
         else:
-            total, bound = terms.reduce(addend=bias_values)
-
-            def accumulator():
-                # recovered exactly (integers in float64)
-                return FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits,
-                                  clip=False)
-
-            values = tf.cond(
-                self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values,
-                                  bias_fp),
-                lambda: total,
-                lambda: tf.cast(self._clipped_bias_sum(accumulator(), bias_fp), tf.float64))
+            values = self._fused_bias_sum(terms, bias_fp, bias_values)
         return as_qtensor(FixedPoint(values, self.buffer_bitwidth - 1, terms.frac_bits,
                                      clip=False), terms.scales)
 
+    def _fused_bias_sum(self, terms, bias_fp, bias_values):
+        """The accumulator plus bias (float64) of :meth:`reduce` in train steps (and for sums
+        past 48 bits): the bias is added in the kernel that casts the reduction's result to
+        float64 (a custom gradient, see :func:`~quantizeml.tensors.carrier.exact_reduction`)."""
+        total, bound = terms.reduce(addend=bias_values)
+
+        def accumulator():
+            # recovered exactly (integers in float64)
+            return FixedPoint(total - bias_values, terms.value_bits, terms.frac_bits,
+                              clip=False)
+
+        return tf.cond(
+            self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values, bias_fp),
+            lambda: total,
+            lambda: tf.cast(self._clipped_bias_sum(accumulator(), bias_fp), tf.float64))
+
     def _deferred_sum(self, terms, bias_fp, bias_values):
-        """The accumulator plus bias (float64) of :meth:`reduce` in inference graphs, built
-        from the float32 parts of the reduction and deferred (see
+        """The accumulator plus bias (in the buffer's carrier) of :meth:`reduce` in inference
+        graphs, built from the float32 parts of the reduction and deferred (see
         :class:`~quantizeml.tensors.fusion.Deferred`): a requantization that follows adds
         them in its own kernel, and this float64 tensor is then never written."""
         parts, bound = terms.parts()
