@@ -260,7 +260,7 @@ class QuantizedReduction(QuantConfigMixin):
         bias_fp = self._quantized_bias(bias, terms.frac_bits, terms.scales, training)
         bias_values = tf.cast(bias_fp.values, tf.float64)
         if not taping() and terms.value_bits <= SPLIT_VALUE_BITS:
-            values = self._deferred_sum(terms, bias_fp, bias_values)
+            values = self._deferred_sum(terms, bias_values)
         else:
             values = self._fused_bias_sum(terms, bias_fp, bias_values)
         return as_qtensor(FixedPoint(values, self.buffer_bitwidth - 1, terms.frac_bits,
@@ -282,22 +282,21 @@ class QuantizedReduction(QuantConfigMixin):
             lambda: total,
             lambda: tf.cast(self._clipped_bias_sum(accumulator(), bias_fp), tf.float64))
 
-    def _deferred_sum(self, terms, bias_fp, bias_values):
+    def _deferred_sum(self, terms, bias_values):
         """The accumulator plus bias (in the buffer's carrier) of :meth:`reduce` in inference
-        graphs, built from the float32 parts of the reduction and deferred (see
-        :class:`~quantizeml.tensors.fusion.Deferred`): a requantization that follows adds
-        them in its own kernel, and this float64 tensor is then never written."""
-        parts, bound = terms.parts()
+        graphs, deferred (see :class:`~quantizeml.tensors.fusion.Deferred`) as the float32
+        parts of the reduction and the bias: a requantization that follows adds them in its
+        own kernel, and no float64 tensor is written. The buffer clips,
+        ``clip(clip(acc) + b)``, run in that kernel too (two comparisons per value, a no-op
+        where the sums fit): no bound to check, no conditional op."""
+        parts, _ = terms.parts()
+        low, high = -2.0**(self.buffer_bitwidth - 1), 2.0**(self.buffer_bitwidth - 1) - 1
 
-        def accumulator():
-            return FixedPoint(fused(sum_parts, *parts), terms.value_bits, terms.frac_bits,
-                              clip=False)
+        def clipped_sum(*parts):
+            acc = tf.minimum(tf.maximum(sum_parts(*parts[:-1]), low), high)
+            return tf.minimum(tf.maximum(acc + parts[-1], low), high)
 
-        def exact():
-            return self._clipped_bias_sum(accumulator(), bias_fp)
-
-        fits = self._fits_buffer(terms.value_bits, bound, lambda: accumulator().values, bias_fp)
-        return Deferred((*parts, bias_values), fits, exact,
+        return Deferred((*parts, bias_values), clipped_sum,
                         carrier_dtype(self.buffer_bitwidth - 1)).values()
 
     def finalize(self, acc):

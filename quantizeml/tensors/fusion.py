@@ -19,7 +19,8 @@ without XLA).
 
 A chain may also start in one layer and end in the next: a reducing layer leaves its float64
 accumulator as float32 parts and a recipe (:class:`Deferred`), and the requantization that
-follows sums the parts inside its own kernel; the float64 tensor is then pruned from the graph.
+follows combines the parts inside its own kernel; the float64 tensor is then pruned from the
+graph.
 """
 import contextlib
 import functools
@@ -116,33 +117,34 @@ _DEFERRED = weakref.WeakKeyDictionary()
 
 
 class Deferred:
-    """How a graph tensor ``values`` was built: ``cond(fits, sum_parts(*parts), exact())``,
-    so that its consumer can run its elementwise kernel on the parts instead (the sum inside
-    its kernel: ``values`` itself is then never computed, unless something else reads it).
+    """How a graph tensor ``values`` was built: ``combine(*parts)`` (exact elementwise ops),
+    cast to ``dtype``, so that its consumer can run its elementwise kernel on the parts instead
+    (``combine`` inside its kernel: ``values`` itself is then never computed, unless something
+    else reads it).
 
-    A reducing layer builds its float64 accumulator (plus bias) this way in inference graphs,
-    from float32 parts; the requantization that follows it (a ReLU, an output quantizer)
-    reads the float32 parts in its fused kernel instead of a float64 tensor written by one
-    kernel and read by the next (see :meth:`apply`).
+    A reducing layer builds its accumulator plus bias this way in inference graphs, from the
+    float32 parts of its exact sum; the requantization that follows it (a ReLU, an output
+    quantizer) reads the float32 parts in its fused kernel instead of a float64 tensor written
+    by one kernel and read by the next (see :meth:`apply`).
 
     Args:
-        parts (tuple of tf.Tensor): tensors whose float64 sum (broadcast) is ``values`` when
-            ``fits``.
-        fits (tf.Tensor): a bool scalar.
-        exact (callable): builds ``values`` when not ``fits`` (called inside a cond branch:
-            it must build its tensors from inputs other than ``values``).
-        dtype (tf.DType, optional): the dtype of ``values`` (it holds the sum exactly when
-            ``fits``). Defaults to tf.float64.
+        parts (tuple of tf.Tensor): the inputs of ``combine``.
+        combine (callable): exact elementwise ops (broadcasting) on the parts.
+        dtype (tf.DType, optional): the dtype of ``values`` (it must hold the results of
+            ``combine`` exactly). Defaults to tf.float64.
     """
 
-    def __init__(self, parts, fits, exact, dtype=tf.float64):
-        self.parts, self.fits, self.exact, self.dtype = tuple(parts), fits, exact, dtype
+    def __init__(self, parts, combine, dtype=tf.float64):
+        self.parts, self.combine, self.dtype = tuple(parts), combine, dtype
 
     def values(self):
-        """``values`` (in ``dtype``), registered with this recipe for its consumers."""
-        values = self.apply(tf.identity)
+        """``values``, one fused kernel, registered with this recipe for its consumers."""
+        values = fused(self._values, *self.parts)
         _DEFERRED.setdefault(values.graph, {})[values.ref()] = self
         return values
+
+    def _values(self, *parts):
+        return tf.cast(self.combine(*parts), self.dtype)
 
     @staticmethod
     def of(values):
@@ -153,14 +155,9 @@ class Deferred:
         return _DEFERRED.get(values.graph, {}).get(values.ref())
 
     def apply(self, fn, *args):
-        """``fn(values, *args)`` (exact elementwise ops) as fused kernels, on the parts when
-        ``fits``."""
+        """``fn(values, *args)`` (exact elementwise ops) as one fused kernel on the parts."""
         count = len(self.parts)
 
-        def on_parts(*tensors):
-            return fn(tf.cast(sum_parts(*tensors[:count]), self.dtype), *tensors[count:])
-
-        def on_exact(values, *args):
-            return fn(tf.cast(values, self.dtype), *args)
-        return tf.cond(self.fits, lambda: fused(on_parts, *self.parts, *args),
-                       lambda: fused(on_exact, self.exact(), *args))
+        def kernel(*tensors):
+            return fn(self._values(*tensors[:count]), *tensors[count:])
+        return fused(kernel, *self.parts, *args)

@@ -181,7 +181,6 @@ class OutputQuantizer(Quantizer):
             else:
                 # a reducing layer's accumulator: its float32 parts summed in this kernel
                 values = deferred.apply(kernel, low, high, *args[1:])
-                values.set_shape(args[0].shape)
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     @property
