@@ -243,11 +243,11 @@ class QuantizedReduction(QuantConfigMixin):
         """:meth:`accumulate` (``frac_bits`` and ``scales`` as there) then :meth:`add_bias`
         (``bias`` None: no bias).
 
-        In fused graphs (see :mod:`~quantizeml.tensors.fusion`) the buffer clips run only
-        when the bounds do not prove them useless, and the quantized bias is added without a
-        pass of its own over the accumulator: in the kernel that casts the reduction's result
-        to float64 in train steps (:meth:`_fused_bias_sum`), in the kernel of the
-        requantization that follows in inference graphs (:meth:`_deferred_sum`).
+        In fused graphs (see :mod:`~quantizeml.tensors.fusion`) the quantized bias is added
+        without a pass of its own over the accumulator: in train steps in the kernel that
+        casts the reduction's result to float64, the buffer clips running only when the bounds
+        do not prove them useless (:meth:`_fused_bias_sum`); in inference graphs in the kernel
+        of the requantization that follows, the buffer clips included (:meth:`_deferred_sum`).
         """
         if bias is None or not fuses(under_tape=True) or saturation_observed(x.values):
             # (eager and compiled eager calls record the saturation of the buffer clips)
