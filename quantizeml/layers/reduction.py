@@ -22,7 +22,7 @@ import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import (BUFFER_BITS, MAX_VALUE_BITS, SPLIT_VALUE_BITS, carrier_dtype,
-                               exact_reduction, reduction_parts)
+                               exact_reduction, max_abs, reduction_parts)
 from ..tensors.dispatch.common import bits_for
 from ..tensors.fixed_point import fold_static, static_max
 from ..tensors.fusion import Deferred, fused, fuses, sum_parts, taping
@@ -306,11 +306,6 @@ class QuantizedReduction(QuantConfigMixin):
         if self.out_quantizer is not None:
             return self.out_quantizer(acc)
         return acc
-
-
-def max_abs(values):
-    """``max|values|`` in float64, from two read-only reductions (no |x| tensor written)."""
-    return tf.cast(tf.maximum(tf.reduce_max(values), -tf.reduce_min(values)), tf.float64)
 
 
 class _Terms:

@@ -101,6 +101,16 @@ def round_shifted_half_up(x):
     return rounded, grad
 
 
+def in_float32(fn, x, w):
+    """``fn`` on the operands cast to float32 (exact when a bound proves it)."""
+    return fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+
+
+def max_abs(values):
+    """``max|values|`` in float64, from two read-only reductions (no |x| tensor written)."""
+    return tf.cast(tf.maximum(tf.reduce_max(values), -tf.reduce_min(values)), tf.float64)
+
+
 def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None,
                     with_bound=False, addend=None):
     """Runs an integer reduction ``fn(x, w)`` (matmul, convolution) exactly.
@@ -144,7 +154,7 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         return fused(_cast_add, values, addend, under_tape=True)
 
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
-        values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+        values = in_float32(fn, x, w)
         if addend is not None:
             values = add_to_float32(values, addend)
         if with_bound:
@@ -155,7 +165,7 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     def reduction(x, w, *addends):
         values, bound = _in_exact_carrier(
             fn, x, w, l1_axes, x_bits,
-            lambda: finish(fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))),
+            lambda: finish(in_float32(fn, x, w)),
             lambda w64: finish(fn(tf.cast(x, tf.float64), w64)))
 
         def grad(dy, _):
@@ -169,9 +179,9 @@ def exact_reduction(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
     return (values, bound) if with_bound else values
 
 
-def _in_exact_carrier(fn, x, w, l1_axes, x_bits, in_float32, in_float64):
-    """``(in_float32(), bound)`` when a run-time bound of the partial sums proves float32
-    exact, else ``(in_float64(w64), bound)`` (``w64``: the weights in float64). The bounds,
+def _in_exact_carrier(fn, x, w, l1_axes, x_bits, on_float32, on_float64):
+    """``(on_float32(), bound)`` when a run-time bound of the partial sums proves float32
+    exact, else ``(on_float64(w64), bound)`` (``w64``: the weights in float64). The bounds,
     tried in turn: ``2^x_bits * L1(w)`` (the weights alone), ``max|x| * L1(w)``, then the
     largest ``sum_k |x_k| |w_k|`` of any output (``fn`` on the magnitudes, in float32: one
     more float32 reduction, far cheaper than a float64 one)."""
@@ -183,25 +193,22 @@ def _in_exact_carrier(fn, x, w, l1_axes, x_bits, in_float32, in_float64):
     l1 = tf.reduce_max(tf.reduce_sum(tf.abs(w64), axis=l1_axes))
 
     def by_values():
-        # two read-only reductions (no |x| tensor written)
-        max_x = tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float64)
-        bound = max_x * l1
+        bound = max_abs(x) * l1
 
         def by_terms():
             # max over the outputs of sum |x_k| |w_k|, in float32: exact below 2^24, and at
             # least 2^24 once any true sum (or term, or cast operand) reaches it (non-negative
             # terms rounded monotonically, summed in any order), so that "< 2^24" proves every
             # partial sum of every output exact in float32
-            terms = fn(tf.abs(tf.cast(x, tf.float32)), tf.abs(tf.cast(w, tf.float32)))
-            terms_max = tf.cast(tf.reduce_max(terms), tf.float64)
-            return tf.cond(terms_max < float32_max, lambda: (in_float32(), terms_max),
-                           lambda: (in_float64(w64), bound))
-        return tf.cond(bound <= float32_max, lambda: (in_float32(), bound), by_terms)
+            terms_max = tf.cast(tf.reduce_max(in_float32(fn, tf.abs(x), tf.abs(w))), tf.float64)
+            return tf.cond(terms_max < float32_max, lambda: (on_float32(), terms_max),
+                           lambda: (on_float64(w64), bound))
+        return tf.cond(bound <= float32_max, lambda: (on_float32(), bound), by_terms)
 
     if x_bits is None:
         return by_values()
     bound = 2.0**x_bits * l1
-    return tf.cond(bound <= float32_max, lambda: (in_float32(), bound), by_values)
+    return tf.cond(bound <= float32_max, lambda: (on_float32(), bound), by_values)
 
 
 #: Largest static bound (bits) of the results that :func:`reduction_parts` splits exactly.
@@ -230,17 +237,16 @@ def reduction_parts(fn, x, w, max_abs_sum_bits_static, l1_axes=None, x_bits=None
         raise ValueError(f"max_abs_sum_bits_static expected <= {SPLIT_VALUE_BITS}. "
                          f"Received: max_abs_sum_bits_static={max_abs_sum_bits_static}")
     if max_abs_sum_bits_static <= FLOAT32_VALUE_BITS + 1:
-        values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
-        return (values,), tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
+        return (in_float32(fn, x, w),), tf.constant(2.0**max_abs_sum_bits_static, tf.float64)
 
-    def in_float32():
-        values = fn(tf.cast(x, tf.float32), tf.cast(w, tf.float32))
+    def with_zero():
+        values = in_float32(fn, x, w)
         return values, tf.zeros([1] * values.shape.rank, tf.float32)
 
     def in_float64(w64):
         return fused(_split, fn(tf.cast(x, tf.float64), w64))
 
-    (hi, lo), bound = _in_exact_carrier(fn, x, w, l1_axes, x_bits, in_float32, in_float64)
+    (hi, lo), bound = _in_exact_carrier(fn, x, w, l1_axes, x_bits, with_zero, in_float64)
     return (hi, lo), tf.minimum(bound, 2.0**max_abs_sum_bits_static)
 
 
