@@ -2,21 +2,23 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from .base import register_keras, register_quantize_target
+from .base import register_keras
 from .reduction import QuantizedReduction
+from .registry import BLOCK_END, register_twin
 
 __all__ = ["QuantizedDense"]
 
 
 @register_keras
-@register_quantize_target(keras.layers.Dense)
+@register_twin(keras.layers.Dense, weights=("weight_quantizer",), output=BLOCK_END, export="dense")
 class QuantizedDense(QuantizedReduction, keras.layers.Dense):
     """A Dense layer that operates on quantized inputs and weights.
 
     Integer maths: ``y = clip_buffer(x_int @ w_int + b_int)`` with
     ``frac_bits = x.frac_bits + w.frac_bits`` and ``scales = x.scales * w.scales`` (then the
-    output quantizer, if any). Inputs have rank 2 (batch, features) or 3 (batch, tokens,
-    features).
+    output quantizer, if any). As ``keras.layers.Dense``, inputs have any rank >= 2
+    (batch, ..., features): the product acts on the last axis, the leading axes are batch axes
+    (a broadcast ``tf.linalg.matmul``).
 
     Args: as ``keras.layers.Dense`` (activation must be None or 'linear'), plus:
         quant_config (dict, optional): the serialized quantization configuration, with keys
@@ -38,17 +40,7 @@ class QuantizedDense(QuantizedReduction, keras.layers.Dense):
                          bias_constraint=bias_constraint, **kwargs)
         self.init_reduction(quant_config, activation)
 
-    def _check_rank(self, rank):
-        if rank not in (2, 3):
-            raise ValueError(f"Layer {self.name} (QuantizedDense) expected inputs of rank 2 or 3."
-                             f" Received: inputs of rank {rank}")
-
-    def build(self, input_shape):
-        self._check_rank(tf.TensorShape(input_shape).rank)
-        super().build(input_shape)
-
     def call(self, inputs, training=None):
-        self._check_rank(inputs.shape.rank)
         x, x_scales = self.aligned_inputs(inputs)
         w = self.quantize_weights("weight_quantizer", self.kernel, training)
         bias = self.bias if self.use_bias else None

@@ -15,7 +15,8 @@ from tests.utils import (check_config_roundtrip, check_gradients_reach, check_sa
                          check_signature_parity)
 
 DENSE_INPUTS = ["fp-per-tensor", "fp-per-axis", "qfloat-per-tensor"]
-SHAPES = {"rank2": (3, 6), "rank3-tokens": (2, 4, 6)}
+SHAPES = {"rank2": (3, 6), "rank3-tokens": (2, 4, 6), "rank4": (2, 3, 2, 6),
+          "rank5": (2, 2, 1, 3, 6)}
 CASES = {"bias-w-per-axis": (True, "per-axis"), "nobias-w-per-tensor": (False, "per-tensor"),
          "bias-w-fp": (True, "fp-quantizer")}
 
@@ -112,6 +113,60 @@ def test_qat_fit_decreases_loss():
     assert history[-1] < 0.8 * history[0], history
 
 
+def _dense_on_nd_model(reshape):
+    """Conv2D -> ReLU -> (Permute: 4-D, or Reshape: 5-D) -> Dense -> ReLU -> Dense."""
+    inputs = keras.Input((6, 5, 3), name="inp")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    if reshape:
+        x = keras.layers.Reshape((5, 2, 3, 4), name="reshape")(x)
+    else:
+        x = keras.layers.Permute((2, 1, 3), name="permute")(x)
+    x = keras.layers.Dense(7, name="dense")(x)
+    x = keras.layers.ReLU(name="relu_1")(x)
+    x = keras.layers.Dense(3, name="dense_1")(x)
+    return keras.Model(inputs, x)
+
+
+def test_quantize_dense_on_4d_tensor():
+    """quantize() of a model with Dense on the 4-D output of a Permute: the quantized model
+    follows the float one within the 8-bit quantization tolerance."""
+    from quantizeml.models import quantize
+
+    model = _dense_on_nd_model(reshape=False)
+    samples = np.random.default_rng(0).uniform(-1, 1, (64, 6, 5, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=samples, num_samples=64)
+    assert isinstance(qmodel.get_layer("dense"), QuantizedDense)
+    assert qmodel.get_layer("dense").output_shape == (None, 5, 6, 7)
+    y_float, y_quant = model(samples).numpy(), qmodel(samples).numpy()
+    assert y_quant.shape == y_float.shape == (64, 5, 6, 3)
+    # two 8-bit layers of weights and activations: a few percent of the output range
+    assert np.abs(y_quant - y_float).max() <= 0.04 * np.abs(y_float).max()
+
+
+def test_export_dense_on_5d_tensor_bit_exact():
+    """The ONNX export of Dense on a rank-5 tensor (MatMulInteger broadcasts its batch axes)
+    gives the Keras integer and float outputs bit for bit."""
+    import onnx
+    import onnxruntime as ort
+
+    from quantizeml.models import quantize
+    from quantizeml.onnx_support import export
+
+    model = _dense_on_nd_model(reshape=True)
+    samples = np.random.default_rng(0).uniform(-1, 1, (32, 6, 5, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=samples, num_samples=32)
+    proto = export(qmodel)
+    onnx.checker.check_model(proto, full_check=True)
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    floats, integers = session.run(None, {"inp": samples})
+    keras_int = keras.Model(qmodel.inputs, qmodel.layers[-1].input)(samples).values.numpy()
+    assert integers.shape == (32, 5, 2, 3, 3)
+    np.testing.assert_array_equal(integers, keras_int.astype(np.int64))
+    np.testing.assert_array_equal(floats, qmodel(samples).numpy())
+
+
 # ---- errors -----------------------------------------------------------------------------------
 def test_float_inputs_raise():
     with pytest.raises(TypeError, match="dense_layer.*expected FixedPoint or QFloat"):
@@ -123,15 +178,10 @@ def test_per_axis_qfloat_raises():
         QuantizedDense(5, name="dense_layer")(INPUTS["qfloat-per-axis"]((2, 6)))
 
 
-@pytest.mark.parametrize("shape", [(6,), (2, 3, 3, 6)], ids=["rank1", "rank4"])
-def test_unsupported_rank_raises(shape):
-    # rank 1 is refused by Keras's own input spec of Dense (min_ndim=2), naming the layer too
-    match = "dense_layer.*(expected inputs of rank 2 or 3|expected min_ndim=2)"
-    with pytest.raises(ValueError, match=match):
-        QuantizedDense(5, name="dense_layer")(INPUTS["fp-per-tensor"](shape))
-    if len(shape) == 4:  # symbolic inputs too (the functional API builds the layer)
-        with pytest.raises(ValueError, match=match):
-            QuantizedDense(5, name="dense_layer")(keras.Input(shape[1:]))
+def test_rank1_raises():
+    # refused by Keras's own input spec of Dense (min_ndim=2), naming the layer
+    with pytest.raises(ValueError, match="dense_layer.*expected min_ndim=2"):
+        QuantizedDense(5, name="dense_layer")(INPUTS["fp-per-tensor"]((6,)))
 
 
 @pytest.mark.parametrize("config,match", [
