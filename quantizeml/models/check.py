@@ -11,6 +11,8 @@ from .integer_weights import kernel_for_quantizer
 SCALE_TOLERANCE = 2.0**-6
 #: Share of saturated output values above which an OutputQuantizer is reported.
 OUTPUT_SATURATION_TOLERANCE = 0.01
+#: Channels listed by name in one issue (the count is always given).
+MAX_LISTED_CHANNELS = 8
 
 
 def _sublayers(layer):
@@ -19,17 +21,107 @@ def _sublayers(layer):
             yield attr
 
 
-def _weight_issues(layer):
+def _consumers(model):
+    """layer name -> names of the layers that take its outputs (from the model's config)."""
+    consumers = {}
+
+    def inbound_names(entry):
+        # node entries are [name, node_index, tensor_index, kwargs], nested in lists
+        if isinstance(entry, (list, tuple)):
+            if entry and isinstance(entry[0], str):
+                yield entry[0]
+            else:
+                for item in entry:
+                    yield from inbound_names(item)
+
+    try:
+        layers = model.get_config()["layers"]
+    except (NotImplementedError, KeyError, TypeError):  # subclassed or sequential-like
+        return consumers
+    for config in layers:
+        for name in inbound_names(config.get("inbound_nodes", [])):
+            consumers.setdefault(name, []).append(config["name"])
+    return consumers
+
+
+def _requantizer(model, layer, consumers):
+    """The OutputQuantizer that requantizes the outputs of ``layer``: its own, else the one of
+    its only consumer (e.g. the ReLU after a convolution); None if there is none."""
+    oq = getattr(layer, "out_quantizer", None)
+    if isinstance(oq, OutputQuantizer):
+        return oq
+    names = consumers.get(layer.name, [])
+    if len(names) == 1:
+        oq = getattr(model.get_layer(names[0]), "out_quantizer", None)
+        if isinstance(oq, OutputQuantizer):
+            return oq
+    return None
+
+
+def _channel_list(channels):
+    listed = ", ".join(str(int(c)) for c in channels[:MAX_LISTED_CHANNELS])
+    return listed + (", ..." if len(channels) > MAX_LISTED_CHANNELS else "")
+
+
+def _channel_issues(layer, attr_name, quantizer, weights, qw, requantizer):
+    """Output channels (last axis) of the weights that their quantization cannot represent.
+
+    * lost at the weights (per-tensor weights, FixedPoint weights whose fractional bits are
+      clamped to the value bits): the channel's quantized weights are all zero, or its largest
+      error exceeds half its largest magnitude (it has at most one quantization level);
+    * lost at the outputs (per-axis QFloat weights): the channel's scale is so far below the
+      largest one that its outputs are below half a step of the OutputQuantizer that
+      requantizes the layer (one step per tensor, or per-axis steps spread over at most
+      ``OutputQuantizer.MAX_AXIS_SPREAD`` bits), estimated from the weight ranges: the scale
+      ratio is below ``2^-(value_bits + 1 [+ MAX_AXIS_SPREAD])`` (nothing to report when no
+      OutputQuantizer follows: the per-axis scales then reach the outputs as they are).
+    """
+    channels = weights.shape[-1]
+    w = np.reshape(np.asarray(weights, np.float64), (-1, channels))
+    dequantized = np.reshape(np.asarray(qw.to_float(), np.float64), (-1, channels))
+    ranges = np.max(np.abs(w), axis=0)
+    errors = np.max(np.abs(dequantized - w), axis=0)
+    live = ranges > 0
+    bad = np.all(dequantized == 0, axis=0)
+    if not (quantizer.signed and quantizer.bitwidth == 1):  # binary: sign(w) * mean|w|
+        bad |= errors > 0.5 * ranges
+    lost = np.flatnonzero(live & bad)
+    issues = []
+    if lost.size:
+        worst = float(np.max(errors[lost] / ranges[lost]))
+        issues.append(f"{layer.name}: inaccurate weight scales quantization in {attr_name}: "
+                      f"channel(s) {_channel_list(lost)} of {channels} cannot be represented "
+                      f"(quantized weights all zero or relative error up to {worst:.3g} with "
+                      f"{quantizer.bitwidth}-bit weights): quantize the weights per-axis "
+                      "(axis=-1) with QFloat scales, or increase the weight bitwidth")
+    if isinstance(qw, QFloat) and quantizer.axis is not None and channels > 1 and \
+            np.max(ranges) > 0 and requantizer is not None:
+        spread = 0 if requantizer.axis == "per-tensor" else OutputQuantizer.MAX_AXIS_SPREAD
+        bits = requantizer.value_bits + spread
+        where = f"the {requantizer.axis} output steps of {requantizer.name}"
+        ratio = ranges / np.max(ranges)
+        tiny = np.setdiff1d(np.flatnonzero(live & (ratio < 2.0**-(bits + 1))), lost)
+        if tiny.size:
+            issues.append(f"{layer.name}: inaccurate weight scales quantization in {attr_name}: "
+                          f"the scales of channel(s) {_channel_list(tiny)} of {channels} are "
+                          f"{float(np.min(ratio[tiny])):.3g} of the largest, below what "
+                          f"{where} can represent (their outputs quantize to zero): check "
+                          "these weights (dead channels?) or rescale them")
+    return issues
+
+
+def _weight_issues(layer, requantizer=None):
     issues = []
     oq = getattr(layer, "out_quantizer", None)
     scale_bits = oq.scale_bits if isinstance(oq, OutputQuantizer) else 8
     for attr_name, quantizer in vars(layer).items():
-        if not isinstance(quantizer, WeightQuantizer) or quantizer.fp_quantizer:
+        if not isinstance(quantizer, WeightQuantizer):
             continue
         weights = kernel_for_quantizer(layer) if attr_name == "weight_quantizer" else None
         if weights is None:
             continue
         qw = quantizer.quantize(weights)
+        issues.extend(_channel_issues(layer, attr_name, quantizer, weights, qw, requantizer))
         if not isinstance(qw, QFloat):
             continue
         scales = qw.scales.numpy()
@@ -53,7 +145,11 @@ def check_quantization(model, samples=None, batch_size=32):
 
     It looks for errors that can be fixed in the quantization configuration:
 
-    * inaccurate weight scales quantization,
+    * inaccurate weight scales quantization: weight scales that their ``scale_bits`` quantize
+      with a large relative error, and output channels (named by index) whose weights the
+      quantization cannot represent: quantized weights all zero or a relative error above
+      1/2 (per-tensor or FixedPoint weights), or per-axis scales so far below the layer's
+      largest that the channel's outputs quantize to zero in the OutputQuantizer that follows,
     * saturation in integer operations: the 32-bit buffers (any clipped value) and the
       OutputQuantizers (more than 1% of clipped values), as observed on ``samples`` (or on the
       last eager calls of the model when no samples are given).
@@ -74,8 +170,9 @@ def check_quantization(model, samples=None, batch_size=32):
         for start in range(0, len(samples), batch_size):
             model(tf.constant(samples[start:start + batch_size]), training=False)
     issues = []
+    consumers = _consumers(model)
     for layer in model.layers:
-        issues.extend(_weight_issues(layer))
+        issues.extend(_weight_issues(layer, _requantizer(model, layer, consumers)))
         ratios = saturation(layer)
         if ratios.get("buffer", 0.0) > 0:
             issues.append(f"{layer.name}: saturation in integer operations: "
