@@ -36,6 +36,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from .layers import Dequantizer, OutputQuantizer, WeightQuantizer, saturation
+from .models.graph import is_qtensor, producer
+from .tensors import QFloat, QTensor
+
 __all__ = ["compare", "sqnr", "format_table", "plot"]
 
 _WEIGHT_SOURCES = {"weight_quantizer": ("kernel", "depthwise_kernel"),
@@ -64,16 +68,6 @@ def sqnr(reference, quantized):
     return 10.0 * math.log10(signal / noise)
 
 
-def _is_qtensor_spec(t):
-    from .tensors import QTensor
-    value_type = getattr(getattr(t, "type_spec", None), "value_type", None)
-    return isinstance(value_type, type) and issubclass(value_type, QTensor)
-
-
-def _producer(t):
-    return t._keras_history.layer
-
-
 def _output(layer):
     out = layer.output
     return out[0] if isinstance(out, (list, tuple)) else out
@@ -82,12 +76,11 @@ def _output(layer):
 def _rows_layers(qmodel):
     """The quantized layers with an OutputQuantizer or weights, and the layers producing model
     outputs."""
-    from .layers import Dequantizer, OutputQuantizer, WeightQuantizer
     finals = []
     for t in qmodel.outputs:
-        layer = _producer(t)
+        layer = producer(t)
         while isinstance(layer, Dequantizer):
-            layer = _producer(layer.input)
+            layer = producer(layer.input)
         finals.append(layer.name)
     layers = []
     for layer in qmodel.layers:
@@ -102,8 +95,6 @@ def _rows_layers(qmodel):
 
 def _weight_errors(layer):
     """(relative weight error, relative scale error) of a layer, None where not applicable."""
-    from .layers import OutputQuantizer, WeightQuantizer
-    from .tensors import QFloat, QTensor
     oq = getattr(layer, "out_quantizer", None)
     scale_bits = oq.scale_bits if isinstance(oq, OutputQuantizer) else 8
     weight_error = scale_error = None
@@ -150,7 +141,6 @@ def compare(model, qmodel, samples, batch_size=32, verbose=False):
     Raises:
         ValueError: when no layer can be compared or the samples are empty.
     """
-    from .layers import Dequantizer, saturation
     samples = np.asarray(samples, np.float32)
     if samples.ndim == 0 or len(samples) == 0:
         raise ValueError(f"compare expected a non-empty batch of samples. Received: shape "
@@ -164,7 +154,7 @@ def compare(model, qmodel, samples, batch_size=32, verbose=False):
     for layer in layers:
         t = _output(layer)
         q_outputs.append(Dequantizer(name=f"{layer.name}_analysis")(t)
-                         if _is_qtensor_spec(t) else t)
+                         if is_qtensor(t) else t)
     f_outputs = [_output(float_layers[layer.name]) for layer in layers]
     q_probe = keras.Model(qmodel.inputs, q_outputs)
     f_probe = keras.Model(model.inputs, f_outputs)

@@ -3,7 +3,9 @@
 Every class is registered with Keras serialization under the ``quantizeml`` package when this
 module is imported, so saved models reload without custom_objects.
 """
-from .base import QUANTIZATION_TARGETS, eager_layer_calls, register_quantize_target, saturation
+from .base import eager_layer_calls, register_quantize_target, saturation
+from .registry import (ACTIVATION, BLOCK_END, QUANTIZATION_TARGETS, TwinSpec, register_twin,
+                       twin_spec, twin_specs)
 from .calibration import (FixedPointRecorder, NonTrackFixedPointVariable, NonTrackVariable,
                           OutputObserver, QFloatRecorder, TensorRecorder, is_recording,
                           recording)

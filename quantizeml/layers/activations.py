@@ -4,12 +4,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import check_qtensor, register_keras, register_quantize_target
+from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import ACTIVATION, register_twin
 
 
 @register_keras
-@register_quantize_target(keras.layers.ReLU)
+@register_twin(keras.layers.ReLU, output=ACTIVATION, export="relu")
 class QuantizedReLU(QuantConfigMixin, keras.layers.ReLU):
     """Quantized version of the ReLU activation layer applicable on FixedPoint tensor.
 

@@ -5,8 +5,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import clip_to_buffer, register_keras, register_quantize_target
+from .base import clip_to_buffer, register_keras
 from .quant_config import QuantConfigMixin
+from .registry import BLOCK_END, register_twin
 from .shiftmax import (DEFAULT_EXP_BITS, SHIFTMAX_KEYS, check_exp_bits, exact_logits,
                        quantized_shiftmax, shiftmax)
 
@@ -162,7 +163,7 @@ def quantized_softmax(layer, x, exp_bits, scale_bits):
 
 
 @register_keras
-@register_quantize_target(Attention)
+@register_twin(Attention, output=BLOCK_END, per_tensor_inputs=True)
 class QuantizedAttention(QuantConfigMixin, Attention):
     """An Attention layer that operates on quantized inputs.
 

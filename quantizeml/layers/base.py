@@ -9,9 +9,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat, QTensor
+from .recording import generation, is_recording
 
-#: float Keras layer class -> its quantized twin. Filled by :func:`register_quantize_target`.
-QUANTIZATION_TARGETS = {}
+from .registry import QUANTIZATION_TARGETS, register_twin
+
+#: The former name of :func:`quantizeml.layers.registry.register_twin`.
+register_quantize_target = register_twin
 
 
 #: Per-thread state of the layer calls: nesting depth, the saturation collector of a compiled
@@ -79,8 +82,6 @@ def _compiled_body(layer_ref, raw, sources, args, kwargs, generation):
 def _compiled_call(layer, raw, entry, args, kwargs):
     """Runs ``raw`` as a per-layer tf.function (kept in ``entry``), records the saturation it
     measured."""
-    from .calibration.recorders import generation  # noqa: PLC0415 (import cycle)
-
     if entry[1] is None:
         # a partial (no __code__): TensorFlow's retracing statistics are then per layer, not
         # shared by every layer's first trace
@@ -100,7 +101,7 @@ def _dispatch(layer, raw, args, kwargs):
     if (_depth() or getattr(_STATE, "disabled", False) or COMPILE_AFTER_CALLS is None
             or not layer.compile_eager_calls or not tf.executing_eagerly()
             or isinstance(training, tf.Tensor) or training
-            or tf.distribute.has_strategy() or _is_recording()):
+            or tf.distribute.has_strategy() or is_recording()):
         with _nested():
             return raw(layer, *args, **kwargs)
     entry = _COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
@@ -109,11 +110,6 @@ def _dispatch(layer, raw, args, kwargs):
         with _nested():
             return raw(layer, *args, **kwargs)
     return _compiled_call(layer, raw, entry, args, kwargs)
-
-
-def _is_recording():
-    from .calibration.recorders import is_recording  # noqa: PLC0415 (import cycle)
-    return is_recording()
 
 
 #: Eager calls of a quantizeml layer run op by op this many times, then as a compiled
@@ -159,24 +155,6 @@ class StaticCallMixin:
 def register_keras(cls):
     """Registers a class with Keras serialization under the ``quantizeml`` package."""
     return keras.saving.register_keras_serializable(package="quantizeml")(cls)
-
-
-def register_quantize_target(*float_classes):
-    """Class decorator mapping float Keras layer classes to a quantized twin.
-
-    Raises:
-        ValueError: when a float class is already mapped to another twin.
-    """
-    def wrap(cls):
-        for float_cls in float_classes:
-            other = QUANTIZATION_TARGETS.get(float_cls)
-            if other is not None and other is not cls:
-                raise ValueError(f"register_quantize_target expected one twin per float layer. "
-                                 f"Received: {float_cls.__name__} already mapped to "
-                                 f"{other.__name__}, new twin {cls.__name__}")
-            QUANTIZATION_TARGETS[float_cls] = cls
-        return cls
-    return wrap
 
 
 def check_quant_config(layer_name, quant_config, allowed):

@@ -4,8 +4,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint
-from .base import register_keras, register_quantize_target
+from .base import register_keras
 from .reduction import QuantizedReduction, to_single_frac_bits
+from .registry import BLOCK_END, register_twin
 
 __all__ = ["PaddedConv2D", "QuantizedConv2D", "QuantizedConv2DTranspose"]
 
@@ -135,7 +136,8 @@ class PaddedConv2D(keras.layers.Conv2D):
 
 # ---- quantized layers --------------------------------------------------------------------------
 @register_keras
-@register_quantize_target(keras.layers.Conv2D, PaddedConv2D)
+@register_twin(keras.layers.Conv2D, PaddedConv2D, weights=("weight_quantizer",), output=BLOCK_END,
+               export="conv")
 class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
     """A convolutional layer that operates on quantized inputs and weights.
 
@@ -210,7 +212,7 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
 
 
 @register_keras
-@register_quantize_target(keras.layers.Conv2DTranspose)
+@register_twin(keras.layers.Conv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END)
 class QuantizedConv2DTranspose(QuantizedReduction, keras.layers.Conv2DTranspose):
     """A transposed convolutional layer that operates on quantized inputs and weights.
 

@@ -4,9 +4,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors.qtensor import is_per_tensor
-from .base import register_keras, register_quantize_target
+from .base import register_keras
 from .convolution import deconv_length, transpose_output_shape
 from .reduction import QuantizedReduction, check_channels_last, fold_scales
+from .registry import BLOCK_END, register_twin
 
 __all__ = ["QuantizedDepthwiseConv2D", "DepthwiseConv2DTranspose",
            "QuantizedDepthwiseConv2DTranspose"]
@@ -51,7 +52,8 @@ def depthwise_operands(layer, inputs, kernel, fn, training):
 
 
 @register_keras
-@register_quantize_target(keras.layers.DepthwiseConv2D)
+@register_twin(keras.layers.DepthwiseConv2D, weights=("weight_quantizer",), output=BLOCK_END,
+               export="depthwise_conv")
 class QuantizedDepthwiseConv2D(QuantizedReduction, keras.layers.DepthwiseConv2D):
     """A depthwise convolutional layer that operates on quantized inputs and weights.
 
@@ -222,7 +224,7 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
 
 
 @register_keras
-@register_quantize_target(DepthwiseConv2DTranspose)
+@register_twin(DepthwiseConv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END)
 class QuantizedDepthwiseConv2DTranspose(QuantizedReduction, DepthwiseConv2DTranspose):
     """A transposed depthwise convolutional layer that operates on quantized inputs and weights.
 

@@ -2,12 +2,13 @@
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import check_qtensor, register_keras, register_quantize_target
+from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import register_twin
 
 
 @register_keras
-@register_quantize_target(keras.layers.Dropout)
+@register_twin(keras.layers.Dropout, pass_through=True, export="identity")
 class QuantizedDropout(QuantConfigMixin, keras.layers.Dropout):
     """A dropout layer that operates on quantized inputs and weights.
 

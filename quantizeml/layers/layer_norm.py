@@ -6,10 +6,11 @@ import tf_keras as keras
 from ..tensors import FixedPoint, QFloat
 from ..tensors.dispatch.common import bits_for
 from ..tensors.qtensor import is_per_tensor
-from .base import buffer_add, check_qtensor, register_keras, register_quantize_target
+from .base import buffer_add, check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .quantizers import AlignedWeightQuantizer, WeightQuantizer
 from .reduction import to_single_frac_bits
+from .registry import BLOCK_END, register_twin
 
 __all__ = ["LayerMadNormalization", "QuantizedLayerNormalization"]
 
@@ -83,7 +84,7 @@ class LayerMadNormalization(keras.layers.LayerNormalization):
 
 
 @register_keras
-@register_quantize_target(LayerMadNormalization)
+@register_twin(LayerMadNormalization, weights=("gamma_quantizer",), output=BLOCK_END)
 class QuantizedLayerNormalization(QuantConfigMixin, LayerMadNormalization):
     """A LayerNormalization layer that operates on quantized inputs and weights.
 

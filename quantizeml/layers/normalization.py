@@ -3,8 +3,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import buffer_add, check_qtensor, register_keras, register_quantize_target
+from .base import buffer_add, check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import BLOCK_END, register_twin
 from .quantizers import AlignedWeightQuantizer, WeightQuantizer
 
 #: Default arguments of the quantizers of a and b (overridden by the quant_config entries).
@@ -13,7 +14,7 @@ B_QUANTIZER_DEFAULTS = {"bitwidth": 16}
 
 
 @register_keras
-@register_quantize_target(keras.layers.BatchNormalization)
+@register_twin(keras.layers.BatchNormalization, weights=("a_quantizer",), output=BLOCK_END)
 class QuantizedBatchNormalization(QuantConfigMixin, keras.layers.BatchNormalization):
     """Layer that normalizes its inputs, on the last axis.
 

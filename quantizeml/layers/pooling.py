@@ -3,8 +3,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import check_qtensor, clip_to_buffer, register_keras, register_quantize_target
+from .base import check_qtensor, clip_to_buffer, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import BLOCK_END, register_twin
 
 
 def _check_channels_last(layer, x):
@@ -16,7 +17,7 @@ def _check_channels_last(layer, x):
 
 
 @register_keras
-@register_quantize_target(keras.layers.MaxPooling2D)
+@register_twin(keras.layers.MaxPooling2D, pass_through=True, export="max_pool")
 class QuantizedMaxPool2D(QuantConfigMixin, keras.layers.MaxPooling2D):
     """A max pooling layer that operates on quantized inputs.
 
@@ -61,7 +62,7 @@ class QuantizedMaxPool2D(QuantConfigMixin, keras.layers.MaxPooling2D):
 
 
 @register_keras
-@register_quantize_target(keras.layers.GlobalAveragePooling2D)
+@register_twin(keras.layers.GlobalAveragePooling2D, output=BLOCK_END, export="global_average_pool")
 class QuantizedGlobalAveragePooling2D(QuantConfigMixin, keras.layers.GlobalAveragePooling2D):
     """A global average pooling layer that operates on quantized inputs.
 

@@ -5,13 +5,14 @@ import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat, QTensor
 from ..tensors.carrier import round_half_up
-from .base import record_saturation, register_keras, register_quantize_target
+from .base import record_saturation, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import register_twin
 from .quantizers.quantizers import check_bitwidth
 
 
 @register_keras
-@register_quantize_target(keras.layers.Rescaling)
+@register_twin(keras.layers.Rescaling, float_inputs=True)
 class QuantizedRescaling(QuantConfigMixin, keras.layers.Rescaling):
     """A layer that multiplies integer inputs by a scale.
 

@@ -10,8 +10,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import check_qtensor, register_keras, register_quantize_target
+from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import register_twin
 
 
 def _check_last_axis(layer, x, output_last_dim):
@@ -32,7 +33,7 @@ def _reshape(layer, x, dims):
 
 
 @register_keras
-@register_quantize_target(keras.layers.Flatten)
+@register_twin(keras.layers.Flatten, pass_through=True, per_tensor_inputs=True, export="flatten")
 class QuantizedFlatten(QuantConfigMixin, keras.layers.Flatten):
     """A Flatten layer that operates on quantized inputs.
 
@@ -69,7 +70,7 @@ class QuantizedFlatten(QuantConfigMixin, keras.layers.Flatten):
 
 
 @register_keras
-@register_quantize_target(keras.layers.Reshape)
+@register_twin(keras.layers.Reshape, pass_through=True, per_tensor_inputs=True, export="reshape")
 class QuantizedReshape(QuantConfigMixin, keras.layers.Reshape):
     """A Reshape layer that operates on quantized inputs.
 
@@ -103,7 +104,7 @@ class QuantizedReshape(QuantConfigMixin, keras.layers.Reshape):
 
 
 @register_keras
-@register_quantize_target(keras.layers.Permute)
+@register_twin(keras.layers.Permute, pass_through=True, per_tensor_inputs=True)
 class QuantizedPermute(QuantConfigMixin, keras.layers.Permute):
     """A Permute layer that operates on quantized inputs.
 

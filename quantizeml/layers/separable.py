@@ -3,15 +3,17 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors.qtensor import is_per_tensor
-from .base import clip_to_buffer, register_keras, register_quantize_target
+from .base import clip_to_buffer, register_keras
 from .depthwise import depthwise_operands
 from .reduction import QuantizedReduction, split_qtensor, to_single_frac_bits
+from .registry import BLOCK_END, register_twin
 
 __all__ = ["QuantizedSeparableConv2D"]
 
 
 @register_keras
-@register_quantize_target(keras.layers.SeparableConv2D)
+@register_twin(keras.layers.SeparableConv2D, weights=("dw_weight_quantizer", "pw_weight_quantizer"),
+               output=BLOCK_END)
 class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D):
     """A separable convolutional layer that operates on quantized inputs and weights.
 

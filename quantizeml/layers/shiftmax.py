@@ -35,8 +35,9 @@ import tf_keras as keras
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import MAX_VALUE_BITS
 from ..tensors.dispatch.common import bits_for
-from .base import check_qtensor, register_keras, register_quantize_target
+from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import register_twin
 from .quantizers.quantizers import check_bitwidth
 
 __all__ = ["shiftmax", "Shiftmax", "QuantizedShiftmax"]
@@ -230,7 +231,7 @@ class Shiftmax(keras.layers.Layer):
 
 
 @register_keras
-@register_quantize_target(Shiftmax)
+@register_twin(Shiftmax)
 class QuantizedShiftmax(QuantConfigMixin, Shiftmax):
     """A quantized layer to do a quantized function similar to the softmax, but using base 2
     instead of e. So we replace ``softmax(x_i) = e^x_i / sum(e^x_k)`` with

@@ -3,8 +3,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat, concat
-from .base import check_qtensor, clip_to_buffer, register_keras, register_quantize_target
+from .base import check_qtensor, clip_to_buffer, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import BLOCK_END, register_twin
 
 
 def _check_two_inputs(layer, input_shape):
@@ -54,7 +55,7 @@ def _qtensor_list(layer, inputs):
 
 
 @register_keras
-@register_quantize_target(keras.layers.Add, Add)
+@register_twin(keras.layers.Add, Add, output=BLOCK_END, export="add")
 class QuantizedAdd(QuantConfigMixin, Add):
     """Sums two inputs and quantize the output.
 
@@ -87,7 +88,7 @@ class QuantizedAdd(QuantConfigMixin, Add):
 
 
 @register_keras
-@register_quantize_target(keras.layers.Concatenate)
+@register_twin(keras.layers.Concatenate, per_tensor_inputs=True)
 class QuantizedConcatenate(QuantConfigMixin, keras.layers.Concatenate):
     """A Concatenate layer that operates on quantized inputs.
 

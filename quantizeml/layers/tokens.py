@@ -4,9 +4,9 @@ import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype
-from .base import (check_qtensor, clip_to_buffer, record_saturation, register_keras,
-                   register_quantize_target)
+from .base import check_qtensor, clip_to_buffer, record_saturation, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
+from .registry import register_twin
 from .quantizers import Quantizer
 
 __all__ = ["TokenQuantizer", "ClassToken", "QuantizedClassToken", "AddPositionEmbs",
@@ -114,7 +114,7 @@ class ClassToken(keras.layers.Layer):
 
 
 @register_keras
-@register_quantize_target(ClassToken)
+@register_twin(ClassToken)
 class QuantizedClassToken(QuantConfigMixin, ClassToken):
     """Quantize the ClassToken layer, allowing quantization of the output.
 
@@ -185,7 +185,7 @@ class AddPositionEmbs(keras.layers.Layer):
 
 
 @register_keras
-@register_quantize_target(AddPositionEmbs)
+@register_twin(AddPositionEmbs)
 class QuantizedAddPositionEmbs(QuantConfigMixin, AddPositionEmbs):
     """Quantize the AddPositionEmbs layer, allowing operations in FixedPoint domain.
 
@@ -246,7 +246,7 @@ class ExtractToken(keras.layers.Layer):
 
 
 @register_keras
-@register_quantize_target(ExtractToken)
+@register_twin(ExtractToken)
 class QuantizedExtractToken(QuantConfigMixin, ExtractToken):
     """Quantized version of the ExtractToken layer. Accepts only FixedPoint inputs.
 

@@ -1,7 +1,8 @@
 """quantize(): a float tf_keras model in, a calibrated quantized model out.
 
-How layers are quantized (the declarative table is ``QUANTIZATION_TARGETS``, filled by each
-layer module with ``register_quantize_target``):
+How layers are quantized (the declarative table is the twin registry,
+``quantizeml.layers.registry``: each twin registers its ``TwinSpec`` next to its class with
+``register_twin``; the rules below read it and no class names):
 
 * every layer with a quantized twin is replaced by it, its float weights copied (they remain
   the trainable variables, so the quantized model trains under QAT);
@@ -30,36 +31,34 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
-from ..layers.base import QUANTIZATION_TARGETS
+from ..layers.registry import ACTIVATION, BLOCK_END, QUANTIZATION_TARGETS, twin_spec
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
 from ..tensors.fusion import unfused
 from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
-                    rebuild)
+                    replace_layers)
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import Batches
 
-_PASS_THROUGH = ("MaxPooling2D", "Flatten", "Reshape", "Permute", "Dropout")
-_NEEDS_PER_TENSOR = ("Flatten", "Reshape", "Permute", "Concatenate", "Attention")
-_WEIGHT_KEYS = {"BatchNormalization": ("a_quantizer",),
-                "SeparableConv2D": ("dw_weight_quantizer", "pw_weight_quantizer"),
-                "LayerMadNormalization": ("gamma_quantizer",)}
-_OUTPUT_QUANTIZED = ("Add", "GlobalAveragePooling2D", "BatchNormalization",
-                     "LayerMadNormalization", "Attention")
-
-
-def _float_name(layer):
-    """The Keras class name a layer quantizes as (quantized twins report their float twin)."""
-    for float_cls, qcls in QUANTIZATION_TARGETS.items():
-        if type(layer) is float_cls:
-            return float_cls.__name__
-    return type(layer).__name__
+def _spec(layer):
+    """The layer's TwinSpec (float layer with a twin, or a twin), or None."""
+    return twin_spec(layer)
 
 
 def _has_weights(layer):
-    return any(k in _float_name(layer) for k in ("Conv", "Dense")) or \
-        _float_name(layer) in ("BatchNormalization", "LayerMadNormalization")
+    spec = _spec(layer)
+    return spec is not None and spec.has_weights
+
+
+def _is_pass_through(layer):
+    spec = _spec(layer)
+    return spec is not None and spec.pass_through
+
+
+def _is_activation(layer):
+    spec = _spec(layer)
+    return spec is not None and spec.output == ACTIVATION
 
 
 def _is_quantized_layer(layer):
@@ -76,7 +75,7 @@ def _effective_consumers(layer, consumer_map):
             continue
         seen.add(c.name)
         out.append(c)
-        if _float_name(c) in _PASS_THROUGH:
+        if _is_pass_through(c):
             stack.extend(consumer_map.get(c.name, []))
     return out
 
@@ -117,24 +116,24 @@ def _output_quantizer(bits, signed, per_tensor, qparams):
 
 
 def _default_config(layer, qparams, consumer_map, final, first_weights):
-    name = _float_name(layer)
+    spec = _spec(layer)
     config = {}
-    if _has_weights(layer):
+    if spec.has_weights:
         bits = qparams.input_weight_bits if first_weights else qparams.weight_bits
-        for key in _WEIGHT_KEYS.get(name, ("weight_quantizer",)):
+        for key in spec.weights:
             config[key] = {"bitwidth": bits}
     effective = _effective_consumers(layer, consumer_map)
     per_tensor = qparams.per_tensor_activations or any(
-        _float_name(c) in _NEEDS_PER_TENSOR for c in effective)
-    if name == "ReLU":
+        _spec(c) is not None and _spec(c).per_tensor_inputs for c in effective)
+    if spec.output == ACTIVATION:
         config["output_quantizer"] = _output_quantizer(qparams.activation_bits, False,
                                                        per_tensor, qparams)
-    elif (_has_weights(layer) or name in _OUTPUT_QUANTIZED) and not final:
-        real = [c for c in effective if _float_name(c) not in _PASS_THROUGH]
-        if not real or not all(_float_name(c) == "ReLU" for c in real):
+    elif spec.output == BLOCK_END and not final:
+        real = [c for c in effective if not _is_pass_through(c)]
+        if not real or not all(_is_activation(c) for c in real):
             config["output_quantizer"] = _output_quantizer(qparams.output_bits, True,
                                                            per_tensor, qparams)
-    if config or _has_weights(layer) or name == "ReLU":
+    if config or spec.has_weights or spec.output == ACTIVATION:
         config["buffer_bitwidth"] = qparams.buffer_bits
     return config
 
@@ -293,7 +292,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     def after(layer, outputs):
         if isinstance(layer, keras.layers.InputLayer) and not requantize:
             users = consumer_map.get(layer.name, [])
-            if users and all(_float_name(u) == "Rescaling" for u in users):
+            if users and all(_spec(u) is not None and _spec(u).float_inputs for u in users):
                 return outputs
             return input_quantizer(layer, _input_signed(batches, input_index[layer.name]))(
                 outputs)
@@ -317,7 +316,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             return tf.nest.map_structure(dequantize, args)
         return args
 
-    qmodel, new_layers = rebuild(model, convert, after=after, before=before,
+    qmodel, new_layers = replace_layers(model, convert, after=after, before=before,
                                  name=model.name + ("" if requantize else "_quantized"))
     for layer in model.layers:
         if layer.name in new_layers:

@@ -30,25 +30,17 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from ..layers import (Dequantizer, InputQuantizer, OutputQuantizer, QuantizedAdd,
-                      QuantizedConv2D, QuantizedDense, QuantizedDepthwiseConv2D,
-                      QuantizedDropout, QuantizedFlatten, QuantizedGlobalAveragePooling2D,
-                      QuantizedMaxPool2D, QuantizedReLU, QuantizedReshape)
+from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
+from ..layers.registry import twin_spec, twin_specs
+from ..models.graph import Graph
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import MAX_VALUE_BITS
 from ..tensors.dispatch.common import bits_for
 
-__all__ = ["export", "SUPPORTED_LAYERS"]
+__all__ = ["export", "EMITTERS", "supported_layers"]
 
 #: ONNX standard opset of the exported graphs.
 OPSET = 17
-
-#: The Keras layer classes the exporter supports.
-SUPPORTED_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer,
-                    QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense, QuantizedReLU,
-                    QuantizedGlobalAveragePooling2D, QuantizedAdd, QuantizedMaxPool2D,
-                    QuantizedFlatten, QuantizedReshape, QuantizedDropout)
-
 
 class _T:
     """An integer tensor of the graph: its ONNX name and the metadata of the QTensor it is.
@@ -429,21 +421,75 @@ def _dequantize(b, x):
 
 
 # ---- driver ---------------------------------------------------------------------------------
-def _inbound(layer):
-    node = layer.inbound_nodes[0]
-    tensors = node.input_tensors
-    tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
-    return [t._keras_history.layer.name for t in tensors]
+def _flatten(b, layer, xs):
+    return _reshape(b, layer, xs[0], (int(np.prod(xs[0].shape)),))
+
+
+def _reshape_layer(b, layer, xs):
+    return _reshape(b, layer, xs[0], tuple(int(d) for d in layer.output_shape[1:]))
+
+
+def _one_input(emit, **kwargs):
+    """An emitter of a single-input layer, as an ``(b, layer, xs)`` emitter."""
+    def emitter(b, layer, xs):
+        return emit(b, layer, xs[0], **kwargs)
+    return emitter
+
+
+def _identity(b, layer, xs):
+    """Layers that are the identity at inference (dropout)."""
+    return xs[0]
+
+
+def _conv_refuses(layer):
+    if layer.padding_value is not None:
+        return "a padding value other than zero"
+    return None
+
+
+#: ONNX emitter name (``TwinSpec.export``) -> ``(emit(b, layer, inputs) -> _T, refuses)``:
+#: ``refuses(layer)`` returns why a layer of that kind cannot be exported (or None).
+EMITTERS = {
+    "conv": (_one_input(_conv), _conv_refuses),
+    "depthwise_conv": (_one_input(_conv, depthwise=True), None),
+    "dense": (_one_input(_dense), None),
+    "relu": (_one_input(_relu), None),
+    "global_average_pool": (_one_input(_gap), None),
+    "add": (lambda b, layer, xs: _add(b, layer, xs), None),
+    "max_pool": (_one_input(_maxpool), None),
+    "flatten": (_flatten, None),
+    "reshape": (_reshape_layer, None),
+    "identity": (_identity, None),
+}
+
+_QUANTIZER_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer)
+
+
+def supported_layers():
+    """tuple of type: the Keras layer classes the exporter supports (the quantizer layers and
+    every registered twin whose ``export`` names an emitter)."""
+    return _QUANTIZER_LAYERS + tuple(spec.twin for spec in twin_specs()
+                                     if spec.export in EMITTERS)
+
+
+def _emitter(layer):
+    spec = twin_spec(layer)
+    if spec is None or not isinstance(layer, spec.twin):
+        return None
+    return EMITTERS.get(spec.export)
 
 
 def _check_supported(qmodel):
-    bad = [layer for layer in qmodel.layers if not isinstance(layer, SUPPORTED_LAYERS)]
-    bad += [layer for layer in qmodel.layers
-            if isinstance(layer, QuantizedConv2D) and layer.padding_value is not None
-            and layer not in bad]
+    bad = []
+    for layer in qmodel.layers:
+        if isinstance(layer, _QUANTIZER_LAYERS):
+            continue
+        emitter = _emitter(layer)
+        if emitter is None or (emitter[1] is not None and emitter[1](layer) is not None):
+            bad.append(layer)
     if bad:
         listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in bad)
-        supported = ", ".join(c.__name__ for c in SUPPORTED_LAYERS)
+        supported = ", ".join(c.__name__ for c in supported_layers())
         raise ValueError(f"export expected a quantized model made of {supported}. Received: "
                          f"layers it cannot export: {listing}")
     if any(len(layer.inbound_nodes) > 1 for layer in qmodel.layers):
@@ -476,15 +522,15 @@ def export(qmodel, path=None):
         raise ValueError(f"export expected a functional keras.Model. Received: {qmodel!r}")
     _check_supported(qmodel)
     b = _Builder()
+    graph = Graph(qmodel)
     tensors, graph_inputs, outputs = {}, [], {}
-    for layer in qmodel.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            shape = list(layer.output.shape)
-            graph_inputs.append(oh.make_tensor_value_info(
-                layer.name, TensorProto.FLOAT, ["N"] + [int(d) for d in shape[1:]]))
-            tensors[layer.name] = layer.name  # a float graph input
-            continue
-        args = [tensors[name] for name in _inbound(layer)]
+    for layer, ref in zip(graph.input_layers, graph.inputs):
+        graph_inputs.append(oh.make_tensor_value_info(
+            layer.name, TensorProto.FLOAT, ["N"] + [int(d) for d in ref.shape[1:]]))
+        tensors[ref.key] = layer.name  # a float graph input
+    for node in graph.nodes:
+        layer = node.layer
+        args = [tensors[ref.key] for ref in node.inputs]
         x = args[0]
         if isinstance(layer, InputQuantizer):
             if not isinstance(x, str):
@@ -499,30 +545,12 @@ def export(qmodel, path=None):
         elif isinstance(layer, Dequantizer):
             outputs[layer.name] = x
             out = x
-        elif isinstance(layer, QuantizedDepthwiseConv2D):
-            out = _conv(b, layer, x, depthwise=True)
-        elif isinstance(layer, QuantizedConv2D):
-            out = _conv(b, layer, x)
-        elif isinstance(layer, QuantizedDense):
-            out = _dense(b, layer, x)
-        elif isinstance(layer, QuantizedReLU):
-            out = _relu(b, layer, x)
-        elif isinstance(layer, QuantizedGlobalAveragePooling2D):
-            out = _gap(b, layer, x)
-        elif isinstance(layer, QuantizedAdd):
-            out = _add(b, layer, args)
-        elif isinstance(layer, QuantizedMaxPool2D):
-            out = _maxpool(b, layer, x)
-        elif isinstance(layer, QuantizedFlatten):
-            out = _reshape(b, layer, x, (int(np.prod(x.shape)),))
-        elif isinstance(layer, QuantizedReshape):
-            out = _reshape(b, layer, x, tuple(int(d) for d in layer.output_shape[1:]))
-        else:  # QuantizedDropout: identity at inference
-            out = x
-        tensors[layer.name] = out
+        else:
+            out = _emitter(layer)[0](b, layer, args)
+        tensors[node.outputs[0].key] = out
     float_outputs, int_outputs = [], []
-    for i, t in enumerate(qmodel.outputs):
-        name = t._keras_history.layer.name
+    for i, ref in enumerate(graph.outputs):
+        name = graph.producer(ref).layer.name
         if name not in outputs:
             raise ValueError(f"export expected a Dequantizer on every model output. "
                              f"Received: output {name!r}")

@@ -7,40 +7,9 @@ records (the float weights are about to change). Records are plain tensors held 
 tracking: they are never saved with the model (re-record after loading or after changing the
 weights; :func:`quantizeml.models.record_quantization_variables` does it).
 """
-import contextlib
-import threading
-
 import tensorflow as tf
 
-_STATE = threading.local()
-#: Bumped whenever a record is stored or dropped: compiled eager calls (see
-#: :mod:`quantizeml.layers.base`) capture records as constants and retrace when it changes.
-_GENERATION = [0]
-
-
-def generation():
-    """int: a counter that changes whenever any record is stored or dropped."""
-    return _GENERATION[0]
-
-
-def is_recording():
-    """bool: True inside a ``recording(True)`` context (per thread)."""
-    return getattr(_STATE, "enabled", False)
-
-
-@contextlib.contextmanager
-def recording(enable):
-    """Enable or disable recording.
-
-    Args:
-        enable (bool): True to enable recording, False to disable it.
-    """
-    previous = is_recording()
-    _STATE.enabled = bool(enable)
-    try:
-        yield
-    finally:
-        _STATE.enabled = previous
+from ..recording import bump_generation, generation, is_recording, recording  # noqa: F401
 
 
 class NonTrackVariable:
@@ -63,12 +32,12 @@ class NonTrackVariable:
     def set_var(self, value):
         """Stores ``value`` (a tensor, or a nest of tensors)."""
         self._value = value
-        _GENERATION[0] += 1
+        bump_generation()
 
     def reset(self):
         """Drops the stored value."""
         if self._value is not None:
-            _GENERATION[0] += 1
+            bump_generation()
         self._value = None
 
     def __repr__(self):

@@ -2,7 +2,7 @@
 import numpy as np
 import tf_keras as keras
 
-from .graph import Graph, channels_last, rebuild
+from ..graph import Graph, channels_last, rebuild
 
 __all__ = ["align_rescaling"]
 

@@ -1,5 +1,5 @@
 """Flattens nested functional and Sequential models into one functional model."""
-from .graph import Graph, rebuild
+from ..graph import Graph, rebuild
 
 __all__ = ["flatten_model"]
 

@@ -2,7 +2,7 @@
 import numpy as np
 import tf_keras as keras
 
-from .graph import Graph, channels_last, last_axis_only, rebuild
+from ..graph import Graph, channels_last, last_axis_only, rebuild
 
 __all__ = ["fold_batchnorms"]
 

@@ -1,7 +1,8 @@
 """Inserts an OutputQuantizer or a Dequantizer after a layer."""
 import tensorflow as tf
 
-from .graph import Graph, rebuild
+from ... import layers
+from ..graph import Graph, rebuild
 
 __all__ = ["insert_layer"]
 
@@ -31,9 +32,8 @@ def insert_layer(model, target_layer_name, new_layer):
         model = insert_layer(model, "logits", Dequantizer())
         ```
     """
-    from ...layers import Dequantizer, OutputQuantizer
 
-    if not isinstance(new_layer, (OutputQuantizer, Dequantizer)):
+    if not isinstance(new_layer, (layers.OutputQuantizer, layers.Dequantizer)):
         raise ValueError(f"new_layer expected an OutputQuantizer or a Dequantizer instance. "
                          f"Received: new_layer={new_layer!r}")
     graph = Graph(model)

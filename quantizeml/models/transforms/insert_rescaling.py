@@ -1,7 +1,7 @@
 """Inserts a Rescaling layer after the inputs of a model."""
 import tf_keras as keras
 
-from .graph import Graph, rebuild
+from ..graph import Graph, rebuild
 
 __all__ = ["insert_rescaling"]
 

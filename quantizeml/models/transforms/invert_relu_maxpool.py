@@ -1,7 +1,7 @@
 """Moves MaxPool2D layers that follow a ReLU before it."""
 import tf_keras as keras
 
-from .graph import Graph, channels_last, rebuild
+from ..graph import Graph, channels_last, rebuild
 
 __all__ = ["invert_relu_maxpool"]
 

@@ -3,7 +3,7 @@ import math
 
 import tf_keras as keras
 
-from .graph import Graph, channels_last, rebuild
+from ..graph import Graph, channels_last, rebuild
 
 __all__ = ["remove_zeropadding2d"]
 

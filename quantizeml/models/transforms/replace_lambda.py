@@ -4,7 +4,7 @@ import inspect
 import tensorflow as tf
 import tf_keras as keras
 
-from .graph import Graph, TensorRef, rebuild
+from ..graph import Graph, TensorRef, rebuild
 
 __all__ = ["replace_lambda"]
 

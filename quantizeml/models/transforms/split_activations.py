@@ -1,7 +1,7 @@
 """Splits the fused activation of processing layers into a layer of its own."""
 import tf_keras as keras
 
-from .graph import Graph, rebuild
+from ..graph import Graph, rebuild
 
 __all__ = ["split_activations"]
 

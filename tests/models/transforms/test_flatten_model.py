@@ -3,7 +3,7 @@ import pytest
 import tf_keras as keras
 
 from quantizeml.models.transforms import flatten_model
-from quantizeml.models.transforms.graph import Graph
+from quantizeml.models.graph import Graph
 
 L = keras.layers
 TOL = dict(rtol=1e-6, atol=1e-6)
