@@ -1,11 +1,41 @@
 """Loading quantized models and applying weights."""
+import os
 import warnings
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from .. import QuantizeMLWarning
 from ..layers import recording
+
+
+class ModelFileError(OSError):
+    """A model file (or SavedModel directory) that cannot be read: missing, truncated, corrupt,
+    not HDF5, not a SavedModel. The message names the file (also in ``path``); the
+    original error is the ``__cause__``."""
+
+
+class ModelContentError(ValueError):
+    """A model file that was read but whose model cannot be rebuilt (no model config, an
+    unknown layer class, ...). The message names the file (also in ``path``); the original
+    error is the ``__cause__``."""
+
+
+def _load_error(path, error):
+    """The ModelFileError or ModelContentError naming ``path`` that wraps ``error``."""
+    original = f"{type(error).__name__}: {error}"
+    if isinstance(error, (OSError, tf.errors.OpError)) or \
+            type(error).__name__ == "DecodeError":  # protobuf: a corrupt saved_model.pb
+        wrapped = ModelFileError(f"load_model expected a readable Keras model file (h5, "
+                                 f".keras or SavedModel directory). Received: "
+                                 f"model_path={path!r} ({original})")
+    else:
+        wrapped = ModelContentError(f"load_model expected a model that Keras can rebuild "
+                                    f"(pass the classes of user layers in custom_layers). "
+                                    f"Received: model_path={path!r} ({original})")
+    wrapped.path = path
+    return wrapped
 
 
 def load_model(model_path, custom_layers=None, compile_model=True):
@@ -15,15 +45,29 @@ def load_model(model_path, custom_layers=None, compile_model=True):
     custom_objects are needed for them.
 
     Args:
-        model_path (str): path of the model to load (h5 file or SavedModel directory).
+        model_path (str or os.PathLike): path of the model to load (h5 file or SavedModel
+            directory).
         custom_layers (dict, optional): custom layers to add to the model. Defaults to None.
         compile_model (bool, optional): whether to compile the model. Defaults to True.
 
     Returns:
         keras.Model: the loaded model.
+
+    Raises:
+        ModelFileError: (an ``OSError``) for a file that cannot be read: missing, truncated,
+            corrupt, not HDF5, or a directory that is not a SavedModel.
+        ModelContentError: (a ``ValueError``) for a file whose model cannot be rebuilt, e.g.
+            an HDF5 file without a model config or with an unregistered layer class.
+
+        Both name ``model_path`` in their message and keep the original error as
+        ``__cause__``.
     """
-    return keras.models.load_model(model_path, custom_objects=custom_layers,
-                                   compile=compile_model)
+    path = os.fspath(model_path)
+    try:
+        return keras.models.load_model(path, custom_objects=custom_layers,
+                                       compile=compile_model)
+    except Exception as e:  # noqa: BLE001 - every loader error names the file
+        raise _load_error(path, e) from e
 
 
 def apply_weights_to_model(model, weights, verbose=True):

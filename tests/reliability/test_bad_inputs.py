@@ -225,23 +225,70 @@ def _corrupt_copies(src, tmp_path):
     zeroed.write_bytes(bytes(corrupt))
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(b"not an hdf5 file")
+    random = tmp_path / "random.h5"
+    random.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
     return {"truncated": (str(truncated), r"truncated file"),
             "corrupt": (str(zeroed), r"Unable to .*open file"),
-            "garbage": (str(garbage), r"file signature not found")}
+            "garbage": (str(garbage), r"file signature not found"),
+            "random-bytes": (str(random), r"file signature not found"),
+            "empty": (str(empty), r"file signature not found")}
 
 
-@pytest.mark.parametrize("kind", ["truncated", "corrupt", "garbage"])
+def _check_names_file(info, path, cause=OSError):
+    """The loader error names the file and keeps the original error as its cause."""
+    assert repr(path) in str(info.value), str(info.value)
+    assert info.value.path == path
+    assert isinstance(info.value.__cause__, cause), repr(info.value.__cause__)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "corrupt", "garbage", "random-bytes", "empty"])
 def test_corrupt_h5(model_files, tmp_path, kind):
     path, match = _corrupt_copies(model_files[0], tmp_path)[kind]
     digest = _hash(path)
-    with pytest.raises(OSError, match=match):
+    with pytest.raises(OSError, match=match) as info:
         load_model(path)
+    _check_names_file(info, path)
     assert _hash(path) == digest
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(OSError, match="No file or directory found"):
-        load_model(str(tmp_path / "missing.h5"))
+    path = str(tmp_path / "missing.h5")
+    with pytest.raises(OSError, match="No file or directory found") as info:
+        load_model(path)
+    _check_names_file(info, path)
+
+
+def test_pathlike_path_named(tmp_path):
+    with pytest.raises(OSError) as info:
+        load_model(tmp_path / "missing.h5")
+    _check_names_file(info, str(tmp_path / "missing.h5"))
+
+
+@pytest.mark.parametrize("files", [[], ["notes.txt"], ["variables/x.index"]],
+                         ids=["empty", "text-file", "variables-only"])
+def test_directory_not_a_savedmodel(tmp_path, files):
+    path = tmp_path / "not_a_savedmodel"
+    path.mkdir()
+    for name in files:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text("not a model")
+    digest = _hash(str(path))
+    with pytest.raises(OSError, match="SavedModel file does not exist") as info:
+        load_model(str(path))
+    _check_names_file(info, str(path))
+    assert _hash(str(path)) == digest
+
+
+def test_h5_without_model_config(tmp_path):
+    import h5py
+    path = str(tmp_path / "weights_only.h5")
+    with h5py.File(path, "w") as f:
+        f["weights"] = np.zeros(3)
+    with pytest.raises(ValueError, match="No model config found") as info:
+        load_model(path)
+    _check_names_file(info, path, cause=ValueError)
 
 
 def test_truncated_savedmodel(model_files, tmp_path):
@@ -253,8 +300,9 @@ def test_truncated_savedmodel(model_files, tmp_path):
     with open(pb, "wb") as f:
         f.write(data[:len(data) // 2])
     digest = _hash(path)
-    with pytest.raises(OSError, match=r"saved_model.pb.*(corrupt|parse)"):
+    with pytest.raises(OSError, match=r"saved_model.pb.*(corrupt|parse)") as info:
         load_model(path)
+    _check_names_file(info, path, cause=Exception)
     assert _hash(path) == digest
 
 
@@ -267,8 +315,9 @@ def test_savedmodel_missing_variables(model_files, tmp_path):
         if f.endswith(".index"):
             os.remove(os.path.join(variables, f))
     digest = _hash(path)
-    with pytest.raises((OSError, ValueError, tf.errors.OpError)):
+    with pytest.raises((OSError, ValueError)) as info:
         load_model(path)
+    _check_names_file(info, path, cause=Exception)
     assert _hash(path) == digest
 
 
@@ -285,8 +334,9 @@ def test_unregistered_custom_layer_h5(tmp_path):
     path = str(tmp_path / "user.h5")
     model.save(path)
     digest = _hash(path)
-    with pytest.raises(ValueError, match=r"Unknown layer: 'UserLayer'"):
+    with pytest.raises(ValueError, match=r"Unknown layer: 'UserLayer'") as info:
         load_model(path)
+    _check_names_file(info, path, cause=ValueError)
     assert _hash(path) == digest
     # registering it through custom_layers loads it
     loaded = load_model(path, custom_layers={"UserLayer": UserLayer})
