@@ -17,6 +17,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["quantizeml", "quantizeml.*"]),
+    # the console script starts outside the package, to silence TensorFlow before its import
+    py_modules=["quantizeml_launcher"],
+    # everything `quantizeml demo` (the README's first command) imports at run time;
+    # tests/test_demo.py checks it
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
@@ -24,6 +28,7 @@ setup(
         "onnx",
         "onnxruntime",
         "absl-py",
+        "scikit-learn",   # the demo's digits data set (quantizeml.models.zoo)
     ],
     extras_require={
         "test": [
@@ -38,5 +43,5 @@ setup(
         "examples": ["scikit-learn", "matplotlib"],
         "onnx": ["onnx", "onnxruntime"],
     },
-    entry_points={"console_scripts": ["quantizeml=quantizeml.cli:main"]},
+    entry_points={"console_scripts": ["quantizeml=quantizeml_launcher:main"]},
 )

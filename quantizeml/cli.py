@@ -12,12 +12,24 @@ Subcommands:
 * ``quantizeml export-onnx QMODEL -o out.onnx``: exports a quantized model to ONNX.
 
 Errors are reported as one line on stderr (exit code 1; 2 for a bad command line), with the
-traceback only under ``--debug``.
+traceback only under ``--debug``. Progress goes to stderr: stage lines, and on a terminal a
+progress bar (``quantizeml.progress``); in a pipe no bar characters, on stdout nothing but the
+command's result.
+
+TensorFlow's logs stay off the terminal unless asked for (``--debug``, or ``TF_CPP_MIN_LOG_LEVEL``
+set by the user): :func:`main` sets ``TF_CPP_MIN_LOG_LEVEL=3`` when unset and silences the
+Python-side TensorFlow, absl and Keras warnings while the command runs. The console script starts
+in ``quantizeml_launcher`` (beside the package), which does the same before the package, and so
+TensorFlow, is first imported, and keeps TensorFlow's start-up lines off file descriptor 2. This
+module imports no TensorFlow at module level.
 """
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import warnings
 
 from .version import __version__
 
@@ -39,9 +51,35 @@ def _demo(args):
              verbose=not args.quiet)
 
 
-def _log(args, msg):
-    if not getattr(args, "quiet", False):
+def _log(args, msg, bar=None):
+    """Prints a progress line on stderr (above the bar, if any), unless --quiet."""
+    if getattr(args, "quiet", False):
+        return
+    if bar is not None:
+        bar.write(msg)
+    else:
         print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(args, steps, label):
+    """A progress bar over a command's steps: on stderr when it is a terminal, and not --quiet."""
+    from .progress import ProgressBar
+    return ProgressBar(steps, label, enabled=None if not getattr(args, "quiet", False) else False,
+                       tick=0.5)
+
+
+@contextlib.contextmanager
+def _library_progress(bar):
+    """Runs a library call with its own (Keras) progress bar where ``bar`` draws (a terminal).
+
+    Yields the ``verbose`` value to pass: True on a terminal, with stdout sent to stderr so that
+    the Keras bar never lands in the command's output; False elsewhere.
+    """
+    if not bar.enabled:
+        yield False
+        return
+    with bar.hidden(), contextlib.redirect_stdout(sys.stderr):
+        yield True
 
 
 def _load_model(path, what="MODEL", quantized=False):
@@ -106,17 +144,23 @@ def _quantize(args):
         output_bits=args.output_bits or args.activation_bits,
         input_weight_bits=args.input_weight_bits or args.weight_bits,
         per_tensor_activations=args.per_tensor_activations)
-    _log(args, f"Sanitizing {model.name!r}...")
-    model = sanitize(model)
-    num = len(samples) if samples is not None else args.num_samples
-    _log(args, f"Quantizing (weights {qparams.weight_bits} bits, activations "
-               f"{qparams.activation_bits} bits) and calibrating on {num} "
-               f"{'samples' if samples is not None else 'random samples'}...")
-    qmodel = quantize(model, q_config=q_config, qparams=qparams, samples=samples,
-                      num_samples=num, verbose=not args.quiet)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    qmodel.save(args.output)
+    with _progress(args, 3, "quantize") as bar:
+        bar.update(0, "sanitizing")
+        _log(args, f"Sanitizing {model.name!r}...", bar)
+        model = sanitize(model)
+        num = len(samples) if samples is not None else args.num_samples
+        bar.update(1, "quantizing and calibrating")
+        _log(args, f"Quantizing (weights {qparams.weight_bits} bits, activations "
+                   f"{qparams.activation_bits} bits) and calibrating on {num} "
+                   f"{'samples' if samples is not None else 'random samples'}...", bar)
+        with _library_progress(bar) as verbose:
+            qmodel = quantize(model, q_config=q_config, qparams=qparams, samples=samples,
+                              num_samples=num, verbose=verbose)
+        bar.update(1, "saving")
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(out_dir, exist_ok=True)
+        qmodel.save(args.output)
+        bar.update(1, "done")
     _log(args, f"Quantized model saved to {args.output}")
 
 
@@ -143,9 +187,16 @@ def _analyze(args):
     qmodel = _load_model(args.qmodel, "QMODEL", quantized=True)
     samples = _load_samples(args.samples)
     from .models.transforms import sanitize
-    model = sanitize(model)
-    table = compare(model, qmodel, samples, verbose=not args.quiet)
-    print(format_table(table))
+    with _progress(args, 2, "analyze") as bar:
+        bar.update(0, "sanitizing")
+        model = sanitize(model)
+        bar.update(1, f"comparing on {len(samples)} samples")
+        _log(args, f"Comparing {model.name!r} and {qmodel.name!r} layer by layer on "
+                   f"{len(samples)} samples...", bar)
+        with _library_progress(bar) as verbose:
+            table = compare(model, qmodel, samples, verbose=verbose)
+        bar.update(1, "done")
+    print(format_table(table), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=2)
@@ -163,25 +214,48 @@ def _export_onnx(args):
         from .onnx_support.export import export
     except ImportError as e:
         raise CommandError(f"ONNX export is not available in this installation ({e})") from e
-    export(qmodel, args.output)
+    with _progress(args, 1, "export-onnx") as bar:
+        bar.update(0, f"exporting {qmodel.name!r}")
+        export(qmodel, args.output)
+        bar.update(1, "done")
     _log(args, f"ONNX model saved to {args.output}")
 
 
-def _quiet_libraries():
-    """Silences the TensorFlow/Keras chatter (legacy-h5 and compiled-metrics warnings)."""
-    import logging
-    import warnings
-    warnings.filterwarnings("ignore", message=".*HDF5 file.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+QUIET_LOG_LEVEL = "3"   # TF_CPP_MIN_LOG_LEVEL: no INFO, WARNING or ERROR line from TF's C++
+
+
+@contextlib.contextmanager
+def _quiet_libraries(debug):
+    """Silences the TensorFlow/absl/Keras chatter while a command runs (not under --debug).
+
+    Python warnings (legacy-h5, deprecations) are ignored and the ``tensorflow`` and ``absl``
+    loggers (e.g. "compiled metrics have yet to be built") show errors only; all of it is
+    restored on exit, so that ``main()`` called in a process leaves it as it was.
+    """
+    if debug:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def build_parser():
     parser = _Parser(
-        prog="quantizeml",
+        prog="quantizeml", allow_abbrev=False,   # --debug is also read before parsing
         description="Quantization-aware training and integer deployment of tf_keras models.")
     parser.add_argument("--version", action="version", version=f"quantizeml {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks on errors, and TensorFlow's logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser("demo", help="train, quantize (8/8, 4/4+QAT) and save the digits CNN",
                           description="Train the reference digits CNN, quantize it at 8/8 and "
@@ -191,7 +265,8 @@ def build_parser():
                       help="output folder (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=10, help="float training epochs")
     demo.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs at 4/4 bits")
-    demo.add_argument("-q", "--quiet", action="store_true", help="less output")
+    demo.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress and no table (the results are in OUTPUT/results.json)")
     demo.set_defaults(func=_demo)
 
     quant = sub.add_parser(
@@ -270,11 +345,11 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not args.debug:
-        _quiet_libraries()
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LOG_LEVEL)
     try:
-        args.func(args)
+        with _quiet_libraries(args.debug):
+            args.func(args)
     except Exception as e:  # noqa: BLE001 - one line, the traceback under --debug
         if args.debug:
             raise
