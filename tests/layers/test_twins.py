@@ -243,8 +243,8 @@ def _check_reload(qmodel, x, expected, tmp_path, formats=("h5", "tf"), save_trac
     """Saves and reloads with quantizeml.models.load_model: bit-identical outputs.
 
     The SavedModel is saved without traces by default (0.3 s instead of 3 s a model): tf_keras
-    revives registered classes from their configs either way; the traced save is the slow
-    ``test_twin_saved_model_traces``.
+    revives registered classes from their configs either way; the traced SavedModel of each
+    twin is saved and reloaded by its own test module (``check_save_load``).
     """
     for fmt in formats:
         path = str(tmp_path / ("model.h5" if fmt == "h5" else "saved_model"))
@@ -317,14 +317,6 @@ def test_twin(spec, tmp_path):
     _check_reload(qmodel, x, expected, tmp_path)
     # (d) QAT gradients
     _check_gradients(qmodel, qlayer, spec, x)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("spec", SPECS, ids=IDS)
-def test_twin_saved_model_traces(spec, tmp_path):
-    model, x = CASES[spec.twin]()
-    qmodel = quantize(model, samples=x, num_samples=SAMPLES, batch_size=SAMPLES)
-    _check_reload(qmodel, x, _float(qmodel(x)), tmp_path, formats=("tf",), save_traces=True)
 
 
 # ---- the registry ------------------------------------------------------------------------------
