@@ -15,13 +15,48 @@ says so.
 import numpy as np
 import tensorflow as tf
 
-from .carrier import (BUFFER_BITS, carrier_dtype, check_value_bits, round_half_up,
-                      round_shifted_half_up)
+from .carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, check_value_bits,
+                      round_half_up, round_shifted_half_up)
 from .qtensor import QTensor, is_per_tensor
 
 
 def _as_frac_bits(frac_bits):
     return tf.cast(frac_bits, tf.float32)
+
+
+def _check_fixed_point_value_bits(value_bits):
+    """Validates the value bits of a FixedPoint: an int in [1, MAX_VALUE_BITS] (a FixedPoint of
+    0 value bits would only hold -1 and 0)."""
+    value_bits = check_value_bits(value_bits)
+    if value_bits < 1:
+        raise ValueError(f"FixedPoint value_bits expected an int in [1, {MAX_VALUE_BITS}] "
+                         f"(a signed quantizer of bitwidth b has b - 1 value bits). "
+                         f"Received: value_bits={value_bits}")
+    return value_bits
+
+
+def _check_integer_values(values):
+    """Raises a ValueError for concrete non-integer values: Python numbers and lists, numpy
+    arrays and eager tensors. Symbolic (graph) tensors are not checked: no op is added to a
+    traced graph. NaN and infinities are not reported (they are not fractions)."""
+    if isinstance(values, tf.Tensor):
+        if tf.is_symbolic_tensor(values) or not values.dtype.is_floating:
+            return
+        array = values.numpy()
+    elif isinstance(values, (np.ndarray, np.generic, int, float, list, tuple)):
+        array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.floating):
+            return
+    else:  # variables, KerasTensors, ...: not checked
+        return
+    if np.array_equal(array, np.floor(array)):  # the common case, in one pass
+        return
+    fractional = np.isfinite(array) & (array != np.floor(array))
+    if np.any(fractional):
+        first = array[fractional].flat[0]
+        raise ValueError(f"FixedPoint values expected integers (use FixedPoint.quantize to "
+                         f"quantize float values). Received: values with "
+                         f"{int(np.sum(fractional))} non-integer value(s), e.g. {first!r}")
 
 
 def _pow2(exponent, dtype):
@@ -73,11 +108,22 @@ class FixedPoint(QTensor):
 
     Args:
         values (tf.Tensor): a tensor of integer values.
-        value_bits (int): the number of value bits (sign bit excluded).
+        value_bits (int): the number of value bits (sign bit excluded), in [1, 52].
         frac_bits (tf.Tensor): an integer tensor of fractional bits, scalar or per-axis.
         clip (bool, optional): clip the values to the value bits. Only an exact result known
             to fit them (a sum of values with one more value bit, a product with the sum of
             the value bits...) may skip it. Defaults to True.
+
+    Raises:
+        TypeError: for value_bits that are not an int, or values of a non-numeric dtype.
+        ValueError: for value_bits outside [1, 52], or non-integer values.
+
+    What is checked where: ``value_bits`` is a static Python int, checked at every
+    construction (in graphs at trace time, no op). The values are checked to be integers when
+    they are concrete: Python numbers or lists, numpy arrays and eager tensors. Symbolic
+    tensors (inside ``tf.function`` and Keras graphs) are not checked, so that traced graphs
+    carry no extra op: there the values come from the exact integer operations of this module
+    (``quantize`` rounds, shifts are exact), and a float input must go through ``quantize``.
 
     Example:
         ```python
@@ -98,12 +144,13 @@ class FixedPoint(QTensor):
             return self.values.shape
 
     def __init__(self, values, value_bits, frac_bits, *, clip=True):
-        value_bits = check_value_bits(value_bits)
+        value_bits = _check_fixed_point_value_bits(value_bits)
         dtype = carrier_dtype(value_bits)
         if isinstance(values, tf.Tensor) and not values.dtype.is_floating \
                 and not values.dtype.is_integer:
             raise TypeError("FixedPoint values expected an integer or float tensor. "
                             f"Received: values.dtype={values.dtype}")
+        _check_integer_values(values)
         values = tf.cast(values, dtype)
         if clip:
             int_max = 2.0**value_bits - 1
@@ -175,14 +222,17 @@ class FixedPoint(QTensor):
 
         Args:
             x (tf.Tensor): a tensor of float values.
-            value_bits (int): the number of value bits.
+            value_bits (int): the number of value bits, in [1, 52].
             frac_bits (tf.Tensor, optional): an integer tensor of fractional bits.
                 Defaults to None.
 
         Returns:
             FixedPoint: the FixedPoint tensor.
+
+        Raises:
+            ValueError: for value_bits outside [1, 52] (TypeError when not an int).
         """
-        value_bits = check_value_bits(value_bits)
+        value_bits = _check_fixed_point_value_bits(value_bits)
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             x = tf.cast(x, tf.float32)

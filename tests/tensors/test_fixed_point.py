@@ -11,7 +11,7 @@ from . import reference as ref
 from .assertions import check, fixed_point, ints
 from .reference import SETTINGS, fixed_points, float32_arrays, int_arrays
 
-CARRIER_BITS = [0, 1, 7, 8, 15, 16, 22, 23, 24, 31, 32, 52]
+CARRIER_BITS = [1, 7, 8, 15, 16, 22, 23, 24, 31, 32, 52]
 
 
 # ---- construction: carrier, clipping, bad inputs ---------------------------------------------
@@ -29,15 +29,13 @@ def test_clip_at_exact_boundaries(value_bits):
     lo, hi = ref.int_min(value_bits), ref.int_max(value_bits)
     values = [lo - 1, lo, lo + 1, -1, 0, 1, hi - 1, hi, hi + 1, 10 * lo, 10 * hi]
     expected = [lo, lo, lo + 1, -1, 0, 1, hi - 1, hi, hi, lo, hi]
-    if value_bits == 0:  # [-1, 0]
-        expected = [-1, -1, 0, -1, 0, 0, -1, 0, 0, -1, 0]
     check(fixed_point(values, value_bits, 3), expected, value_bits, 3)
 
 
 @SETTINGS
 @given(st.data())
 def test_clip_property(data):
-    value_bits = data.draw(st.integers(0, 40))
+    value_bits = data.draw(st.integers(1, 40))
     values = data.draw(int_arrays(value_bits, in_range=False))
     check(fixed_point(values, value_bits, 0), ref.clip(values, value_bits), value_bits, 0)
 
@@ -64,6 +62,72 @@ def test_numpy_int_value_bits_accepted():
     fp = FixedPoint(tf.constant([300.0]), np.int64(8), 0)
     assert fp.value_bits == 8 and isinstance(fp.value_bits, int)
     check(fp, [255], 8, 0)
+
+
+@pytest.mark.parametrize("bits", [0, -1], ids=["zero", "negative"])
+def test_value_bits_below_one_rejected(bits):
+    """value_bits < 1 is refused by the constructor and quantize, naming the argument (a
+    FixedPoint of 0 value bits would silently hold only -1 and 0)."""
+    match = rf"value_bits expected an int in \[{1 if bits == 0 else 0}, 52\].*" \
+            rf"Received: value_bits={bits}$"
+    with pytest.raises(ValueError, match=match):
+        FixedPoint.quantize(tf.constant([0.5, -1.0]), value_bits=bits)
+    with pytest.raises(ValueError, match=match):
+        FixedPoint.quantize([0.5, -1.0], bits, 2)
+    with pytest.raises(ValueError, match=match):
+        FixedPoint(tf.constant([0.0, -1.0]), bits, 0)
+    with pytest.raises(ValueError, match=match):
+        tf.function(lambda x: FixedPoint(x, bits, 0).values)(tf.zeros(2))
+
+
+NON_INTEGERS = {"python-list": [1.0, 2.5], "python-float": 0.25,
+                "numpy-float32": np.array([[1, 2], [3, 4.5]], np.float32),
+                "numpy-float64": np.array([1e6 + 0.5]), "numpy-scalar": np.float64(-0.5),
+                "eager-float32": tf.constant([3.0, -0.75]),
+                "eager-float64": tf.constant([2.0**40 + 0.5], tf.float64)}
+
+
+@pytest.mark.parametrize("values", NON_INTEGERS.values(), ids=NON_INTEGERS.keys())
+@pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
+def test_non_integer_values_rejected(values, clip):
+    with pytest.raises(ValueError, match=r"FixedPoint values expected integers.*"
+                                         r"Received: values with 1 non-integer value"):
+        FixedPoint(values, 45, 0, clip=clip)
+
+
+@SETTINGS
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=8),
+       st.booleans())
+def test_integer_check_property(values, eager):
+    """Concrete values are accepted exactly when they are all integers (numpy or eager)."""
+    array = np.array(values, np.float32)
+    inputs = tf.constant(array) if eager else array
+    if np.all(array == np.round(array)):
+        check(FixedPoint(inputs, 23, 0), array.astype(np.int64), 23, 0)
+    else:
+        with pytest.raises(ValueError, match="FixedPoint values expected integers"):
+            FixedPoint(inputs, 23, 0)
+
+
+def test_integer_values_of_any_kind_accepted():
+    for values in ([1, -2], [1.0, -2.0], np.array([3, 4], np.int64), tf.constant([5, 6]),
+                   tf.constant([7.0, 8.0], tf.float64), np.float32(9.0), 10,
+                   np.array([np.inf, -np.inf, np.nan], np.float32)):
+        FixedPoint(values, 8, 0)
+
+
+def test_graph_construction_adds_no_check_op():
+    """Symbolic values are not checked: tracing adds no op (the graph of a FixedPoint built
+    from its input is the clip alone), and non-integers pass through at run time."""
+    def build(x):
+        return FixedPoint(x, 7, 0).values
+
+    graph = tf.function(build).get_concrete_function(tf.TensorSpec([4], tf.float32)).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert ops <= {"Placeholder", "Const", "Maximum", "Minimum", "Identity", "Cast"}, ops
+    assert not ops & {"Floor", "Round", "Equal", "NotEqual", "All", "Assert"}
+    np.testing.assert_array_equal(tf.function(build)(tf.constant([0.5, 1.0, -2.0, 300.0])),
+                                  [0.5, 1.0, -2.0, 127.0])
 
 
 def test_bad_values_dtype():

@@ -10,8 +10,9 @@ MAX_RESULT_BITS = BUFFER_BITS - 1
 
 
 def bits_for(bound):
-    """Value bits that hold every integer of magnitude up to ``bound`` (a Python number)."""
-    return int(np.ceil(bound)).bit_length()
+    """Value bits that hold every integer of magnitude up to ``bound`` (a Python number), at
+    least 1 (the fewest a FixedPoint has: a zero bound, e.g. ``x * 0`` or ``x + 0``, gets 1)."""
+    return max(int(np.ceil(bound)).bit_length(), 1)
 
 
 def check_result_bits(value_bits, op):
