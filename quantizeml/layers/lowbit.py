@@ -4,7 +4,9 @@ QuantDepthwiseConv2D, and the reference binarized digits CNN built from them.
 Each layer is its Keras twin with quantizers in front of the operation: the inputs go through
 ``input_quantizer`` and the float kernel (the trainable latent weights) through
 ``kernel_quantizer`` (``depthwise_quantizer``) on every call, then the float operation runs on
-the quantized values: ``y = activation(op(q_in(x), q_w(W)) + b)``. Quantizers are given by
+the quantized values: ``y = activation(op(q_in(x), q_w(W)) + b)``. As in Larq, the quantized
+variable carries the ``precision`` of its quantizer when it has one
+(``layer.kernel.precision == 1`` with ``kernel_quantizer="ste_sign"``). Quantizers are given by
 object or by name (``kernel_quantizer="ste_sign"``), constraints likewise
 (``kernel_constraint="weight_clip"``). The parameters of the Keras twin keep their names, order
 and defaults; the quantizer parameters come after them (Larq puts them before
@@ -50,7 +52,12 @@ class _QuantizedOperandsMixin:
             self.input_quantizer, tf.TensorShape(input_shape), "input")
         self._weight_quantizer_weights = self._build_quantizer(
             self._weight_quantizer, weight.shape, self._weight_name)
-        if "flip_ratio" in (getattr(self._weight_quantizer, "metrics", None) or ()):
+        precision = getattr(self._weight_quantizer, "precision", None)
+        if precision is not None:
+            # as Larq: the variable carries the precision of its quantizer (read by
+            # optimizers such as Bop and by model summaries)
+            weight.precision = precision
+        if "flip_ratio" in (getattr(self._weight_quantizer, "custom_metrics", None) or ()):
             self.flip_ratio = FlipRatio(name=f"flip_ratio/{self.name}")
             self.flip_ratio.build(weight.shape)
 

@@ -126,11 +126,13 @@ def _instantiate(cls, name, kwargs):
     return cls(**kwargs)
 
 
-def serialize(quantizer):
+def serialize(initializer):
     """Returns the JSON-native config of a quantizer (or of a registered function).
 
+    The argument is named ``initializer`` as in ``keras.quantizers.serialize(initializer)``.
+
     Args:
-        quantizer (object): a quantizer instance, a Keras-registered function, or None.
+        initializer (object): a quantizer instance, a Keras-registered function, or None.
 
     Returns:
         dict: ``{"module", "class_name", "config", "registered_name"}`` as Keras writes it, or
@@ -139,20 +141,21 @@ def serialize(quantizer):
     Raises:
         TypeError: when the object has no ``get_config`` and is not a registered function.
     """
+    quantizer = initializer
     if quantizer is None:
         return None
     if inspect.isclass(quantizer):
         raise TypeError("serialize expected a quantizer instance, not a class. "
-                        f"Received: quantizer={quantizer!r}")
+                        f"Received: initializer={quantizer!r}")
     if inspect.isfunction(quantizer):
         registered_name = keras.saving.get_registered_name(quantizer)
         if keras.saving.get_registered_object(registered_name) is not quantizer:
             raise TypeError("serialize expected a function registered with "
                             "keras.saving.register_keras_serializable. "
-                            f"Received: quantizer={quantizer!r}")
+                            f"Received: initializer={quantizer!r}")
     elif not hasattr(quantizer, "get_config"):
         raise TypeError("serialize expected an object with get_config or a registered "
-                        f"function. Received: quantizer={quantizer!r}")
+                        f"function. Received: initializer={quantizer!r}")
     return keras.saving.serialize_keras_object(quantizer)
 
 

@@ -1,11 +1,14 @@
 """Low-bit quantizers with straight-through pseudo-gradients (the Larq family).
 
 Each scheme is a plain function (``ste_sign``, ``approx_sign``, ...) and a thin serializable
-class on top (``SteSign``, ``ApproxSign``, ...) usable as ``input_quantizer`` or
-``kernel_quantizer`` of the low-bit layers, by object or by name (``"ste_sign"``).
+class on top (``SteSign``, ``ApproxSign``, ...), a Keras layer as in Larq, usable as
+``input_quantizer`` or ``kernel_quantizer`` of the low-bit layers, by object or by name
+(``"ste_sign"``). The function names are also Keras activations
+(``keras.layers.Activation("ste_sign")``, ``Dense(..., activation="ste_sign")``).
 The forward pass quantizes; the backward pass uses the documented pseudo-gradient.
 """
 import abc
+import json
 import numbers
 
 import tensorflow as tf
@@ -20,11 +23,78 @@ SUPPORTED_METRICS = ("flip_ratio",)
 DOREFA_MODES = ("activations", "weights")
 
 
+#: string id -> functional quantizer usable as a Keras activation (``Activation("ste_sign")``).
+_ACTIVATIONS = {}
+
+
+@keras.saving.register_keras_serializable(package="quantizeml")
+class QuantizerActivation:
+    """A functional quantizer used as a Keras activation by its string id.
+
+    ``keras.activations.get("ste_sign")`` (so ``Activation("ste_sign")`` and
+    ``Dense(..., activation="ste_sign")``) returns this callable: ``ste_sign(x)`` with its
+    pseudo-gradient. It exists because tf_keras writes a custom activation *function* to h5 in
+    a form that its own h5 loader cannot read back; this object serializes as
+    ``{"class_name": "QuantizerActivation", "config": {"identifier": "ste_sign"}}``, which
+    h5, SavedModel and .keras files all reload.
+
+    Args:
+        identifier (str): the name of a functional quantizer (``"ste_sign"``, ``"ste_tern"``,
+            ...).
+    """
+
+    def __init__(self, identifier):
+        if identifier not in _ACTIVATIONS:
+            raise ValueError(f"QuantizerActivation identifier expected one of "
+                             f"{sorted(_ACTIVATIONS)}. Received: identifier={identifier!r}")
+        self.identifier = identifier
+        self.__name__ = identifier
+        self.precision = _ACTIVATIONS[identifier].precision
+
+    def __call__(self, inputs):
+        return _ACTIVATIONS[self.identifier](inputs)
+
+    def get_config(self):
+        return {"identifier": self.identifier}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.identifier == other.identifier
+
+    def __hash__(self):
+        return hash((type(self), self.identifier))
+
+    def __repr__(self):
+        return f"QuantizerActivation({self.identifier!r})"
+
+
+def _register_keras_name(name, obj):
+    """Adds ``obj`` to Keras' custom objects under the plain ``name`` (what tf_keras'
+    activation lookup and its legacy h5 loader search); a name taken by another object
+    raises."""
+    custom_objects = keras.utils.get_custom_objects()
+    other = custom_objects.get(name)
+    if other is not None and other != obj:
+        raise ValueError(f"Keras custom object name expected to be free. Received: "
+                         f"name={name!r}, already registered to {other!r}")
+    custom_objects[name] = obj
+
+
+_register_keras_name("QuantizerActivation", QuantizerActivation)
+
+
 def _register_function(precision):
-    """Registers a functional quantizer with Keras serialization and tags its precision."""
+    """Registers a functional quantizer with Keras serialization, tags its precision and makes
+    its name a Keras activation (:class:`QuantizerActivation`)."""
     def wrap(fn):
         fn.precision = precision
-        return keras.saving.register_keras_serializable(package="quantizeml")(fn)
+        keras.saving.register_keras_serializable(package="quantizeml")(fn)
+        _ACTIVATIONS[fn.__name__] = fn
+        _register_keras_name(fn.__name__, QuantizerActivation(fn.__name__))
+        return fn
     return wrap
 
 
@@ -269,36 +339,62 @@ def dorefa(x, k_bit=2, mode="activations"):
     return 2.0 * _round_with_identity_gradient(normed, levels) - 1.0
 
 
-class BaseQuantizer(ConfigEquality, metaclass=abc.ABCMeta):
-    """Base class of the low-bit quantizers (Larq's ``BaseQuantizer``).
+#: Keras layer arguments, left out of quantizer equality (an automatic ``name`` differs between
+#: two otherwise identical quantizers).
+_LAYER_ONLY_KEYS = ("name",)
 
-    A quantizer is a callable ``q(inputs) -> outputs`` with a ``precision`` attribute (the
-    number of bits of its outputs, None when not fixed) and a Keras-serializable config.
+
+class BaseQuantizer(ConfigEquality, keras.layers.Layer):
+    """Base class of the low-bit quantizers (Larq's ``Quantizer``): a Keras layer.
+
+    A quantizer is a layer ``q(inputs) -> outputs`` with a ``precision`` attribute (the number
+    of bits of its outputs, None when not fixed) and a Keras-serializable config. As Larq's,
+    it takes the Keras layer arguments (``name``, ``dtype``, ``trainable``, ...), so it can be
+    used as a layer of a model too. Two quantizers are equal when they have the same class and
+    the same config, their names aside.
 
     Args:
         metrics (list of str, optional): training metrics the layer using this quantizer as
             kernel quantizer records; only "flip_ratio" is available. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = None
 
-    def __init__(self, metrics=None):
+    def __init__(self, metrics=None, **kwargs):
         if metrics is not None:
             if isinstance(metrics, str) or not all(m in SUPPORTED_METRICS for m in metrics):
                 raise ValueError(f"metrics expected None or a list of {list(SUPPORTED_METRICS)}. "
                                  f"Received: metrics={metrics!r}")
             metrics = list(metrics)
-        self.metrics = metrics
+        super().__init__(**kwargs)
+        # ``metrics`` is a property of Keras layers (their metric objects): kept apart
+        self._custom_metrics = metrics
 
-    def __call__(self, inputs):
-        return self.call(tf.convert_to_tensor(inputs))
+    @property
+    def custom_metrics(self):
+        """list of str or None: the metric names given as ``metrics``."""
+        return self._custom_metrics
 
     @abc.abstractmethod
     def call(self, inputs):
         """Quantizes ``inputs``."""
 
     def get_config(self):
-        return {"metrics": self.metrics}
+        return {**super().get_config(), "metrics": self._custom_metrics}
+
+    def _equality_config(self):
+        config = self.get_config()
+        for key in _LAYER_ONLY_KEYS:
+            config.pop(key, None)
+        return config
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._equality_config() == other._equality_config()
+
+    def __hash__(self):
+        return hash((type(self), json.dumps(self._equality_config(), sort_keys=True,
+                                            default=repr)))
 
 
 @register_quantizer("noop", "no_op")
@@ -308,11 +404,12 @@ class NoOp(BaseQuantizer):
     Args:
         precision (int): the precision to report for the variable, in [1, 32].
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
-    def __init__(self, precision, metrics=None):
+    def __init__(self, precision, metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.precision = _check_int(precision, "precision", 1, 32)
-        super().__init__(metrics=metrics)
 
     def call(self, inputs):
         return tf.identity(inputs)
@@ -330,13 +427,14 @@ class SteSign(BaseQuantizer):
         clip_value (float, optional): threshold for clipping gradients; None does not clip.
             Defaults to 1.0.
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = 1
 
-    def __init__(self, clip_value=1.0, metrics=None):
+    def __init__(self, clip_value=1.0, metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.clip_value = _check_real(clip_value, "clip_value", allow_none=True)
-        super().__init__(metrics=metrics)
 
     def call(self, inputs):
         return ste_sign(inputs, clip_value=self.clip_value)
@@ -352,6 +450,7 @@ class ApproxSign(BaseQuantizer):
 
     Args:
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = 1
@@ -369,13 +468,14 @@ class SteHeaviside(BaseQuantizer):
         clip_value (float, optional): threshold for clipping gradients; None does not clip.
             Defaults to 1.0.
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = 1
 
-    def __init__(self, clip_value=1.0, metrics=None):
+    def __init__(self, clip_value=1.0, metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.clip_value = _check_real(clip_value, "clip_value", allow_none=True)
-        super().__init__(metrics=metrics)
 
     def call(self, inputs):
         return ste_heaviside(inputs, clip_value=self.clip_value)
@@ -392,13 +492,14 @@ class SwishSign(BaseQuantizer):
     Args:
         beta (float, optional): sharpness of the pseudo-gradient, > 0. Defaults to 5.0.
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = 1
 
-    def __init__(self, beta=5.0, metrics=None):
+    def __init__(self, beta=5.0, metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.beta = _check_real(beta, "beta", strict=True)
-        super().__init__(metrics=metrics)
 
     def call(self, inputs):
         return swish_sign(inputs, beta=self.beta)
@@ -417,13 +518,14 @@ class MagnitudeAwareSign(BaseQuantizer):
         clip_value (float, optional): threshold for clipping gradients; None does not clip.
             Defaults to 1.0.
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = 1
 
-    def __init__(self, clip_value=1.0, metrics=None):
+    def __init__(self, clip_value=1.0, metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.clip_value = _check_real(clip_value, "clip_value", allow_none=True)
-        super().__init__(metrics=metrics)
 
     def call(self, inputs):
         return magnitude_aware_sign(inputs, clip_value=self.clip_value)
@@ -444,19 +546,20 @@ class SteTern(BaseQuantizer):
         clip_value (float, optional): threshold for clipping gradients; None does not clip.
             Defaults to 1.0.
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
     """
 
     precision = 2
 
     def __init__(self, threshold_value=0.05, ternary_weight_networks=False, clip_value=1.0,
-                 metrics=None):
+                 metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.threshold_value = _check_real(threshold_value, "threshold_value")
         if not isinstance(ternary_weight_networks, bool):
             raise TypeError("ternary_weight_networks expected a bool. "
                             f"Received: ternary_weight_networks={ternary_weight_networks!r}")
         self.ternary_weight_networks = ternary_weight_networks
         self.clip_value = _check_real(clip_value, "clip_value", allow_none=True)
-        super().__init__(metrics=metrics)
 
     def call(self, inputs):
         return ste_tern(inputs, threshold_value=self.threshold_value,
@@ -482,17 +585,18 @@ class DoReFa(BaseQuantizer):
         k_bit (int, optional): number of bits, in [1, 32]. Defaults to 2.
         mode (str, optional): "activations" or "weights". Defaults to "activations".
         metrics (list of str, optional): see :class:`BaseQuantizer`. Defaults to None.
+        **kwargs: the arguments of ``keras.layers.Layer`` (name, dtype, trainable, ...).
 
     Raises:
         ValueError: for a bad value of mode.
     """
 
-    def __init__(self, k_bit=2, mode="activations", metrics=None):
+    def __init__(self, k_bit=2, mode="activations", metrics=None, **kwargs):
+        super().__init__(metrics=metrics, **kwargs)
         self.precision = _check_int(k_bit, "k_bit", 1, 32)
         if mode not in DOREFA_MODES:
             raise ValueError(f"mode expected one of {list(DOREFA_MODES)}. Received: mode={mode!r}")
         self.mode = mode
-        super().__init__(metrics=metrics)
 
     @property
     def k_bit(self):

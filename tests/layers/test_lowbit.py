@@ -230,3 +230,53 @@ def test_binary_digits_cnn_accuracy(depthwise, minimum):
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     print(f"binary digits CNN (depthwise={depthwise}) test accuracy: {accuracy:.4f}")
     assert accuracy >= minimum
+
+
+# ---- Larq compatibility: the quantized variable carries its quantizer's precision ------------
+PRECISION_LAYERS = {
+    "QuantDense": (lambda **kw: QuantDense(4, **kw), "kernel", "kernel_quantizer", (2, 6)),
+    "QuantConv2D": (lambda **kw: QuantConv2D(4, 3, **kw), "kernel", "kernel_quantizer",
+                    (1, 5, 5, 2)),
+    "QuantDepthwiseConv2D": (lambda **kw: QuantDepthwiseConv2D(3, **kw), "depthwise_kernel",
+                             "depthwise_quantizer", (1, 5, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("quantizer, precision", [
+    (lambda: q.NoOp(precision=1), 1), (lambda: "ste_sign", 1),
+    (lambda: q.SteTern(), 2), (lambda: q.DoReFa(k_bit=3, mode="weights"), 3),
+    (lambda: q.ste_sign, 1)],
+    ids=["noop-1", "ste_sign-str", "ste_tern", "dorefa-3", "ste_sign-fn"])
+@pytest.mark.parametrize("kind", list(PRECISION_LAYERS))
+def test_quantized_variable_precision(kind, quantizer, precision):
+    make, weight_name, quantizer_arg, shape = PRECISION_LAYERS[kind]
+    layer = make(**{quantizer_arg: quantizer()})
+    layer.build(shape)
+    assert getattr(layer, weight_name).precision == precision
+
+
+def test_larq_noop_example():
+    """The example of Larq's NoOp documentation."""
+    layer = QuantDense(16, kernel_quantizer=q.NoOp(precision=1))
+    layer.build((32,))
+    assert layer.kernel.precision == 1
+
+
+def test_no_precision_without_quantizer():
+    layer = QuantDense(4)
+    layer.build((2, 6))
+    assert not hasattr(layer.kernel, "precision")
+
+
+def test_quant_dense_ste_sign_activation_round_trip(tmp_path):
+    """QuantDense(..., activation="ste_sign") saves and reloads (h5) bit for bit."""
+    inputs = keras.Input((6,))
+    outputs = QuantDense(4, activation="ste_sign", input_quantizer="ste_sign",
+                         kernel_quantizer=q.SteSign(name="kq"))(inputs)
+    model = keras.Model(inputs, outputs)
+    path = str(tmp_path / "model.h5")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(reloaded(x), model(x))
+    assert reloaded.layers[-1].kernel.precision == 1

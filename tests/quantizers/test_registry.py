@@ -106,3 +106,21 @@ def test_duplicate_registration_raises():
         register_quantizer()(impostor)
     assert "FreshQuantizer" not in q.registered_names()
     assert keras.saving.get_registered_object("quantizeml>FreshQuantizer") is None
+
+
+def test_serialize_takes_the_documented_initializer_keyword():
+    """keras.quantizers.serialize(initializer): the documented argument name."""
+    quantizer = q.SteSign(clip_value=0.5)
+    assert q.serialize(initializer=quantizer) == q.serialize(quantizer)
+    assert q.serialize(initializer=None) is None
+    assert q.deserialize(q.serialize(initializer=q.ste_sign)) is q.ste_sign
+    with pytest.raises(TypeError, match="Received: initializer="):
+        q.serialize(initializer=object())
+
+
+def test_larq_names_are_keras_custom_objects():
+    """tf_keras' lookups (activations, legacy h5 loader) find the Larq string ids."""
+    custom = keras.utils.get_custom_objects()
+    for name in ("ste_sign", "approx_sign", "ste_heaviside", "swish_sign",
+                 "magnitude_aware_sign", "ste_tern", "dorefa"):
+        assert callable(custom[name]) and custom[name].identifier == name

@@ -161,10 +161,13 @@ def test_config_round_trip(quantizer):
 
 
 def test_get_config_keeps_every_constructor_argument():
-    assert q.SteTern(0.1, True, None, metrics=["flip_ratio"]).get_config() == {
+    # the Keras layer arguments first ({**super().get_config(), ...}), then the quantizer's
+    assert q.SteTern(0.1, True, None, metrics=["flip_ratio"], name="t").get_config() == {
+        "name": "t", "trainable": True, "dtype": "float32",
         "threshold_value": 0.1, "ternary_weight_networks": True, "clip_value": None,
         "metrics": ["flip_ratio"]}
-    assert q.DoReFa(k_bit=4, mode="weights").get_config() == {
+    assert q.DoReFa(k_bit=4, mode="weights", name="d").get_config() == {
+        "name": "d", "trainable": True, "dtype": "float32",
         "k_bit": 4, "mode": "weights", "metrics": None}
     assert q.SteSign(clip_value=2) != q.SteSign()
 
@@ -212,3 +215,77 @@ def test_dorefa_activations_property(x, k_bit):
     levels = np.round(y * n)
     np.testing.assert_allclose(y * n, levels, atol=1e-4)  # on the k-bit grid
     assert np.all(np.abs(y - np.clip(x, 0, 1)) <= 0.5 / n + 1e-6)  # nearest level
+
+
+# ---- Larq compatibility: quantizers are Keras layers, function names are activations --------
+LAYER_CLASSES = [q.SteSign, q.ApproxSign, q.SteHeaviside, q.SwishSign, q.MagnitudeAwareSign,
+                 q.SteTern, q.DoReFa, lambda **kw: q.NoOp(precision=1, **kw)]
+
+
+@pytest.mark.parametrize("make", LAYER_CLASSES,
+                         ids=["SteSign", "ApproxSign", "SteHeaviside", "SwishSign",
+                              "MagnitudeAwareSign", "SteTern", "DoReFa", "NoOp"])
+def test_quantizers_take_keras_layer_arguments(make):
+    import tf_keras as keras
+    quantizer = make(name="my_quantizer", dtype="float64", trainable=False)
+    assert isinstance(quantizer, keras.layers.Layer)
+    assert quantizer.name == "my_quantizer" and not quantizer.trainable
+    assert quantizer.dtype == "float64"
+    y = quantizer(np.array([[-0.3, 0.2, 0.7]]))
+    assert y.dtype == tf.float64
+    config = quantizer.get_config()
+    assert {"name": "my_quantizer", "dtype": "float64", "trainable": False}.items() \
+        <= config.items()
+    clone = type(quantizer).from_config(json.loads(json.dumps(config)))
+    assert clone == quantizer and clone.name == "my_quantizer"
+    # equality ignores the (automatic) name only
+    assert make() == make(name="other")
+    assert make() != make(dtype="float64")
+    # usable as a layer of a model
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, make(name="q_layer")(inputs))
+    assert model.get_layer("q_layer").output_shape == (None, 3)
+
+
+ACTIVATIONS = ["ste_sign", "approx_sign", "ste_heaviside", "swish_sign", "magnitude_aware_sign",
+               "ste_tern", "dorefa"]
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_function_names_are_keras_activations(name):
+    import tf_keras as keras
+    fn = getattr(q, name)
+    activation = keras.activations.get(name)
+    x = np.random.default_rng(0).uniform(-2, 2, size=(4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(activation(x), fn(x))
+    _, g_act, _ = forward_and_grad(activation, x)
+    _, g_fn, _ = forward_and_grad(fn, x)
+    np.testing.assert_array_equal(g_act, g_fn)
+    assert activation.precision == fn.precision
+    assert keras.activations.get(keras.activations.serialize(activation)) == activation
+    layer = keras.layers.Activation(name)
+    np.testing.assert_array_equal(layer(x), fn(x))
+    dense = keras.layers.Dense(3, activation=name)
+    assert dense.activation == activation
+
+
+@pytest.mark.parametrize("fmt", ["h5", "tf"])
+def test_activation_save_load_round_trip(tmp_path, fmt):
+    import tf_keras as keras
+    inputs = keras.Input((6,))
+    x = keras.layers.Activation("ste_sign", name="binarize")(inputs)
+    x = keras.layers.Dense(4, activation="ste_tern", name="dense")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="dorefa", name="out")(x))
+    path = str(tmp_path / ("model.h5" if fmt == "h5" else "saved_model"))
+    model.save(path, save_format=fmt)
+    reloaded = keras.models.load_model(path)  # no custom_objects
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(reloaded(x), model(x))
+    assert reloaded.get_layer("binarize").activation == keras.activations.get("ste_sign")
+    assert reloaded.get_layer("dense").get_config()["activation"] == \
+        model.get_layer("dense").get_config()["activation"]
+
+
+def test_unknown_activation_identifier():
+    with pytest.raises(ValueError, match="QuantizerActivation identifier expected one of"):
+        q.ste.QuantizerActivation("nope")
