@@ -18,6 +18,7 @@ from .pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
 from .rescaling import QuantizedRescaling
 from .reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
 from .skip import Add, QuantizedAdd, QuantizedConcatenate
+from .merging import QuantizedMaximum, QuantizedMinimum, QuantizedMultiply, QuantizedSubtract
 from .convolution import PaddedConv2D, QuantizedConv2D, QuantizedConv2DTranspose
 from .dense import QuantizedDense
 from .depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,

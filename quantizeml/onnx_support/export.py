@@ -388,6 +388,46 @@ def _add(b, layer, xs):
     return _finish(b, layer, t)
 
 
+def _broadcast_shape(xs):
+    """The (batchless) shape of an element-wise merge of broadcastable inputs."""
+    if any(x.shape is None for x in xs):
+        return None
+    return tuple(int(d) for d in np.broadcast_shapes(*(tuple(x.shape) for x in xs)))
+
+
+def _multiply(b, layer, xs):
+    """QuantizedMultiply: an int64 ``Mul`` (broadcast), frac bits added, scales multiplied."""
+    x, y = xs
+    v = b.node("Mul", [x.name, y.name], "mul")
+    if x.scales is None or y.scales is None:
+        scales = x.scales if y.scales is None else y.scales
+    else:  # in float32, as the Keras QFloat product
+        scales = _np(tf.constant(x.scales) * tf.constant(y.scales)).astype(np.float32)
+    t = _T(v, min(x.vb + y.vb + 1, MAX_VALUE_BITS), x.frac + y.frac, scales,
+           x.unsigned and y.unsigned, _broadcast_shape(xs))
+    return _finish(b, layer, t)
+
+
+def _aligned_merge(op, unsigned):
+    """QuantizedSubtract/Maximum/Minimum: QFloats to FixedPoints, both left-aligned on the
+    element-wise maximum of their frac bits, then the int64 ``op`` (broadcast)."""
+    def emitter(b, layer, xs):
+        fps = [_qfloat_to_fp(b, x, layer.scale_bits) for x in xs]
+        frac = np.maximum(fps[0].frac, fps[1].frac)
+        names, vbs = [], []
+        for fp in fps:
+            shift = frac - fp.frac
+            names.append(b.shift(fp.name, shift, "align"))
+            vbs.append(fp.vb + int(max(0, shift.max())))
+        v = b.node(op, names, op.lower())
+        vb = max(vbs) + (1 if op == "Sub" else 0)
+        t = _T(v, min(vb, MAX_VALUE_BITS), frac, None, unsigned([x.unsigned for x in fps]),
+               _broadcast_shape(fps))
+        t = _buffer_clip(b, t, layer.buffer_bitwidth)
+        return _finish(b, layer, t)
+    return emitter
+
+
 def _maxpool(b, layer, x):
     if x.scales is not None:
         raise ValueError(f"export expected FixedPoint inputs for {layer.name} (MaxPool).")
@@ -456,6 +496,10 @@ EMITTERS = {
     "relu": (_one_input(_relu), None),
     "global_average_pool": (_one_input(_gap), None),
     "add": (lambda b, layer, xs: _add(b, layer, xs), None),
+    "multiply": (_multiply, None),
+    "subtract": (_aligned_merge("Sub", lambda unsigned: False), None),
+    "maximum": (_aligned_merge("Max", any), None),
+    "minimum": (_aligned_merge("Min", all), None),
     "max_pool": (_one_input(_maxpool), None),
     "flatten": (_flatten, None),
     "reshape": (_reshape_layer, None),

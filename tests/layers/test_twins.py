@@ -20,6 +20,8 @@ from quantizeml.layers.depthwise import (DepthwiseConv2DTranspose, QuantizedDept
                                          QuantizedDepthwiseConv2DTranspose)
 from quantizeml.layers.dropout import QuantizedDropout
 from quantizeml.layers.layer_norm import LayerMadNormalization, QuantizedLayerNormalization
+from quantizeml.layers.merging import (QuantizedMaximum, QuantizedMinimum, QuantizedMultiply,
+                                       QuantizedSubtract)
 from quantizeml.layers.normalization import QuantizedBatchNormalization
 from quantizeml.layers.pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
 from quantizeml.layers.quant_config import OUTPUT_KEYS, QuantConfigMixin
@@ -39,6 +41,7 @@ from tests.layers.references import frac, ints, output_quantizer, rounded_shift,
 from tests.layers.test_convolution import (aligned_ints, conv_reference, finish_reference, fold,
                                            np_conv2d, np_conv2d_transpose, weight_ints)
 from tests.layers.test_depthwise import depthwise_weights, input_ints, per_channel
+from tests.layers.test_merging import reference as merge_reference
 from tests.layers.test_pooling import np_max_pool
 from tests.utils import check_config_roundtrip
 
@@ -84,6 +87,16 @@ def _merge(merge):
     return _model(inputs, merge([a, b]), _image())
 
 
+def _merge_broadcast(merge):
+    """A Conv2D merged with another averaged to (N, 1, 1, C) (squeeze-and-excite), then a
+    1x1 Conv2D (the merge ends a block: it gets an OutputQuantizer)."""
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, bias_initializer="random_normal")(inputs)
+    b = L.Conv2D(4, 3, bias_initializer="random_normal")(inputs)
+    y = merge([a, L.GlobalAveragePooling2D(keepdims=True)(b)])
+    return _model(inputs, L.Conv2D(2, 1)(y), _image())
+
+
 def _rescaling():
     inputs = keras.Input((8, 8, 3))
     y = L.Conv2D(4, 3)(L.Rescaling(1 / 255)(inputs))
@@ -124,6 +137,10 @@ CASES = {
     QuantizedPermute: lambda: _conv_then(L.Permute((3, 1, 2)), L.Dense(3)),
     QuantizedAdd: lambda: _merge(L.Add()),
     QuantizedConcatenate: lambda: _merge(L.Concatenate()),
+    QuantizedMultiply: lambda: _merge_broadcast(L.Multiply()),
+    QuantizedSubtract: lambda: _merge(L.Subtract()),
+    QuantizedMaximum: lambda: _merge_broadcast(L.Maximum()),
+    QuantizedMinimum: lambda: _merge(L.Minimum()),
     QuantizedConv2D: lambda: _single(L.Conv2D(4, 3, bias_initializer="random_normal")),
     QuantizedConv2DTranspose: lambda: _single(L.Conv2DTranspose(
         4, 3, strides=2, padding="same", bias_initializer="random_normal"), (4, 4, 3)),
@@ -213,6 +230,11 @@ def _max_pool(layer, x):
     return _with_oq(layer, values, frac(x))
 
 
+def _merging(layer, inputs):
+    values, frac_bits, _ = merge_reference(layer, inputs)
+    return values, frac_bits
+
+
 REFERENCES = {
     QuantizedReLU: _relu,
     QuantizedDropout: _identity,
@@ -221,6 +243,10 @@ REFERENCES = {
     QuantizedReshape: _reshaped(lambda v: v.reshape(v.shape[0], 36, 4)),
     QuantizedPermute: _reshaped(lambda v: v.transpose(0, 3, 1, 2)),
     QuantizedAdd: _add,
+    QuantizedMultiply: _merging,
+    QuantizedSubtract: _merging,
+    QuantizedMaximum: _merging,
+    QuantizedMinimum: _merging,
     QuantizedConv2D: _conv,
     QuantizedConv2DTranspose: _conv_transpose,
     QuantizedDense: _dense,
