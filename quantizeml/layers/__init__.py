@@ -25,7 +25,8 @@ from .depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,
                         QuantizedDepthwiseConv2DTranspose)
 from .separable import QuantizedSeparableConv2D
 from .attention import Attention, QuantizedAttention, string_to_softmax
-from .layer_norm import LayerMadNormalization, QuantizedLayerNormalization
+from .layer_norm import (LayerMadNormalization, QuantizedLayerNormalization,
+                         QuantizedLayerStdNormalization)
 from .lowbit import QuantConv2D, QuantDense, QuantDepthwiseConv2D, binary_digits_cnn
 from .shiftmax import QuantizedShiftmax, Shiftmax, shiftmax
 from .tokens import (AddPositionEmbs, ClassToken, ExtractToken, QuantizedAddPositionEmbs,

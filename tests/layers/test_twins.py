@@ -19,7 +19,8 @@ from quantizeml.layers.dense import QuantizedDense
 from quantizeml.layers.depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,
                                          QuantizedDepthwiseConv2DTranspose)
 from quantizeml.layers.dropout import QuantizedDropout
-from quantizeml.layers.layer_norm import LayerMadNormalization, QuantizedLayerNormalization
+from quantizeml.layers.layer_norm import (LayerMadNormalization, QuantizedLayerNormalization,
+                                          QuantizedLayerStdNormalization)
 from quantizeml.layers.merging import (QuantizedMaximum, QuantizedMinimum, QuantizedMultiply,
                                        QuantizedSubtract)
 from quantizeml.layers.normalization import QuantizedBatchNormalization
@@ -41,6 +42,7 @@ from tests.layers.references import frac, ints, output_quantizer, rounded_shift,
 from tests.layers.test_convolution import (aligned_ints, conv_reference, finish_reference, fold,
                                            np_conv2d, np_conv2d_transpose, weight_ints)
 from tests.layers.test_depthwise import depthwise_weights, input_ints, per_channel
+from tests.layers.test_keras_layer_norm import keras_layer_norm_reference
 from tests.layers.test_merging import reference as merge_reference
 from tests.layers.test_pooling import np_max_pool
 from tests.utils import check_config_roundtrip
@@ -154,6 +156,8 @@ CASES = {
     QuantizedShiftmax: lambda: _tokens(Shiftmax()),
     QuantizedAttention: _attention,
     QuantizedLayerNormalization: lambda: _tokens(LayerMadNormalization(), L.Dense(3)),
+    QuantizedLayerStdNormalization: lambda: _tokens(L.LayerNormalization(
+        epsilon=1e-6, beta_initializer="random_normal"), L.Dense(3)),
     QuantizedClassToken: _token_stem,
     QuantizedAddPositionEmbs: _token_stem,
     QuantizedExtractToken: _token_stem,
@@ -251,6 +255,7 @@ REFERENCES = {
     QuantizedConv2DTranspose: _conv_transpose,
     QuantizedDense: _dense,
     QuantizedDepthwiseConv2D: _depthwise,
+    QuantizedLayerStdNormalization: keras_layer_norm_reference,
 }
 
 
