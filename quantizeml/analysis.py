@@ -37,7 +37,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from .layers import Dequantizer, OutputQuantizer, WeightQuantizer, saturation
+from .models.check import float_islands
 from .models.graph import is_qtensor, producer
+from .models.transforms import sanitize
 from .tensors import QFloat, QTensor
 
 __all__ = ["compare", "sqnr", "format_table", "plot"]
@@ -74,14 +76,15 @@ def _output(layer):
 
 
 def _rows_layers(qmodel):
-    """The quantized layers with an OutputQuantizer or weights, and the layers producing model
-    outputs."""
+    """The quantized layers with an OutputQuantizer or weights, the float islands and the
+    layers producing model outputs."""
     finals = []
     for t in qmodel.outputs:
         layer = producer(t)
         while isinstance(layer, Dequantizer):
             layer = producer(layer.input)
         finals.append(layer.name)
+    finals.extend(float_islands(qmodel))
     layers = []
     for layer in qmodel.layers:
         if isinstance(layer, keras.layers.InputLayer) or isinstance(layer, Dequantizer):
@@ -123,9 +126,10 @@ def _weight_errors(layer):
 def compare(model, qmodel, samples, batch_size=32, verbose=False):
     """Compares a float model and its quantized twin layer by layer on samples.
 
-    The float model must be the one the quantized model was quantized from, after
-    ``sanitize`` (layers are matched by name; quantized layers with no float counterpart are
-    skipped). The quantized model is run eagerly, so the OutputQuantizer saturation it records
+    The float model is the one the quantized model was quantized from (raw or sanitized:
+    it is prepared as quantize() prepares it; layers are matched by name, quantized layers with
+    no float counterpart are skipped; float islands get a row, their type marked
+    "(float island)"). The quantized model is run eagerly, so the OutputQuantizer saturation it records
     is the one of these samples.
 
     Args:
@@ -141,6 +145,7 @@ def compare(model, qmodel, samples, batch_size=32, verbose=False):
     Raises:
         ValueError: when no layer can be compared or the samples are empty.
     """
+    model = sanitize(model)  # quantize() prepared it so: the same layers and names
     samples = np.asarray(samples, np.float32)
     if samples.ndim == 0 or len(samples) == 0:
         raise ValueError(f"compare expected a non-empty batch of samples. Received: shape "
@@ -180,6 +185,7 @@ def compare(model, qmodel, samples, batch_size=32, verbose=False):
             max_err[i] = max(max_err[i], float(np.max(np.abs(d))) if d.size else 0.0)
         if bar is not None:
             bar.add(len(batch))
+    islands = set(float_islands(qmodel))
     table = []
     for i, layer in enumerate(layers):
         if noise[i] == 0:
@@ -191,7 +197,8 @@ def compare(model, qmodel, samples, batch_size=32, verbose=False):
         oq = getattr(layer, "out_quantizer", None)
         sat = saturation(oq).get("output", 0.0) if oq is not None else None
         weight_error, scale_error = _weight_errors(layer)
-        table.append({"layer": layer.name, "type": type(layer).__name__, "sqnr_db": db,
+        kind = type(layer).__name__ + (" (float island)" if layer.name in islands else "")
+        table.append({"layer": layer.name, "type": kind, "sqnr_db": db,
                       "max_abs_error": float(max_err[i]), "saturation": sat,
                       "weight_error": weight_error, "scale_error": scale_error})
     return table

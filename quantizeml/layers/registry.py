@@ -50,6 +50,10 @@ class TwinSpec:
             it), e.g. a Rescaling of raw pixels.
         export (str or None): the name of the ONNX emitter that exports it
             (``quantizeml.onnx_support.export.EMITTERS``); None when it cannot be exported.
+        refuses (callable or None): ``refuses(float_layer) -> str or None``: why the twin
+            cannot stand for that float layer (e.g. a configuration it does not support), or
+            None when it can. quantize() reports a refused layer as unsupported (or keeps it in
+            the float tail), with the reason.
     """
     twin: type
     float_classes: tuple
@@ -59,6 +63,11 @@ class TwinSpec:
     per_tensor_inputs: bool = False
     float_inputs: bool = False
     export: str = None
+    refuses: object = None
+
+    def refusal(self, layer):
+        """str or None: why the twin cannot quantize the float ``layer`` (None: it can)."""
+        return None if self.refuses is None else self.refuses(layer)
 
     @property
     def has_weights(self):
@@ -67,7 +76,7 @@ class TwinSpec:
 
 
 def register_twin(*float_classes, weights=(), output=None, pass_through=False,
-                  per_tensor_inputs=False, float_inputs=False, export=None):
+                  per_tensor_inputs=False, float_inputs=False, export=None, refuses=None):
     """Class decorator registering a quantized twin of ``float_classes`` and its TwinSpec.
 
     Args:
@@ -79,6 +88,8 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
         per_tensor_inputs (bool, optional): needs per-tensor inputs. Defaults to False.
         float_inputs (bool, optional): takes the model's float inputs. Defaults to False.
         export (str, optional): name of its ONNX emitter. Defaults to None (not exportable).
+        refuses (callable, optional): ``refuses(float_layer) -> str or None``, the float
+            configurations the twin does not support. Defaults to None (it supports all).
 
     Raises:
         ValueError: when a float class is already mapped to another twin, or an argument is
@@ -105,7 +116,8 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
         _SPECS[cls] = TwinSpec(
             twin=cls, float_classes=classes + tuple(c for c in float_classes if c not in classes),
             weights=tuple(weights), output=output, pass_through=pass_through,
-            per_tensor_inputs=per_tensor_inputs, float_inputs=float_inputs, export=export)
+            per_tensor_inputs=per_tensor_inputs, float_inputs=float_inputs, export=export,
+            refuses=refuses)
         return cls
     return wrap
 

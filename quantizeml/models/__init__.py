@@ -2,16 +2,18 @@
 from . import transforms, zoo  # noqa: F401
 from .zoo_vit import digits_vit, train_digits_vit
 from .calibrate import calibrate, calibration_required
-from .check import check_quantization
+from .check import check_quantization, float_islands
 from .config import dump_config
+from .keras3 import from_keras3, is_keras3_model
 from .integer_weights import (integer_weights, load_integer_weights,
                               save_integer_weights)
 from .quantization_params import QuantizationParams, get_quantization_params, quantization
 from .quantize import quantize
 from .saving import apply_weights_to_model, load_model, record_quantization_variables
 
-__all__ = ["quantize", "calibrate", "calibration_required", "check_quantization",
+__all__ = ["quantize", "calibrate", "calibration_required", "check_quantization", "float_islands",
            "dump_config", "integer_weights", "save_integer_weights", "load_integer_weights",
            "QuantizationParams", "get_quantization_params", "quantization",
            "apply_weights_to_model", "load_model", "record_quantization_variables",
-           "transforms", "zoo", "digits_vit", "train_digits_vit"]
+           "transforms", "zoo", "digits_vit", "train_digits_vit", "from_keras3",
+           "is_keras3_model"]

@@ -1,8 +1,9 @@
 """check_quantization: find what a better quantization configuration would fix."""
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
-from ..layers import OutputQuantizer, WeightQuantizer
+from ..layers import InputQuantizer, OutputQuantizer, WeightQuantizer
 from ..layers.base import saturation
 from ..tensors import QFloat
 from .integer_weights import kernel_for_quantizer
@@ -13,6 +14,23 @@ SCALE_TOLERANCE = 2.0**-6
 OUTPUT_SATURATION_TOLERANCE = 0.01
 #: Channels listed by name in one issue (the count is always given).
 MAX_LISTED_CHANNELS = 8
+
+
+def float_islands(model):
+    """The float islands of a quantized model: float layers between quantized ones, kept float
+    by a ``"float"`` q_config entry (their output requantized by an InputQuantizer named
+    ``<layer>_quantizer``).
+
+    Args:
+        model (keras.Model): a quantized model.
+
+    Returns:
+        list(str): the names of the float island layers, in the model order.
+    """
+    quantizers = {layer.name for layer in model.layers if isinstance(layer, InputQuantizer)}
+    return [layer.name for layer in model.layers
+            if f"{layer.name}_quantizer" in quantizers
+            and not isinstance(layer, keras.layers.InputLayer)]
 
 
 def _sublayers(layer):
@@ -150,6 +168,8 @@ def check_quantization(model, samples=None, batch_size=32):
       quantization cannot represent: quantized weights all zero or a relative error above
       1/2 (per-tensor or FixedPoint weights), or per-axis scales so far below the layer's
       largest that the channel's outputs quantize to zero in the OutputQuantizer that follows,
+    * float islands (layers kept float on request between quantized layers), reported so that
+      an integer deployment knows where it leaves integers,
     * saturation in integer operations: the 32-bit buffers (any clipped value) and the
       OutputQuantizers (more than 1% of clipped values), as observed on ``samples`` (or on the
       last eager calls of the model when no samples are given).
@@ -169,7 +189,9 @@ def check_quantization(model, samples=None, batch_size=32):
         samples = np.asarray(samples, np.float32)
         for start in range(0, len(samples), batch_size):
             model(tf.constant(samples[start:start + batch_size]), training=False)
-    issues = []
+    issues = [f"{name}: float island: kept float (dequantized before it, requantized after it "
+              f"by {name}_quantizer); quantize it with a twin to keep the model integer"
+              for name in float_islands(model)]
     consumers = _consumers(model)
     for layer in model.layers:
         issues.extend(_weight_issues(layer, _requantizer(model, layer, consumers)))

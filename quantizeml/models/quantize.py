@@ -23,6 +23,21 @@ How layers are quantized (the declarative table is the twin registry,
   quantized layers (no quantized layer downstream of them, e.g. a final softmax); they stay
   float and receive dequantized inputs. Anywhere else they are reported, all together.
 
+* float islands, on request: a ``q_config`` entry ``"float"`` (``{"layer_name": "float"}``)
+  keeps that layer float anywhere in the graph: its quantized inputs are dequantized before it
+  (``Dequantizer``) and its output is requantized after it by an ``InputQuantizer`` named
+  ``<layer>_quantizer``, calibrated on the float layer's outputs like every other quantizer.
+
+Before all this, a float model is **prepared** by the equivalence-preserving transforms of
+``quantizeml.models.transforms.sanitize`` (the float outputs stay equal to float rounding):
+nested models are flattened, fused activations split into layers of their own, Lambda /
+TFOpLambda / Activation layers replaced by their layers, ZeroPadding2D merged into the next
+'valid' convolution where it is a 'same' padding, BatchNormalization moved before pooling and
+folded into the layer before it, MaxPool2D moved before ReLU and Rescaling offsets moved into
+the next bias — so ``quantize(model)`` needs no ``sanitize`` call first. The input model is
+never modified; q_config keys and the quantized layers use the names of the prepared model
+(``sanitize(model)`` shows it; a folded BatchNormalization has no layer of its own).
+
 ``q_config`` entries (layer name -> quant_config, as ``dump_config`` returns) win over the
 rules above.
 """
@@ -40,6 +55,7 @@ from .graph import (check_functional, consumers, is_qtensor, output_layers, prod
                     replace_layers)
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import Batches
+from .transforms.sanitize import sanitize
 
 def _spec(layer):
     """The layer's TwinSpec (float layer with a twin, or a twin), or None."""
@@ -90,20 +106,34 @@ def _downstream(layer, consumer_map):
     return seen
 
 
-def _unsupported(model, consumer_map, wrapped):
-    """Layers without a twin (nor a QuantizeConfig), and which of them form the allowed float
-    tail."""
-    supported = {type(layer) for layer in model.layers} & set(QUANTIZATION_TARGETS)
+def _refusal(layer):
+    """Why no twin quantizes a float layer (None when one does)."""
+    spec = _spec(layer) if type(layer) in QUANTIZATION_TARGETS else None
+    if spec is None:
+        return "no quantized twin"
+    return spec.refusal(layer)
+
+
+def _unsupported(model, consumer_map, wrapped, islands=()):
+    """Layers without a twin that accepts them (nor a QuantizeConfig, nor a float island), and
+    which of them form the allowed float tail.
+
+    Returns:
+        tuple: the set of tail layer names, and the list of ``(layer, reason)`` errors.
+    """
     layers = [layer for layer in model.layers
               if not isinstance(layer, keras.layers.InputLayer)]
-    bad = [layer for layer in layers if type(layer) not in supported
-           and not _is_quantized_layer(layer) and layer.name not in wrapped]
-    by_name = {layer.name: layer for layer in layers}
+    reasons = {layer.name: _refusal(layer) for layer in layers
+               if not _is_quantized_layer(layer) and layer.name not in wrapped
+               and layer.name not in islands}
+    bad = {name for name, reason in reasons.items() if reason is not None}
     tail, errors = set(), []
-    for layer in bad:
+    for layer in layers:
+        if layer.name not in bad:
+            continue
         down = _downstream(layer, consumer_map)
-        if any(by_name[n] not in bad for n in down if n in by_name):
-            errors.append(layer)
+        if any(n not in bad for n in down):
+            errors.append((layer, reasons[layer.name]))
         else:
             tail.add(layer.name)
     return tail, errors
@@ -154,7 +184,11 @@ def _copy_weights(layer, qlayer):
         target.assign(v)
 
 
-def _check_q_config(model, q_config):
+#: The q_config entry that keeps a layer float (a float island).
+FLOAT = "float"
+
+
+def _check_q_config(model, q_config, raw_names=()):
     if q_config is None:
         return {}
     if not isinstance(q_config, dict):
@@ -163,8 +197,16 @@ def _check_q_config(model, q_config):
     names |= {f"{layer.name}_quantizer" for layer in model.layers}
     missing = sorted(set(q_config) - names)
     if missing:
+        folded = sorted(set(missing) & set(raw_names))
+        hint = (f" ({folded} are removed by the preparation of the float model: "
+                "quantizeml.models.transforms.sanitize(model) shows the layers quantize() "
+                "works on)") if folded else ""
         raise ValueError(f"quantize expected q_config keys naming layers of the model. "
-                         f"Received: unknown layer names {missing}")
+                         f"Received: unknown layer names {missing}{hint}")
+    for name, entry in q_config.items():
+        if isinstance(entry, str) and entry != FLOAT:
+            raise ValueError(f"quantize expected a q_config entry to be a quant_config dict, a "
+                             f"QuantizeConfig or {FLOAT!r}. Received: {name!r}: {entry!r}")
     return q_config
 
 
@@ -222,23 +264,34 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         raise TypeError(f"quantize expected qparams to be a QuantizationParams. "
                         f"Received: {qparams!r}")
     check_functional(model)
-    q_config = _check_q_config(model, q_config)
+    requantize = any(_is_quantized_layer(layer) for layer in model.layers)
+    annotations = {layer.name: annotated_config(layer) for layer in model.layers
+                   if annotated_config(layer) is not None}
+    raw_names = [layer.name for layer in model.layers]
+    if not requantize:
+        model = sanitize(model)
+    q_config = _check_q_config(model, q_config, raw_names)
+    islands = {name for name, entry in q_config.items() if entry == FLOAT}
+    q_config = {name: entry for name, entry in q_config.items() if name not in islands}
     consumer_map = consumers(model)
     wrapped = {}
     for layer in model.layers:
-        config = as_quantize_config(q_config.get(layer.name)) or annotated_config(layer)
+        config = as_quantize_config(q_config.get(layer.name)) or annotations.get(layer.name)
         if config is not None and not isinstance(layer, QuantizeWrapper):
             wrapped[layer.name] = config
-    tail, errors = _unsupported(model, consumer_map, wrapped)
+    tail, errors = _unsupported(model, consumer_map, wrapped, islands)
     if errors:
-        listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in errors)
+        listing = ", ".join(
+            f"{layer.name} ({type(layer).__name__}"
+            f"{'' if reason == 'no quantized twin' else ': ' + reason})"
+            for layer, reason in errors)
         raise ValueError(
             f"quantize expected layers with a quantized twin. Received: unsupported layers "
-            f"{listing}. Hint: run quantizeml.models.transforms.sanitize(model) first (it folds "
-            "BatchNormalization, replaces Lambda/Activation layers, flattens nested models), "
-            "register a twin or a QuantizeConfig for them, or keep them float after the last "
-            "quantized layer.")
-    requantize = any(_is_quantized_layer(layer) for layer in model.layers)
+            f"{listing}. Hint: keep them float with q_config={{name: {FLOAT!r}}} (a float "
+            "island: dequantized before, requantized and calibrated after), register a twin "
+            "(quantizeml.layers.register_twin) or a QuantizeConfig for them, or keep them float "
+            "after the last quantized layer.")
+    floating = tail | islands | set(wrapped)
     batches = Batches(model, samples, num_samples, batch_size, epochs)
     finals = set()
     for name in output_layers(model):
@@ -247,6 +300,13 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         for layer in model.layers:
             if name in [c.name for c in consumer_map.get(layer.name, [])]:
                 finals.add(layer.name)
+    for layer in model.layers:
+        # a layer read only by float islands: its exact accumulator is dequantized
+        users = consumer_map.get(layer.name, [])
+        if users and any(u.name in islands for u in users) and \
+                all(u.name in floating for u in _effective_consumers(layer, consumer_map)
+                    if not _is_pass_through(u)):
+            finals.add(layer.name)
     first = [True]
 
     def config_for(layer):
@@ -265,7 +325,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         if layer.name in wrapped:
             clone = layer.__class__.from_config(layer.get_config())
             return QuantizeWrapper(clone, wrapped[layer.name], name=layer.name)
-        if layer.name in tail or isinstance(layer, (Dequantizer, QuantizeWrapper)):
+        if layer.name in tail or layer.name in islands or \
+                isinstance(layer, (Dequantizer, QuantizeWrapper)):
             return layer.__class__.from_config(layer.get_config())
         if isinstance(layer, (InputQuantizer, OutputQuantizer)):
             return type(layer).from_config({**layer.get_config(), **q_config.get(layer.name, {})})
@@ -292,19 +353,19 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     def after(layer, outputs):
         if isinstance(layer, keras.layers.InputLayer) and not requantize:
             users = consumer_map.get(layer.name, [])
-            if users and all(_spec(u) is not None and _spec(u).float_inputs for u in users):
+            if users and all((_spec(u) is not None and _spec(u).float_inputs)
+                             or u.name in floating for u in users):
                 return outputs
             return input_quantizer(layer, _input_signed(batches, input_index[layer.name]))(
                 outputs)
-        if layer.name in wrapped and any(
-                c.name not in tail and c.name not in wrapped
-                for c in consumer_map.get(layer.name, [])):
+        if (layer.name in wrapped or layer.name in islands) and any(
+                c.name not in floating for c in consumer_map.get(layer.name, [])):
             # back to integers after a fake-quantized layer
             return input_quantizer(layer, True)(outputs)
         return outputs
 
     def before(layer, args):
-        if layer.name in tail or layer.name in wrapped:
+        if layer.name in floating:
             count = iter(range(1000))
 
             def dequantize(t):

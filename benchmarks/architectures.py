@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Every ``tf_keras.applications`` builder through ``quantize()`` at 8/8: fidelity and scale.
+
+Usage::
+
+    python3 benchmarks/architectures.py                          # all 71 builders (long)
+    python3 benchmarks/architectures.py --only ResNet50 MobileNetV2 --output /tmp/a.json
+    python3 benchmarks/architectures.py --families               # one builder per family
+    python3 benchmarks/architectures.py --tfmot                  # also TF-MOT's quantize_model
+
+Each builder runs in a fresh subprocess (so its peak RSS is its own and a crash is recorded,
+not fatal): the model is built with ``weights=None`` and ``classifier_activation=None`` (logits)
+at the input size of ``SIZES`` (the smallest it accepts, 96 for ResNet50 and MobileNetV2), its
+BatchNormalization statistics re-estimated on the calibration inputs (random-weight models
+otherwise see vanishing or exploding activations), then ``quantize(model, samples=x[:64])``
+runs directly (no ``sanitize`` call) and we record:
+
+* ``quantize_s``, ``s_per_layer`` (quantize() wall time over the float model's layer count),
+  ``peak_rss_mb`` of the process and the float weights' bytes (target: peak RSS <= 1.5 GiB +
+  3x the weights, time <= 0.15 s per layer);
+* ``quantized_layers``, the float layers left (``float_layers``: they must all be in the
+  output head) and ``integer_before_head`` (no float layer between quantized ones);
+* ``sqnr_db`` of the 8/8 logits against the float model and ``argmax_agreement`` on 32
+  held-out inputs; ``worst_layers``: the three layers with the lowest SQNR
+  (``quantizeml.analysis.compare``) where the SQNR is low;
+* ``savedmodel_bit_identical``: SavedModel save + ``load_model`` give the same outputs;
+* with ``--tfmot``: the SQNR and agreement of TF-MOT's default 8-bit ``quantize_model``
+  (fake quant, ranges set by training-mode passes over the same calibration inputs), or the
+  error it stops with. TF-MOT is installed by the benchmark's user
+  (``pip install tensorflow-model-optimization``), never by quantizeml.
+
+Results go to ``benchmarks/architectures.json`` (or ``--output``), and a Markdown table to
+stdout.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: builder name -> family
+FAMILIES = {
+    **{f"ConvNeXt{s}": "ConvNeXt" for s in ("Tiny", "Small", "Base", "Large", "XLarge")},
+    **{f"DenseNet{n}": "DenseNet" for n in (121, 169, 201)},
+    **{f"EfficientNetB{i}": "EfficientNet" for i in range(8)},
+    **{f"EfficientNetV2{s}": "EfficientNetV2" for s in ("B0", "B1", "B2", "B3", "S", "M", "L")},
+    "InceptionResNetV2": "InceptionResNetV2", "InceptionV3": "InceptionV3",
+    "MobileNet": "MobileNet", "MobileNetV2": "MobileNetV2",
+    "MobileNetV3Small": "MobileNetV3", "MobileNetV3Large": "MobileNetV3",
+    "NASNetMobile": "NASNet", "NASNetLarge": "NASNet",
+    **{f"RegNetX{n}": "RegNetX" for n in ("002", "004", "006", "008", "016", "032", "040",
+                                           "064", "080", "120", "160", "320")},
+    **{f"RegNetY{n}": "RegNetY" for n in ("002", "004", "006", "008", "016", "032", "040",
+                                           "064", "080", "120", "160", "320")},
+    **{f"ResNet{n}": "ResNet" for n in (50, 101, 152)},
+    **{f"ResNet{n}V2": "ResNetV2" for n in (50, 101, 152)},
+    **{f"ResNetRS{n}": "ResNetRS" for n in (50, 101, 152, 200, 270, 350, 420)},
+    "VGG16": "VGG", "VGG19": "VGG", "Xception": "Xception",
+}
+#: the input size of each builder (the smallest it accepts, unless the issue names one)
+SIZES = {name: 32 for name in FAMILIES}
+SIZES.update({"ResNet50": 96, "MobileNetV2": 96, "InceptionV3": 75, "InceptionResNetV2": 75,
+              "Xception": 71, "NASNetMobile": 32, "NASNetLarge": 32})
+#: the first builder of each family (the slow test's sweep)
+FIRST_OF_FAMILY = {}
+for _name, _family in FAMILIES.items():
+    FIRST_OF_FAMILY.setdefault(_family, _name)
+
+CALIBRATION = 64
+HELD_OUT = 32
+
+
+def _kwargs(name, size):
+    kwargs = {"weights": None, "input_shape": (size, size, 3), "classes": 10}
+    if name not in ("NASNetMobile", "NASNetLarge"):
+        kwargs["classifier_activation"] = None
+    if name.startswith("MobileNet") and name != "MobileNetV3Large":
+        kwargs["alpha"] = {"MobileNet": 0.25, "MobileNetV2": 0.35}.get(name, 1.0)
+    return kwargs
+
+
+def build(name, size=None):
+    """The float model of a builder (``weights=None``, 10 logits), and its input size."""
+    import tf_keras as keras
+    size = size or SIZES[name]
+    model = getattr(keras.applications, name)(**_kwargs(name, size))
+    return model, size
+
+
+def _raw_pixels(model):
+    import tf_keras as keras
+    return any(isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+               for layer in model.layers[:4])
+
+
+def _reestimate_batchnorm(model, x):
+    import tf_keras as keras
+    layers = [layer for layer in model.submodules
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
+def _sqnr(y, yq):
+    import numpy as np
+    y, yq = np.asarray(y, np.float64), np.asarray(yq, np.float64)
+    noise = np.sum((y - yq) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(y ** 2) / noise))
+
+
+def _peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _tfmot(model, x_calib, x_eval, y):
+    """TF-MOT's default 8-bit quantize_model, ranges from training-mode passes."""
+    import numpy as np
+    try:
+        import tensorflow_model_optimization as tfmot
+    except ImportError as e:
+        return {"error": f"not installed ({e})"}
+    import tf_keras as keras
+    try:
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        qat = tfmot.quantization.keras.quantize_model(clone)
+        for start in range(0, len(x_calib), 32):
+            qat(x_calib[start:start + 32], training=True)
+        yq = np.asarray(qat(x_eval, training=False))
+    except Exception as e:  # noqa: BLE001 - record why TF-MOT stops
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
+    return {"sqnr_db": _sqnr(y, yq),
+            "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1)))}
+
+
+def measure(name, size=None, tfmot=False):
+    """Quantizes one builder and measures it (runs in the subprocess)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from quantizeml.layers import Dequantizer, InputQuantizer
+    from quantizeml.layers.registry import twin_spec
+    from quantizeml.models import float_islands, load_model, quantize
+
+    keras.utils.set_random_seed(0)
+    model, size = build(name, size)
+    rng = np.random.default_rng(0)
+    shape = (CALIBRATION + HELD_OUT, size, size, 3)
+    x = (rng.uniform(0, 255, shape) if _raw_pixels(model) else rng.uniform(-1, 1, shape))
+    x = x.astype(np.float32)
+    x_calib, x_eval = x[:CALIBRATION], x[CALIBRATION:]
+    _reestimate_batchnorm(model, x_calib)
+    weights_bytes = int(sum(np.asarray(w).nbytes for w in model.get_weights()))
+    y = np.asarray(model(x_eval, training=False))
+    result = {"name": name, "family": FAMILIES[name], "input_size": size,
+              "float_layers_total": len(model.layers), "weights_bytes": weights_bytes}
+    start = time.perf_counter()
+    try:
+        qmodel = quantize(model, samples=x_calib, batch_size=32)
+    except Exception as e:  # noqa: BLE001 - the benchmark records why a model fails
+        result["error"] = f"{type(e).__name__}: {str(e).strip()[:600]}"
+        result["peak_rss_mb"] = _peak_rss_mb()
+        return result
+    seconds = time.perf_counter() - start
+    quantized = [layer for layer in qmodel.layers if twin_spec(layer) is not None
+                 and isinstance(layer, twin_spec(layer).twin)]
+    floating = [layer.name for layer in qmodel.layers
+                if not isinstance(layer, (keras.layers.InputLayer, InputQuantizer, Dequantizer))
+                and layer not in quantized and not type(layer).__module__.startswith(
+                    "quantizeml")]
+    yq = np.asarray(qmodel(x_eval))
+    result.update({
+        "quantize_s": round(seconds, 2),
+        "s_per_layer": round(seconds / max(1, len(model.layers)), 4),
+        "peak_rss_mb": _peak_rss_mb(),
+        "quantized_layers": len(quantized),
+        "float_layers": floating,
+        "float_islands": float_islands(qmodel),
+        "integer_before_head": not float_islands(qmodel),
+        "sqnr_db": _sqnr(y, yq),
+        "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1))),
+    })
+    result["rss_target_mb"] = round(1.5 * 1024 + 3 * weights_bytes / 2**20, 1)
+    if result["sqnr_db"] < 20:
+        from quantizeml.analysis import compare
+        rows = compare(model, qmodel, x_eval[:8], batch_size=8)
+        rows = sorted(rows, key=lambda r: r["sqnr_db"])[:3]
+        result["worst_layers"] = [(r["layer"], r["type"], round(r["sqnr_db"], 1)) for r in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "saved")
+        qmodel.save(path, save_format="tf")
+        loaded = load_model(path, compile_model=False)
+        result["savedmodel_bit_identical"] = bool(
+            np.array_equal(np.asarray(loaded(x_eval)), yq))
+    if tfmot:
+        result["tfmot"] = _tfmot(model, x_calib, x_eval, y)
+    tf.keras.backend.clear_session()
+    return result
+
+
+def run_one(name, tfmot, timeout):
+    """Runs :func:`measure` in a subprocess; returns its result (or the error)."""
+    code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import architectures as a; "
+            f"print('RESULT ' + json.dumps(a.measure({name!r}, tfmot={tfmot!r})))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "family": FAMILIES[name], "error": f"timeout after {timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            result["process_s"] = round(time.perf_counter() - start, 1)
+            return result
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"name": name, "family": FAMILIES[name],
+            "error": f"process exit {proc.returncode}: {' | '.join(tail)[:600]}"}
+
+
+def format_table(results):
+    lines = ["| model | input | quantized layers | quantize s (s/layer) | peak RSS MB (target) "
+             "| SQNR dB | argmax | SavedModel | TF-MOT SQNR dB | status |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r.get('input_size', '')} | | | | | | | | "
+                         f"fails: {r['error'][:120]} |")
+            continue
+        tf_sqnr = r.get("tfmot", {}).get("sqnr_db")
+        tf_cell = (f"{tf_sqnr:.1f}" if isinstance(tf_sqnr, float)
+                   else (r.get("tfmot", {}).get("error", "")[:40] or "-"))
+        ok = r["integer_before_head"] and r["savedmodel_bit_identical"]
+        lines.append(
+            f"| {r['name']} | {r['input_size']} | {r['quantized_layers']} | "
+            f"{r['quantize_s']:.1f} ({r['s_per_layer']:.3f}) | {r['peak_rss_mb']:.0f} "
+            f"({r['rss_target_mb']:.0f}) | {r['sqnr_db']:.1f} | {r['argmax_agreement']:.2f} | "
+            f"{'bit-identical' if r['savedmodel_bit_identical'] else 'DIFFERS'} | {tf_cell} | "
+            f"{'ok' if ok else 'check'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="builder names (default: all 71)")
+    parser.add_argument("--families", action="store_true", help="one builder per family")
+    parser.add_argument("--tfmot", action="store_true", help="also TF-MOT's quantize_model")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per builder")
+    parser.add_argument("--output", default=os.path.join(HERE, "architectures.json"))
+    args = parser.parse_args(argv)
+    names = args.only or (list(FIRST_OF_FAMILY.values()) if args.families else list(FAMILIES))
+    unknown = sorted(set(names) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown builders {unknown}; known: {sorted(FAMILIES)}")
+    results = []
+    for name in names:
+        result = run_one(name, args.tfmot, args.timeout)
+        results.append(result)
+        status = result.get("error") or (f"{result['quantized_layers']} layers, "
+                                         f"{result['sqnr_db']:.1f} dB, "
+                                         f"{result['quantize_s']:.1f} s")
+        print(f"{name}: {status}", file=sys.stderr, flush=True)
+        with open(args.output, "w") as f:
+            json.dump({"results": results}, f, indent=1)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

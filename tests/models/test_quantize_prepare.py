@@ -1,0 +1,157 @@
+"""quantize() prepares float models itself (no sanitize call) and keeps float islands on
+request (q_config entry "float")."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from quantizeml.layers import Dequantizer, InputQuantizer, QuantizedConv2D
+from quantizeml.models import QuantizationParams, check_quantization, quantize
+from quantizeml.models.transforms import sanitize
+from quantizeml.models.zoo import digits_cnn
+
+L = keras.layers
+
+
+def _float(y):
+    return np.asarray(y, np.float32)
+
+
+def _digits(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 16, size=(n, 8, 8, 1)).astype(np.float32)
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def test_raw_model_quantizes_like_its_sanitized_twin():
+    keras.utils.set_random_seed(3)
+    model = digits_cnn()
+    x = _digits()
+    before = _weights(model)
+    names = [layer.name for layer in model.layers]
+    qparams = QuantizationParams(input_weight_bits=4, weight_bits=4, activation_bits=4)
+    q_raw = quantize(model, qparams=qparams, samples=x, batch_size=16)
+    q_san = quantize(sanitize(model), qparams=qparams, samples=x, batch_size=16)
+    np.testing.assert_array_equal(_float(q_raw(x)), _float(q_san(x)))
+    assert not any(isinstance(layer, L.BatchNormalization) or
+                   type(layer).__name__ == "QuantizedBatchNormalization"
+                   for layer in q_raw.layers), "BatchNormalization not folded"
+    # the input model is untouched
+    assert [layer.name for layer in model.layers] == names
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_raw_mobilenet_quantizes_without_sanitize():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None,
+                                         classes=10)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(16, 32, 32, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x, batch_size=16)
+    assert sum(isinstance(layer, QuantizedConv2D) for layer in qmodel.layers) >= 10
+    kinds = {type(layer).__name__ for layer in qmodel.layers}
+    assert "ZeroPadding2D" not in kinds and "BatchNormalization" not in kinds
+
+
+def test_folded_layer_in_q_config_names_the_preparation():
+    keras.utils.set_random_seed(0)
+    model = digits_cnn()
+    bn = next(layer.name for layer in model.layers if isinstance(layer, L.BatchNormalization))
+    with pytest.raises(ValueError, match="removed by the preparation"):
+        quantize(model, q_config={bn: {}}, samples=_digits(16))
+
+
+@keras.saving.register_keras_serializable(package="tests_islands")
+class Cube(L.Layer):
+    """A float layer with no quantized twin."""
+
+    def call(self, inputs):
+        return inputs * inputs * inputs * 0.01
+
+
+def _island_model():
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = L.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    x = L.ReLU(name="relu1")(x)
+    x = Cube(name="cube")(x)
+    x = L.Conv2D(8, 3, padding="same", name="conv2")(x)
+    x = L.ReLU(name="relu2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    outputs = L.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_unsupported_layer_error_names_the_float_island_switch():
+    keras.utils.set_random_seed(0)
+    with pytest.raises(ValueError, match=r"unsupported layers cube \(Cube\).*'float'"):
+        quantize(_island_model(), samples=_digits(16))
+
+
+def test_float_island_dequantized_before_requantized_after():
+    keras.utils.set_random_seed(0)
+    model = _island_model()
+    x = _digits(64)
+    qmodel = quantize(model, q_config={"cube": "float"}, samples=x, batch_size=16)
+    layers = {layer.name: layer for layer in qmodel.layers}
+    assert type(layers["cube"]) is Cube
+    assert isinstance(layers["cube_dequantizer"], Dequantizer)
+    assert isinstance(layers["cube_quantizer"], InputQuantizer)
+    assert float(np.max(layers["cube_quantizer"].range_max.numpy())) != 1.0  # calibrated
+    assert isinstance(layers["conv2"], QuantizedConv2D)
+    # the island's inputs come from a Dequantizer, its output feeds the InputQuantizer
+    assert layers["cube"].input is layers["cube_dequantizer"].output
+    assert layers["cube_quantizer"].input is layers["cube"].output
+    y, yq = _float(model(x)), _float(qmodel(x))
+    sqnr = 10 * np.log10(np.sum(y ** 2) / np.sum((y - yq) ** 2))
+    assert sqnr > 15, sqnr
+    assert any("float island" in issue and "cube" in issue
+               for issue in check_quantization(qmodel))
+
+
+def test_float_island_as_first_layer():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = Cube(name="cube")(inputs)
+    x = L.Conv2D(4, 3, name="conv")(x)
+    x = L.Flatten(name="flat")(x)
+    outputs = L.Dense(3, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    x = _digits(32)
+    qmodel = quantize(model, q_config={"cube": "float"}, samples=x, batch_size=16)
+    names = [layer.name for layer in qmodel.layers]
+    assert "image_quantizer" not in names  # the float island reads the float input itself
+    assert "cube_quantizer" in names
+    y, yq = _float(model(x)), _float(qmodel(x))
+    assert np.max(np.abs(y - yq)) < 0.1 * np.max(np.abs(y))
+
+
+def test_bad_q_config_string_entry():
+    with pytest.raises(ValueError, match="'float'. Received: 'cube': 'floating'"):
+        quantize(_island_model(), q_config={"cube": "floating"}, samples=_digits(16))
+
+
+def test_analysis_reports_the_float_island():
+    from quantizeml.analysis import compare
+    keras.utils.set_random_seed(0)
+    model = _island_model()
+    x = _digits(32)
+    qmodel = quantize(model, q_config={"cube": "float"}, samples=x, batch_size=16)
+    rows = {row["layer"]: row for row in compare(model, qmodel, x)}
+    assert rows["cube"]["type"] == "Cube (float island)"
+    assert rows["conv2"]["type"] == "QuantizedConv2D"
+
+
+def test_analysis_prepares_a_raw_float_model():
+    """compare() on the raw model gives the rows of the sanitized one (folded BN)."""
+    from quantizeml.analysis import compare
+    keras.utils.set_random_seed(0)
+    model = digits_cnn()
+    x = _digits(32)
+    qmodel = quantize(model, samples=x, batch_size=16)
+    raw = compare(model, qmodel, x)
+    sanitized = compare(sanitize(model), qmodel, x)
+    assert [r["layer"] for r in raw] == [r["layer"] for r in sanitized]
+    assert [r["sqnr_db"] for r in raw] == [r["sqnr_db"] for r in sanitized]
