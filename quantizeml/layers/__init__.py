@@ -14,7 +14,8 @@ from .quantizers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer, Ou
 from .activations import QuantizedReLU
 from .dropout import QuantizedDropout
 from .normalization import QuantizedBatchNormalization
-from .pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
+from .pooling import (QuantizedAveragePooling2D, QuantizedGlobalAveragePooling2D,
+                      QuantizedMaxPool2D)
 from .rescaling import QuantizedRescaling
 from .reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
 from .skip import Add, QuantizedAdd, QuantizedConcatenate

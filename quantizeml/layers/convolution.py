@@ -145,13 +145,20 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
     ``frac_bits = x.frac_bits + w.frac_bits`` and ``scales = x.scales * w.scales`` (then the
     output quantizer, if any).
 
+    Grouped convolutions (``groups = g > 1``, kernel ``(kh, kw, C / g, filters)``) sum each
+    output over the ``kh * kw * C / g`` inputs of its group, exactly as ``groups = 1`` (the
+    grouped ``tf.nn.convolution`` runs forward in the float32 and float64 carriers; its
+    gradients, which CPU kernels only have in float32, are always computed in float32). Per-axis
+    FixedPoint inputs are aligned on their largest fractional bits by shifting the inputs
+    themselves (their channels are not axis -2 of a grouped kernel).
+
     Note that when padding values are provided, padding 'SAME' will be applied with the provided
     value (overriding 'padding' parameter). The padding value is quantized on the grid of the
     (aligned) inputs, ``round(padding_value / x.scales * 2^x.frac_bits)`` clipped to the input
     value bits, and padded explicitly before a 'VALID' convolution.
 
     Args: as ``keras.layers.Conv2D`` (activation must be None or 'linear', data_format
-    'channels_last', groups 1), plus:
+    'channels_last'), plus:
         quant_config (dict, optional): the serialized quantization configuration, with keys
             'weight_quantizer', 'bias_quantizer', 'output_quantizer', 'buffer_bitwidth'.
             Defaults to None.
@@ -180,8 +187,6 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
                          activity_regularizer=activity_regularizer,
                          kernel_constraint=kernel_constraint,
                          bias_constraint=bias_constraint, **kwargs)
-        if self.groups != 1:
-            raise ValueError(f"Layer {self.name}: groups expected 1. Received: groups={groups}")
         self.padding_value = padding_value
         self.init_reduction(quant_config, activation, self.data_format)
 
@@ -189,8 +194,12 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
         x, x_scales = self.aligned_inputs(inputs)
         w = self.quantize_weights("weight_quantizer", self.kernel, training)
         padding = self.padding.upper()
+        if self.groups > 1 or self.padding_value is not None:
+            # grouped kernels: the input channels are not axis -2 of the kernel, where
+            # accumulate() would apply the alignment shifts; a padding value lies on the
+            # aligned grid
+            x = to_single_frac_bits(x)
         if self.padding_value is not None:
-            x = to_single_frac_bits(x)  # the padding value lies on the aligned grid
             value = tf.constant(self.padding_value, tf.float32)
             if x_scales is not None:
                 value = value / x_scales

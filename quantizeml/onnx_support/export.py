@@ -16,7 +16,9 @@ Keras layout) that reproduce the integer maths of the Keras layer exactly:
   rounded right shifts ``floor((v + 2^(s-1)) / 2^s)`` (round half up, the ``Mod``-based floor
   division), then the clip to the quantizer's range (and 0 for unsigned ones);
 * ReLU is ``min(max(v, 0), floor(max_value * 2^f))``, the global average pooling an int64
-  ``ReduceSum`` (its ``1 / (H * W)`` is a QFloat scale), Add an aligned int64 sum.
+  ``ReduceSum`` (its ``1 / (H * W)`` is a QFloat scale), the average pooling a sum of int64
+  strided ``Slice``s times the integer table ``L / count`` (scale ``1 / L``), Add an aligned
+  int64 sum; grouped convolutions use ``ConvInteger``'s ``group``.
 
 The final Dequantizer is a float output (``values * 2^-f * scales`` in float64, rounded once to
 float32, as ``QTensor.to_float`` does). The integer values before it are a second graph output
@@ -31,6 +33,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
+from ..layers.pooling import average_table
 from ..layers.registry import twin_spec, twin_specs
 from ..models.graph import Graph
 from ..tensors import FixedPoint, QFloat
@@ -301,8 +304,8 @@ def _conv(b, layer, x, depthwise=False):
         out_channels = w_int.shape[-1]
         frac = xin.frac + _np(wfp.frac_bits).astype(np.float64)
         x_scales = x.scales
-        terms = kh * kw * c
-        group = 1
+        group = layer.groups  # ConvInteger's group: kernel (K, C / group, kh, kw)
+        terms = kh * kw * c // group
     scales = _fold_scales(x_scales, getattr(wq, "scales", None))
     ph = _pad_amounts(h, kh, sh, dh, layer.padding)
     pw = _pad_amounts(w_, kw, sw, dw, layer.padding)
@@ -445,6 +448,48 @@ def _maxpool(b, layer, x):
     return _finish(b, layer, _T(v, x.vb, x.frac, None, x.unsigned, (out_h, out_w, c)))
 
 
+def _average_pool(b, layer, x):
+    """QuantizedAveragePooling2D: the window sums of the zero-padded int64 inputs (the sum of
+    ``ph * pw`` strided ``Slice``s), times the integer table ``L / count`` when the windows have
+    different counts ('same' borders); scales ``1 / L`` (see ``average_table``)."""
+    if x.shape is None or len(x.shape) != 3 or None in x.shape:
+        raise ValueError(f"export expected static 4D inputs for {layer.name}. "
+                         f"Received: shape {x.shape}")
+    h, w_, c = x.shape
+    (kh, kw), (sh, sw) = layer.pool_size, layer.strides
+    table, lcm = average_table((h, w_), layer.pool_size, layer.strides, layer.padding)
+    ph = _pad_amounts(h, kh, sh, 1, layer.padding)
+    pw = _pad_amounts(w_, kw, sw, 1, layer.padding)
+    v = x.name
+    if any(ph) or any(pw):
+        v = b.node("Pad", [v, b.i64([0, ph[0], pw[0], 0, 0, ph[1], pw[1], 0]), b.i64(0)],
+                   "ap_pad", mode="constant")
+    out_h = (h + sum(ph) - kh) // sh + 1
+    out_w = (w_ + sum(pw) - kw) // sw + 1
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            part = b.node("Slice", [v, b.i64([i, j]), b.i64([i + (out_h - 1) * sh + 1,
+                                                          j + (out_w - 1) * sw + 1]),
+                                    b.i64([1, 2]), b.i64([sh, sw])], "ap_win")
+            total = part if total is None else b.node("Add", [total, part], "ap_sum")
+    if np.any(table != 1):
+        total = b.node("Mul", [total, b.i64(table[None, :, :, None])], "ap_table")
+    vb = min(bits_for(2.0 ** x.vb * lcm), MAX_VALUE_BITS)
+    scales = tf.constant(1.0 / lcm, tf.float32)
+    if x.scales is not None:
+        scales = tf.constant(x.scales) * scales
+    t = _T(total, vb, x.frac, _np(scales), x.unsigned, (out_h, out_w, c))
+    t = _buffer_clip(b, t, layer.buffer_bitwidth)
+    return _finish(b, layer, t)
+
+
+def _channels_last_refuses(layer):
+    if layer.data_format != "channels_last":
+        return f"data_format {layer.data_format!r} (channels_last only)"
+    return None
+
+
 def _reshape(b, layer, x, target):
     if not x.per_tensor and target[-1] != x.shape[-1]:
         raise ValueError(f"export expected per-tensor inputs for {layer.name}.")
@@ -501,6 +546,7 @@ EMITTERS = {
     "maximum": (_aligned_merge("Max", any), None),
     "minimum": (_aligned_merge("Min", all), None),
     "max_pool": (_one_input(_maxpool), None),
+    "average_pool": (_one_input(_average_pool), _channels_last_refuses),
     "flatten": (_flatten, None),
     "reshape": (_reshape_layer, None),
     "identity": (_identity, None),

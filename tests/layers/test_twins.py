@@ -24,7 +24,8 @@ from quantizeml.layers.layer_norm import (LayerMadNormalization, QuantizedLayerN
 from quantizeml.layers.merging import (QuantizedMaximum, QuantizedMinimum, QuantizedMultiply,
                                        QuantizedSubtract)
 from quantizeml.layers.normalization import QuantizedBatchNormalization
-from quantizeml.layers.pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
+from quantizeml.layers.pooling import (QuantizedAveragePooling2D, QuantizedGlobalAveragePooling2D,
+                                       QuantizedMaxPool2D)
 from quantizeml.layers.quant_config import OUTPUT_KEYS, QuantConfigMixin
 from quantizeml.layers.registry import register_twin, twin_spec, twin_specs
 from quantizeml.layers.rescaling import QuantizedRescaling
@@ -39,6 +40,7 @@ from quantizeml.models import load_model, quantize
 from quantizeml.onnx_support.export import EMITTERS, supported_layers
 from quantizeml.tensors import FixedPoint, QFloat, QTensor
 from tests.layers.references import frac, ints, output_quantizer, rounded_shift, to_int_fixed
+from tests.layers.test_average_pooling import np_average_pool
 from tests.layers.test_convolution import (aligned_ints, conv_reference, finish_reference, fold,
                                            np_conv2d, np_conv2d_transpose, weight_ints)
 from tests.layers.test_depthwise import depthwise_weights, input_ints, per_channel
@@ -132,6 +134,8 @@ CASES = {
     QuantizedDropout: lambda: _conv_then(L.Dropout(0.5), L.ReLU()),
     QuantizedBatchNormalization: _batchnorm,
     QuantizedMaxPool2D: lambda: _conv_then(L.MaxPooling2D(2)),
+    QuantizedAveragePooling2D: lambda: _conv_then(
+        L.AveragePooling2D(3, strides=2, padding="same"), L.Conv2D(3, 1)),
     QuantizedGlobalAveragePooling2D: lambda: _conv_then(L.GlobalAveragePooling2D(), L.Dense(3)),
     QuantizedRescaling: _rescaling,
     QuantizedFlatten: lambda: _conv_then(L.Flatten(), L.Dense(3)),
@@ -234,6 +238,14 @@ def _max_pool(layer, x):
     return _with_oq(layer, values, frac(x))
 
 
+def _average_pool(layer, x):
+    values, lcm = np_average_pool(ints(x), layer.pool_size, layer.strides, layer.padding)
+    scales = np.float32(1.0 / lcm)
+    if isinstance(x, QFloat):
+        scales = np.asarray(x.scales, np.float32) * scales
+    return _with_oq(layer, values, frac(x), np.broadcast_to(scales, values.shape[-1:]))
+
+
 def _merging(layer, inputs):
     values, frac_bits, _ = merge_reference(layer, inputs)
     return values, frac_bits
@@ -243,6 +255,7 @@ REFERENCES = {
     QuantizedReLU: _relu,
     QuantizedDropout: _identity,
     QuantizedMaxPool2D: _max_pool,
+    QuantizedAveragePooling2D: _average_pool,
     QuantizedFlatten: _reshaped(lambda v: v.reshape(v.shape[0], -1)),
     QuantizedReshape: _reshaped(lambda v: v.reshape(v.shape[0], 36, 4)),
     QuantizedPermute: _reshaped(lambda v: v.transpose(0, 3, 1, 2)),
