@@ -4,6 +4,8 @@ quantization. Each returns its input model unchanged when it has nothing to do.
 from .align_rescaling import align_rescaling
 from .flatten_model import flatten_model
 from .fold_batchnorms import fold_batchnorms
+from .fold_layer_scale import fold_layer_scale
+from .fold_normalization import fold_normalization
 from .insert_layer import insert_layer
 from .insert_rescaling import insert_rescaling
 from .invert_batchnorm_pooling import invert_batchnorm_pooling
@@ -13,6 +15,7 @@ from .replace_lambda import replace_lambda
 from .sanitize import sanitize
 from .split_activations import split_activations
 
-__all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "insert_layer",
+__all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_layer_scale",
+           "fold_normalization", "insert_layer",
            "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
            "remove_zeropadding2d", "replace_lambda", "sanitize", "split_activations"]

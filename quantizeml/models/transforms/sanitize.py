@@ -2,6 +2,8 @@
 from .align_rescaling import align_rescaling
 from .flatten_model import flatten_model
 from .fold_batchnorms import fold_batchnorms
+from .fold_layer_scale import fold_layer_scale
+from .fold_normalization import fold_normalization
 from .invert_batchnorm_pooling import invert
 from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
@@ -28,6 +30,10 @@ def sanitize(model):
        max pooling),
     5. :func:`fold_batchnorms`: BatchNormalization layers are folded into the processing
        layer before them,
+       then :func:`fold_normalization`: Normalization layers (per-channel preprocessing) fold
+       into the Conv2D/DepthwiseConv2D/Dense after them (or merge into the Rescaling before
+       them when that conv pads and the mean is not zero), and :func:`fold_layer_scale`:
+       LayerScale layers (ConvNeXt) fold into the layer before them,
     6. :func:`invert_relu_maxpool`: MaxPool2D moves before the ReLU that precedes it,
     7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias.
 
@@ -58,5 +64,7 @@ def sanitize(model):
     model = remove_zeropadding2d(model)
     model = invert(model, strict=False)
     model = fold_batchnorms(model)
+    model = fold_normalization(model)
+    model = fold_layer_scale(model)
     model = invert_relu_maxpool(model)
     return align_rescaling(model)
