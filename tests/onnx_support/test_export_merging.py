@@ -35,10 +35,12 @@ def _squeeze_excite(merge, head):
 
 
 def _two_branches(merge):
-    """Two Conv2D branches of the same shape merged, then ReLU and a Dense head."""
+    """Two Conv2D branches of the same shape and different ranges (so different frac bits)
+    merged, then ReLU and a Dense head."""
     inputs = keras.Input((6, 6, 3), name="inp")
     a = L.Conv2D(4, 3, bias_initializer="random_normal", name="a")(inputs)
-    b = L.Conv2D(4, 3, bias_initializer="random_normal", name="b")(inputs)
+    b = L.Conv2D(4, 3, kernel_initializer=keras.initializers.RandomNormal(stddev=3.0),
+                 bias_initializer="random_normal", name="b")(inputs)
     y = MERGES[merge](name="merge")([a, b])
     y = L.ReLU(name="relu")(y)
     return keras.Model(inputs, L.Dense(3, name="d")(L.Flatten(name="fl")(y)))
@@ -51,6 +53,19 @@ def _qfloat_operand(merge):
     x = L.Conv2D(4, 3, padding="same", bias_initializer="random_normal", name="conv")(inputs)
     s = L.GlobalAveragePooling2D(keepdims=True, name="gap")(x)
     y = MERGES[merge](name="merge")([x, s])
+    return keras.Model(inputs, L.Conv2D(2, 1, name="head")(y))
+
+
+def _two_qfloats(merge):
+    """The global averages (QFloats, no output quantizers through q_config) of two Conv2D
+    branches merged, then a 1x1 Conv2D."""
+    inputs = keras.Input((8, 8, 3), name="inp")
+    a = L.Conv2D(4, 3, bias_initializer="random_normal", name="a")(inputs)
+    b = L.Conv2D(4, 3, kernel_initializer=keras.initializers.RandomNormal(stddev=3.0),
+                 bias_initializer="random_normal", name="b")(inputs)
+    a = L.GlobalAveragePooling2D(keepdims=True, name="gap")(a)
+    b = L.GlobalAveragePooling2D(keepdims=True, name="gap_b")(b)
+    y = MERGES[merge](name="merge")([a, b])
     return keras.Model(inputs, L.Conv2D(2, 1, name="head")(y))
 
 
@@ -105,4 +120,16 @@ def test_export_qfloat_operand(merge):
     assert isinstance(keras.Model(qmodel.inputs, gap.output)(x), QFloat)
     if merge == "multiply":
         assert isinstance(qmodel.get_layer("merge"), QuantizedMultiply)
+    check_export_bit_exact(qmodel, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_export_two_qfloats(merge):
+    x = _samples()
+    no_oq = {"buffer_bitwidth": 32}
+    qmodel = quantize(_two_qfloats(merge), samples=x, q_config={"gap": no_oq, "gap_b": no_oq})
+    se = qmodel.get_layer("merge")
+    inputs = keras.Model(qmodel.inputs, se.input)(x)
+    assert all(isinstance(t, QFloat) for t in inputs)
     check_export_bit_exact(qmodel, x)
