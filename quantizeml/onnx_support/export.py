@@ -526,6 +526,26 @@ def _identity(b, layer, xs):
     return xs[0]
 
 
+def _table(b, layer, x):
+    """The lookup-table activations (quantizeml.layers.table): ``Gather`` on the layer's own
+    table (``layer.table``, the one its call builds), an int64 initializer, at the index
+    ``(x + 2^vb) * per_row + channel offsets``."""
+    scales = None
+    if x.scales is not None:
+        scales = QFloat.quantize_scales(tf.constant(x.scales), layer.scale_bits).to_float()
+    frac = tf.constant(x.frac.astype(np.float32))
+    table, out_frac, out_bits, signed = layer.table(x.vb, frac, scales)
+    table = _np(table).astype(np.int64)
+    per_row = int(np.prod(table.shape[1:], dtype=np.int64))
+    index = b.node("Add", [x.name, b.i64(2 ** x.vb)], "table_row")
+    if per_row > 1:
+        index = b.node("Mul", [index, b.i64(per_row)], "table_rows")
+        offsets = np.arange(per_row, dtype=np.int64).reshape(table.shape[1:])
+        index = b.node("Add", [index, b.i64(offsets)], "table_index")
+    v = b.node("Gather", [b.i64(table.reshape(-1), "table"), index], "table_lookup", axis=0)
+    return _T(v, out_bits, _np(out_frac), None, not signed, x.shape)
+
+
 def _conv_refuses(layer):
     if layer.padding_value is not None:
         return "a padding value other than zero"
@@ -550,6 +570,7 @@ EMITTERS = {
     "flatten": (_flatten, None),
     "reshape": (_reshape_layer, None),
     "identity": (_identity, None),
+    "table": (_one_input(_table), None),
 }
 
 _QUANTIZER_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer)

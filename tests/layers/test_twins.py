@@ -33,6 +33,7 @@ from quantizeml.layers.reshaping import QuantizedFlatten, QuantizedPermute, Quan
 from quantizeml.layers.separable import QuantizedSeparableConv2D
 from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
 from quantizeml.layers.skip import QuantizedAdd, QuantizedConcatenate
+from quantizeml.layers.table import QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU
 from quantizeml.layers.tokens import (AddPositionEmbs, ClassToken, ExtractToken,
                                       QuantizedAddPositionEmbs, QuantizedClassToken,
                                       QuantizedExtractToken)
@@ -47,6 +48,7 @@ from tests.layers.test_depthwise import depthwise_weights, input_ints, per_chann
 from tests.layers.test_keras_layer_norm import keras_layer_norm_reference
 from tests.layers.test_merging import reference as merge_reference
 from tests.layers.test_pooling import np_max_pool
+from tests.layers.test_table import table_reference
 from tests.utils import check_config_roundtrip
 
 L = keras.layers
@@ -131,6 +133,11 @@ def _token_stem():
 #: twin class -> a function building (a tiny float model containing what it replaces, samples)
 CASES = {
     QuantizedReLU: lambda: _conv_then(L.ReLU(6.0)),
+    QuantizedActivation: lambda: _conv_then(L.Activation("swish"), L.Conv2D(3, 1)),
+    QuantizedLeakyReLU: lambda: _conv_then(L.LeakyReLU(0.2)),  # a model output: default grid
+    QuantizedPReLU: lambda: _conv_then(L.PReLU(
+        shared_axes=[1, 2], alpha_initializer=keras.initializers.Constant(0.25)),
+        L.GlobalAveragePooling2D(), L.Dense(3)),
     QuantizedDropout: lambda: _conv_then(L.Dropout(0.5), L.ReLU()),
     QuantizedBatchNormalization: _batchnorm,
     QuantizedMaxPool2D: lambda: _conv_then(L.MaxPooling2D(2)),
@@ -253,6 +260,9 @@ def _merging(layer, inputs):
 
 REFERENCES = {
     QuantizedReLU: _relu,
+    QuantizedActivation: table_reference,
+    QuantizedLeakyReLU: table_reference,
+    QuantizedPReLU: table_reference,
     QuantizedDropout: _identity,
     QuantizedMaxPool2D: _max_pool,
     QuantizedAveragePooling2D: _average_pool,
