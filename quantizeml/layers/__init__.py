@@ -21,6 +21,7 @@ from .rescaling import QuantizedRescaling
 from .reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
 from .skip import Add, QuantizedAdd, QuantizedConcatenate
 from .merging import QuantizedMaximum, QuantizedMinimum, QuantizedMultiply, QuantizedSubtract
+from .spatial import QuantizedCropping2D, QuantizedUpSampling2D, QuantizedZeroPadding2D
 from .convolution import PaddedConv2D, QuantizedConv2D, QuantizedConv2DTranspose
 from .dense import QuantizedDense
 from .depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,

@@ -546,6 +546,47 @@ def _table(b, layer, x):
     return _T(v, out_bits, _np(out_frac), None, not signed, x.shape)
 
 
+def _static_shape(layer, x):
+    """The static (H, W, C) of a 4D channels_last input of a spatial layer."""
+    if x.shape is None or len(x.shape) != 3 or any(d is None for d in x.shape):
+        raise ValueError(f"export expected 4D inputs with static dimensions for {layer.name} "
+                         f"({type(layer).__name__}). Received: shape {x.shape}")
+    return tuple(int(d) for d in x.shape)
+
+
+def _zero_pad(b, layer, x):
+    """QuantizedZeroPadding2D: an int64 ``Pad`` with the constant 0 (exact on every grid)."""
+    h, w_, c = _static_shape(layer, x)
+    (top, bottom), (left, right) = layer.padding
+    v = b.node("Pad", [x.name, b.i64([0, top, left, 0, 0, bottom, right, 0]), b.i64(0)],
+               "zero_pad", mode="constant")
+    shape = (h + top + bottom, w_ + left + right, c)
+    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
+
+
+def _crop(b, layer, x):
+    """QuantizedCropping2D: an int64 ``Slice`` of the rows and columns."""
+    h, w_, c = _static_shape(layer, x)
+    (top, bottom), (left, right) = layer.cropping
+    v = b.node("Slice", [x.name, b.i64([top, left]), b.i64([h - bottom, w_ - right]),
+                         b.i64([1, 2])], "crop")
+    shape = (h - top - bottom, w_ - left - right, c)
+    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
+
+
+def _upsample_nearest(b, layer, x):
+    """QuantizedUpSampling2D (nearest): ``Unsqueeze`` to (N, H, 1, W, 1, C), ``Expand`` to
+    (N, H, sh, W, sw, C) and ``Reshape`` to (N, H * sh, W * sw, C), all int64 (onnxruntime's
+    ``Resize`` does not take int64)."""
+    h, w_, c = _static_shape(layer, x)
+    rows, cols = layer.size
+    v = b.node("Unsqueeze", [x.name, b.i64([2, 4])], "up_unsq")
+    v = b.node("Expand", [v, b.i64([1, 1, rows, 1, cols, 1])], "up_expand")
+    shape = (h * rows, w_ * cols, c)
+    v = b.node("Reshape", [v, b.i64([-1, *shape])], "upsample")
+    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
+
+
 def _conv_refuses(layer):
     if layer.padding_value is not None:
         return "a padding value other than zero"
@@ -571,6 +612,9 @@ EMITTERS = {
     "reshape": (_reshape_layer, None),
     "identity": (_identity, None),
     "table": (_one_input(_table), None),
+    "zero_pad": (_one_input(_zero_pad), None),
+    "crop": (_one_input(_crop), None),
+    "upsample_nearest": (_one_input(_upsample_nearest), None),
 }
 
 _QUANTIZER_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer)

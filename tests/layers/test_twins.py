@@ -33,6 +33,8 @@ from quantizeml.layers.reshaping import QuantizedFlatten, QuantizedPermute, Quan
 from quantizeml.layers.separable import QuantizedSeparableConv2D
 from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
 from quantizeml.layers.skip import QuantizedAdd, QuantizedConcatenate
+from quantizeml.layers.spatial import (QuantizedCropping2D, QuantizedUpSampling2D,
+                                       QuantizedZeroPadding2D)
 from quantizeml.layers.table import QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU
 from quantizeml.layers.tokens import (AddPositionEmbs, ClassToken, ExtractToken,
                                       QuantizedAddPositionEmbs, QuantizedClassToken,
@@ -172,6 +174,9 @@ CASES = {
     QuantizedClassToken: _token_stem,
     QuantizedAddPositionEmbs: _token_stem,
     QuantizedExtractToken: _token_stem,
+    QuantizedZeroPadding2D: lambda: _conv_then(L.ZeroPadding2D(((1, 2), (0, 1))), L.Conv2D(3, 3)),
+    QuantizedCropping2D: lambda: _conv_then(L.Cropping2D(((1, 0), (2, 1))), L.ReLU()),
+    QuantizedUpSampling2D: lambda: _conv_then(L.UpSampling2D((2, 3)), L.Conv2D(3, 3)),
 }
 
 
@@ -279,6 +284,9 @@ REFERENCES = {
     QuantizedDense: _dense,
     QuantizedDepthwiseConv2D: _depthwise,
     QuantizedLayerStdNormalization: keras_layer_norm_reference,
+    QuantizedZeroPadding2D: _reshaped(lambda v: np.pad(v, ((0, 0), (1, 2), (0, 1), (0, 0)))),
+    QuantizedCropping2D: _reshaped(lambda v: v[:, 1:, 2:-1, :]),
+    QuantizedUpSampling2D: _reshaped(lambda v: np.repeat(np.repeat(v, 2, axis=1), 3, axis=2)),
 }
 
 
