@@ -6,16 +6,19 @@ from .flatten_model import flatten_model
 from .fold_batchnorms import fold_batchnorms
 from .fold_layer_scale import fold_layer_scale
 from .fold_normalization import fold_normalization
+from .fuse_hard_swish import fuse_hard_swish
 from .insert_layer import insert_layer
 from .insert_rescaling import insert_rescaling
 from .invert_batchnorm_pooling import invert_batchnorm_pooling
 from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
+from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .sanitize import sanitize
 from .split_activations import split_activations
 
 __all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_layer_scale",
-           "fold_normalization", "insert_layer",
-           "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
-           "remove_zeropadding2d", "replace_lambda", "sanitize", "split_activations"]
+           "fold_normalization", "fuse_hard_swish",
+           "insert_layer", "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
+           "remove_zeropadding2d", "replace_lambda", "replace_tfop_arithmetic", "sanitize",
+           "split_activations"]

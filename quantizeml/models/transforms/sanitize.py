@@ -4,10 +4,12 @@ from .flatten_model import flatten_model
 from .fold_batchnorms import fold_batchnorms
 from .fold_layer_scale import fold_layer_scale
 from .fold_normalization import fold_normalization
+from .fuse_hard_swish import fuse_hard_swish
 from .invert_batchnorm_pooling import invert
 from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
+from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .split_activations import split_activations
 
 __all__ = ["sanitize"]
@@ -23,6 +25,10 @@ def sanitize(model):
        models raise a ValueError),
     2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
        Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
+       then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
+       hard-sigmoid ``relu6(x + 3) / 6`` become one Activation layer, and
+       :func:`replace_tfop_arithmetic`: the other TFOpLambda arithmetic and activations become
+       Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers,
     3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a
        'same' convolution,
     4. :func:`invert_batchnorm_pooling`: BatchNormalization layers move before the pooling
@@ -61,6 +67,8 @@ def sanitize(model):
     model = flatten_model(model)
     model = split_activations(model)
     model = replace_lambda(model)
+    model = fuse_hard_swish(model)
+    model = replace_tfop_arithmetic(model)
     model = remove_zeropadding2d(model)
     model = invert(model, strict=False)
     model = fold_batchnorms(model)

@@ -11,7 +11,10 @@ _LINEAR = (None, "linear")
 def _activation_name(layer):
     activation = layer.get_config().get("activation", None)
     if isinstance(activation, dict):  # a serialized activation
-        activation = activation.get("config", {}).get("name", activation.get("class_name"))
+        config = activation.get("config")
+        # a registered function serializes its registered name ('quantizeml>hard_swish')
+        activation = config if isinstance(config, str) else \
+            (config or {}).get("name", activation.get("class_name"))
     return activation
 
 

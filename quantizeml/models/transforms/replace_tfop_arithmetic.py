@@ -1,0 +1,242 @@
+"""Replaces the TFOpLambda arithmetic and activations by Keras layers."""
+import inspect
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ..graph import Graph, TensorRef, rebuild
+
+__all__ = ["replace_tfop_arithmetic", "tfop_constant", "tfop_operands"]
+
+# TFOpLambda layers are recognised by the canonical TF API name in their config
+_ADD = {"__operators__.add", "math.add", "add", "compat.v1.add"}
+_SUBTRACT = {"math.subtract", "subtract", "compat.v1.subtract"}
+_MULTIPLY = {"math.multiply", "multiply", "compat.v1.multiply"}
+_DIVIDE = {"math.truediv", "truediv", "math.divide", "divide", "compat.v1.divide"}
+_NEGATIVE = {"math.negative", "negative"}
+_MERGE = {**{n: keras.layers.Add for n in _ADD}, **{n: keras.layers.Subtract for n in _SUBTRACT},
+          **{n: keras.layers.Multiply for n in _MULTIPLY}}
+# unary op -> Activation name (the keras activation calls the same TF op)
+_ACTIVATIONS = {"math.sigmoid": "sigmoid", "nn.sigmoid": "sigmoid", "sigmoid": "sigmoid",
+                "math.tanh": "tanh", "nn.tanh": "tanh", "tanh": "tanh",
+                "nn.silu": "swish", "nn.swish": "swish",
+                "nn.elu": "elu", "nn.selu": "selu",
+                "math.softplus": "softplus", "nn.softplus": "softplus",
+                "nn.softsign": "softsign", "math.softsign": "softsign",
+                "math.exp": "exponential", "exp": "exponential"}
+_RELU = {"nn.relu": None, "nn.relu6": 6.0}
+_LEAKY_RELU = {"nn.leaky_relu"}
+_GELU = {"nn.gelu"}
+_SOFTMAX = {"nn.softmax", "math.softmax"}
+
+
+def _function_name(layer):
+    if type(layer).__name__ != "TFOpLambda" or not hasattr(layer, "function"):
+        return None
+    return layer.get_config().get("function")
+
+
+def _arguments(node):
+    """The bound call arguments of a TFOpLambda node (name -> value), or None."""
+    try:
+        bound = inspect.signature(node.layer.function).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return None
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def tfop_constant(value, tensor):
+    """A constant operand of an elementwise op on ``tensor`` as a Rescaling parameter.
+
+    Args:
+        value: a Python number, numpy array or eager tensor.
+        tensor (TensorRef): the tensor operand.
+
+    Returns:
+        float, list or None: a float (a scalar), a list of floats (one per channel of the last
+        axis) or None when ``value`` is not such a constant (a tensor, a constant that would
+        broadcast the other axes, or a non-finite value).
+    """
+    if isinstance(value, TensorRef) or isinstance(value, (str, bytes)) or value is None:
+        return None
+    if tf.is_tensor(value):
+        if not hasattr(value, "numpy"):
+            return None  # a symbolic tensor
+        value = value.numpy()
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    rank, channels = tensor.shape.rank, tensor.shape[-1] if tensor.shape.rank else None
+    if not np.all(np.isfinite(array)) or rank is None or array.ndim > rank:
+        return None
+    if array.size == 1:
+        return float(array.reshape(-1)[0])
+    if channels is None or array.shape[-1] != channels or \
+            any(d != 1 for d in array.shape[:-1]):
+        return None
+    return [float(v) for v in array.reshape(-1)]
+
+
+def tfop_operands(node):
+    """``(name, x, y)`` of a binary TFOpLambda node: its function name and first two operands,
+    or None."""
+    name = _function_name(node.layer)
+    if name is None:
+        return None
+    arguments = _arguments(node)
+    if arguments is None or len(arguments) < 2:
+        return None
+    x, y = list(arguments.values())[:2]
+    return name, x, y
+
+
+def _same_rank(a, b, out):
+    """Whether a Merge layer computes ``op(a, b)`` with the shape of ``out``."""
+    if a.shape.rank is None or a.shape.rank != b.shape.rank:
+        return False
+    try:
+        shape = tf.broadcast_static_shape(a.shape, b.shape)
+    except ValueError:
+        return False
+    return shape.as_list()[1:] == out.shape.as_list()[1:]
+
+
+def _rescaling(scale, offset=0.0):
+    return keras.layers.Rescaling, {"scale": scale, "offset": offset}
+
+
+def _negate(value):
+    return [-v for v in value] if isinstance(value, list) else -value
+
+
+def _binary(node):
+    operands = tfop_operands(node)
+    if operands is None:
+        return None
+    name, x, y = operands
+    out = node.outputs[0] if len(node.outputs) == 1 else None
+    if out is None:
+        return None
+    if isinstance(x, TensorRef) and isinstance(y, TensorRef):
+        if name in _MERGE and _same_rank(x, y, out):
+            return _MERGE[name], {}, [x, y]
+        return None
+    tensor, value, tensor_first = (x, y, True) if isinstance(x, TensorRef) else (y, x, False)
+    if not isinstance(tensor, TensorRef) or not tensor.tensor.dtype.is_floating:
+        return None
+    c = tfop_constant(value, tensor)
+    if c is None:
+        return None
+    if name in _ADD:
+        return (*_rescaling(1.0, c), tensor)
+    if name in _SUBTRACT:
+        return (*(_rescaling(1.0, _negate(c)) if tensor_first else _rescaling(-1.0, c)), tensor)
+    if name in _MULTIPLY:
+        return (*_rescaling(c), tensor)
+    if name in _DIVIDE and tensor_first:
+        values = c if isinstance(c, list) else [c]
+        if any(v == 0 for v in values):
+            return None
+        return (*_rescaling([1.0 / v for v in c] if isinstance(c, list) else 1.0 / c), tensor)
+    return None
+
+
+def _unary(node, name):
+    arguments = _arguments(node)
+    if arguments is None:
+        return None
+    values = list(arguments.values())
+    x = values[0]
+    if not isinstance(x, TensorRef) or not x.tensor.dtype.is_floating:
+        return None
+    if name in _NEGATIVE:
+        return (*_rescaling(-1.0), x)
+    if name in _RELU:
+        return keras.layers.ReLU, {"max_value": _RELU[name]}, x
+    if name in _LEAKY_RELU:
+        alpha = tfop_constant(arguments.get("alpha", 0.2), x)
+        return None if not isinstance(alpha, float) else \
+            (keras.layers.ReLU, {"negative_slope": alpha}, x)
+    if name in _GELU:
+        return None if arguments.get("approximate", False) else \
+            (keras.layers.Activation, {"activation": "gelu"}, x)
+    if name in _SOFTMAX:
+        axis = arguments.get("axis", -1)
+        return None if axis not in (-1, None, x.shape.rank - 1) else \
+            (keras.layers.Activation, {"activation": "softmax"}, x)
+    if name in _ACTIVATIONS:
+        return keras.layers.Activation, {"activation": _ACTIVATIONS[name]}, x
+    return None
+
+
+def _replacement(node):
+    """``(class, config, inputs)`` of the layer that replaces ``node``, or None."""
+    name = _function_name(node.layer)
+    if name is None or len(node.outputs) != 1:
+        return None
+    if name in _ADD or name in _SUBTRACT or name in _MULTIPLY or name in _DIVIDE:
+        return _binary(node)
+    if name in _NEGATIVE or name in _RELU or name in _LEAKY_RELU or name in _GELU \
+            or name in _SOFTMAX or name in _ACTIVATIONS:
+        return _unary(node, name)
+    return None
+
+
+def replace_tfop_arithmetic(model):
+    """Replaces the TFOpLambda arithmetic and activation layers of a model by Keras layers.
+
+    tf_keras wraps the TF functions called on symbolic tensors (``x + y``, ``x * 0.5``,
+    ``tf.math.sigmoid(x)``) into TFOpLambda layers, which quantize() cannot quantize. This
+    transform rewrites them (recognised by the TF API name in their config and their call
+    arguments):
+
+    - of two tensors of the same rank (broadcasting allowed): ``x + y``, ``tf.math.add`` ->
+      Add, ``tf.math.subtract`` -> Subtract, ``tf.math.multiply`` -> Multiply (the operands keep
+      their order),
+    - of a float tensor and a constant (a scalar or one value per channel of the last axis):
+      ``x + c`` -> ``Rescaling(1, c)``, ``x - c`` -> ``Rescaling(1, -c)``,
+      ``c - x`` -> ``Rescaling(-1, c)``, ``x * c`` -> ``Rescaling(c)``,
+      ``x / c`` -> ``Rescaling(1 / c)``, ``-x`` -> ``Rescaling(-1)``,
+    - ``tf.nn.relu`` -> ReLU, ``tf.nn.relu6`` -> ``ReLU(max_value=6)``,
+      ``tf.nn.leaky_relu(x, alpha)`` -> ``ReLU(negative_slope=alpha)``,
+    - ``tf.math.sigmoid``, ``tf.math.tanh``, ``tf.nn.silu`` (``'swish'``), ``tf.nn.elu``,
+      ``tf.nn.selu``, ``tf.math.softplus``, ``tf.nn.softsign``, ``tf.math.exp``
+      (``'exponential'``), ``tf.nn.gelu`` (exact) and ``tf.nn.softmax`` (last axis) ->
+      ``Activation(name)``.
+
+    Other TFOpLambda layers (``c / x``, ``x / y``, constants that broadcast other axes, integer
+    tensors) are left as is. The new layers take the name of the layer they replace, and the
+    outputs stay equal (``x / c`` becomes ``x * (1 / c)``: equal to float rounding).
+
+    Args:
+        model (keras.Model): the model of interest.
+
+    Returns:
+        keras.Model: the original model, or a new one with the TFOpLambda layers replaced.
+
+    Example:
+        ```python
+        y = keras.layers.Conv2D(8, 3)(x) * 0.5 + 1.0   # two TFOpLambda layers
+        model = replace_tfop_arithmetic(model)          # two Rescaling layers
+        ```
+    """
+    graph = Graph(model)
+    found = {}
+    for node in graph.nodes:
+        replacement = _replacement(node)
+        if replacement is not None:
+            found[node.index] = replacement
+    if not found:
+        return model
+
+    def rewrite(node, rb):
+        if node.index not in found:
+            return None
+        cls, config, inputs = found[node.index]
+        layer = cls(**config, name=rb.name_for(node.layer))
+        return layer(rb.map(inputs))
+
+    return rebuild(graph, rewrite)

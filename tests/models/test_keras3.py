@@ -1,0 +1,216 @@
+"""from_keras3: Keras 3 models become their tf_keras twin (same outputs), then quantize."""
+import keras as keras3
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import quantizeml.models.keras3 as k3_module
+from quantizeml.models import from_keras3, is_keras3_model, quantize
+from quantizeml.models.transforms import sanitize
+from quantizeml.models.transforms.fuse_hard_swish import HARD_SIGMOID, HARD_SWISH
+
+K3 = keras3.layers
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _randomize(model, seed=0, kernels=True):
+    """Random weights (BN statistics included), so that a weight that is not copied changes the
+    outputs; ``kernels=False`` keeps the initial (random) kernels and biases."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, K3.BatchNormalization):
+            weights = [rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else
+                       rng.normal(0, 0.3, w.shape) for i, w in enumerate(weights)]
+        elif kernels:
+            weights = [rng.normal(0, 0.5, w.shape) for w in weights]
+        layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    return model
+
+
+def _inputs(model, batch=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-2, 2, (batch, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+
+
+def _outputs(model, x):
+    y = model(x if len(x) > 1 else x[0], training=False)
+    return [np.asarray(v) for v in tf.nest.flatten(y)]
+
+
+def _check_equal(model, new, **tol):
+    """Same outputs, tf_keras layers only, the Keras 3 layer names kept."""
+    assert isinstance(new, keras.Model) and not is_keras3_model(new)
+    assert all(isinstance(layer, keras.layers.Layer) for layer in new.layers)
+    names = {layer.name for layer in new.layers}
+    assert {layer.name for layer in model.layers} <= names
+    x = _inputs(model)
+    for a, b in zip(_outputs(model, x), _outputs(new, x)):
+        np.testing.assert_allclose(b, a, **(tol or TOL))
+
+
+def _conv_bn_relu_dense():
+    inputs = keras3.Input((8, 8, 3), name="image")
+    x = K3.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv")(inputs)
+    x = K3.BatchNormalization(name="bn")(x)
+    x = K3.ReLU(name="relu")(x)
+    x = K3.GlobalAveragePooling2D(name="gap")(x)
+    return keras3.Model(inputs, K3.Dense(4, name="dense")(x), name="k3_functional")
+
+
+def test_is_keras3_model():
+    assert is_keras3_model(_conv_bn_relu_dense())
+    assert is_keras3_model(tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)]))
+    assert not is_keras3_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    assert not is_keras3_model(K3.Dense(1)) and not is_keras3_model(None)
+
+
+def test_functional_then_quantize():
+    model = _randomize(_conv_bn_relu_dense())
+    new = from_keras3(model)
+    _check_equal(model, new)
+    assert new.name == "k3_functional" and [t.name for t in new.inputs] == ["image"]
+    assert [type(layer).__name__ for layer in new.layers] == \
+        ["InputLayer", "Conv2D", "BatchNormalization", "ReLU", "GlobalAveragePooling2D",
+         "Dense"]
+    for layer in model.layers:
+        for a, b in zip(layer.get_weights(), new.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    samples = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(new, samples=samples, batch_size=16)
+    y, q = np.asarray(model(samples)), np.asarray(qmodel(samples))
+    assert q.shape == y.shape and np.mean(np.abs(q - y)) < 0.1 * np.mean(np.abs(y))
+
+
+@pytest.mark.parametrize("how", ["input", "build"])
+def test_sequential(how):
+    layers = [K3.Dense(8, activation="relu", name="d1"), K3.Dropout(0.2, name="drop"),
+              K3.Dense(3, activation="softmax", name="d2")]
+    if how == "input":
+        model = keras3.Sequential([keras3.Input((5,)), *layers], name="seq")
+    else:
+        model = keras3.Sequential(layers, name="seq")
+        model.build((None, 5))
+    new = from_keras3(_randomize(model))
+    _check_equal(model, new)
+    assert [type(layer).__name__ for layer in new.layers[1:]] == ["Dense", "Dropout", "Dense"]
+
+
+def test_unbuilt_sequential():
+    with pytest.raises(ValueError, match="built Sequential"):
+        from_keras3(keras3.Sequential([K3.Dense(2)]))
+
+
+def _everything():
+    """Two inputs and outputs, a nested Sequential, a shared layer, Keras 3 ops, Keras 3 only
+    activation names, per-channel Rescaling, Normalization, Lambda, Concatenate."""
+    a = keras3.Input((8, 8, 3), name="a")
+    b = keras3.Input((6,), name="b")
+    x = K3.Rescaling([0.5, 1.0, 2.0], offset=-0.5, name="rescale")(a)
+    x = K3.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 4.0], name="norm")(x)
+    x = K3.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(x)
+    x = K3.DepthwiseConv2D(3, strides=2, name="dw")(x)
+    x = K3.BatchNormalization(name="bn")(x)
+    x = K3.Activation("hard_silu", name="hswish")(x)
+    x = K3.SeparableConv2D(6, 3, padding="same", activation="silu", name="sep")(x)
+    y = K3.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)           # Keras 3 ops
+    y = K3.Multiply(name="excite")([x, keras3.ops.sigmoid(y)])
+    y = K3.GlobalAveragePooling2D(name="gap")(y)
+    head = keras3.Sequential([keras3.Input((6,)), K3.Dense(6, activation="hard_sigmoid",
+                                                                name="inner")], name="nested")
+    shared = K3.Dense(6, name="shared")
+    z = shared(b) - shared(head(b))
+    z = K3.Lambda(lambda t: t * 2.0, name="lambda")(z)
+    c = K3.Concatenate(name="concat")([y, z, -y])
+    out1 = K3.Dense(4, activation="softmax", name="logits")(c)
+    out2 = K3.Conv2D(2, 1, activation="tanh", name="side")(x)
+    return keras3.Model([a, b], [out1, out2], name="everything")
+
+
+def test_everything():
+    model = _randomize(_everything())
+    new = from_keras3(model)
+    _check_equal(model, new)
+    assert [t.name for t in new.inputs] == ["a", "b"]
+    assert new.get_layer("shared").name == "shared"
+    assert len(new.get_layer("shared").inbound_nodes) == 2  # still shared
+    assert keras.activations.serialize(new.get_layer("hswish").activation)["config"] == \
+        HARD_SWISH
+    assert keras.activations.serialize(new.get_layer("nested").get_layer("inner").activation)[
+        "config"] == HARD_SIGMOID
+    assert new.get_layer("sep").get_config()["activation"] == "swish"
+    # the ops became TFOpLambda / Activation layers that sanitize() rewrites
+    sanitized = sanitize(new)
+    assert not [layer for layer in sanitized.layers if type(layer).__name__ == "TFOpLambda"]
+    x = _inputs(model)
+    for a, b in zip(_outputs(model, x), _outputs(sanitized, x)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_layers_are_all_named():
+    @keras3.saving.register_keras_serializable(package="Test")
+    class Twice(K3.Layer):
+        def call(self, x):
+            return x * 2
+
+    class Shift(K3.Layer):
+        def call(self, x):
+            return x + 1
+
+    inputs = keras3.Input((4,))
+    x = Twice(name="twice")(inputs)
+    x = K3.Dense(3, name="dense")(x)
+    x = Shift(name="shift")(x)
+    x = keras3.ops.cumsum(x, axis=-1)
+    with pytest.raises(ValueError) as info:
+        from_keras3(keras3.Model(inputs, x))
+    message = str(info.value)
+    assert "Received: 3 layer(s) that cannot be converted" in message
+    for expected in ("twice (Twice)", "Test>Twice", "shift (Shift)", "(Cumsum)"):
+        assert expected in message
+    assert "dense" not in message.split("Received:")[1]
+
+
+def test_unsupported_option():
+    inputs = keras3.Input((4,))
+    model = keras3.Model(inputs, K3.Dense(3, lora_rank=2, name="lora")(inputs))
+    with pytest.raises(ValueError, match=r"lora \(Dense\): Dense option lora_rank=2"):
+        from_keras3(model)
+
+
+def test_wrong_models():
+    with pytest.raises(TypeError, match="expected a Keras 3 model"):
+        from_keras3(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+
+    class Subclassed(keras3.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = K3.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Subclassed()
+    model(np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="subclassed model"):
+        from_keras3(model)
+
+
+def test_output_check_fails_without_the_weights(monkeypatch):
+    """The output check catches a twin that differs (here: weights not copied)."""
+    monkeypatch.setattr(k3_module, "_copy_weights", lambda builder: None)
+    with pytest.raises(ValueError, match="give its outputs"):
+        from_keras3(_randomize(_conv_bn_relu_dense()))
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_then_quantize():
+    model = keras3.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None,
+                                            classifier_activation=None)
+    model = _randomize(model, kernels=False)  # 0.5-std kernels: float errors grow 2x a block
+    new = from_keras3(model)
+    _check_equal(model, new, rtol=1e-4, atol=1e-4)
+    samples = np.random.default_rng(0).uniform(-1, 1, (4, 96, 96, 3)).astype(np.float32)
+    qmodel = quantize(new, samples=samples, batch_size=4)
+    assert np.asarray(qmodel(samples)).shape == (4, 1000)

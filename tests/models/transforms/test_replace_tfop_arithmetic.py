@@ -1,0 +1,118 @@
+"""replace_tfop_arithmetic: TFOpLambda arithmetic and activations become Keras layers."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from quantizeml.models.transforms import replace_tfop_arithmetic
+
+L = keras.layers
+C = np.array([0.5, -2.0, 3.0], dtype=np.float32)  # one value per channel
+
+# name -> (function of two (None, 4, 4, 3) tensors, expected layer class, Rescaling
+# (scale, offset) or None)
+CASES = {
+    "add_tensors": (lambda x, y: x + y, L.Add, None),
+    "math_add_tensors": (lambda x, y: tf.math.add(x, y), L.Add, None),
+    "subtract_tensors": (lambda x, y: x - y, L.Subtract, None),
+    "subtract_tensors_reversed": (lambda x, y: tf.math.subtract(y, x), L.Subtract, None),
+    "multiply_tensors": (lambda x, y: x * y, L.Multiply, None),
+    "multiply_broadcast": (lambda x, y: x * L.GlobalAveragePooling2D(keepdims=True)(y),
+                           L.Multiply, None),
+    "add_constant": (lambda x, y: x + 3, L.Rescaling, (1.0, 3.0)),
+    "radd_constant": (lambda x, y: 3.0 + x, L.Rescaling, (1.0, 3.0)),
+    "math_add_constant": (lambda x, y: tf.math.add(x, 0.25), L.Rescaling, (1.0, 0.25)),
+    "subtract_constant": (lambda x, y: x - 1.5, L.Rescaling, (1.0, -1.5)),
+    "rsubtract_constant": (lambda x, y: 1.5 - x, L.Rescaling, (-1.0, 1.5)),
+    "multiply_constant": (lambda x, y: x * (1 / 6), L.Rescaling, (1 / 6, 0.0)),
+    "rmultiply_constant": (lambda x, y: 2 * x, L.Rescaling, (2.0, 0.0)),
+    "divide_constant": (lambda x, y: x / 6.0, L.Rescaling, (1 / 6, 0.0)),
+    "negative": (lambda x, y: -x, L.Rescaling, (-1.0, 0.0)),
+    "multiply_channels": (lambda x, y: x * C, L.Rescaling, (C.tolist(), 0.0)),
+    "add_channels_tensor": (lambda x, y: x + tf.constant(C.reshape(1, 1, 1, 3)), L.Rescaling,
+                            (1.0, C.tolist())),
+    "divide_channels": (lambda x, y: x / C, L.Rescaling, ((1 / C.astype(np.float64)).tolist(),
+                                                          0.0)),
+    "relu": (lambda x, y: tf.nn.relu(x), L.ReLU, None),
+    "relu6": (lambda x, y: tf.nn.relu6(x), L.ReLU, None),
+    "leaky_relu": (lambda x, y: tf.nn.leaky_relu(x, 0.1), L.ReLU, None),
+    "sigmoid": (lambda x, y: tf.math.sigmoid(x), L.Activation, None),
+    "tanh": (lambda x, y: tf.math.tanh(x), L.Activation, None),
+    "silu": (lambda x, y: tf.nn.silu(x), L.Activation, None),
+    "gelu": (lambda x, y: tf.nn.gelu(x), L.Activation, None),
+    "elu": (lambda x, y: tf.nn.elu(x), L.Activation, None),
+    "softplus": (lambda x, y: tf.math.softplus(x), L.Activation, None),
+    "exp": (lambda x, y: tf.math.exp(x), L.Activation, None),
+    "softmax": (lambda x, y: tf.nn.softmax(x), L.Activation, None),
+}
+
+
+def _build(case):
+    a, b = keras.Input((4, 4, 3), name="a"), keras.Input((4, 4, 3), name="b")
+    x, y = L.Conv2D(3, 1, name="conv_a")(a), L.Conv2D(3, 1, name="conv_b")(b)
+    out = CASES[case][0](x, y)
+    return keras.Model([a, b], L.Conv2D(2, 1, name="head")(out))
+
+
+def _is_tfop(layer):
+    return type(layer).__name__ == "TFOpLambda"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_replace(checks, case):
+    model = _build(case)
+    before = checks.snapshot(model)
+    tfop = [layer for layer in model.layers if _is_tfop(layer)]
+    assert len(tfop) == 1
+    new = replace_tfop_arithmetic(model)
+    assert not any(_is_tfop(layer) for layer in new.layers)
+    replaced = new.get_layer(tfop[0].name)  # the new layer takes the TFOpLambda's name
+    expected, rescaling = CASES[case][1:]
+    assert type(replaced) is expected
+    if rescaling is not None:
+        np.testing.assert_allclose(replaced.scale, rescaling[0], rtol=1e-7)
+        np.testing.assert_allclose(replaced.offset, rescaling[1], rtol=1e-7)
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+    checks.unchanged(model, before, new)
+    # the new model round trips through its config (plain JSON values)
+    keras.Model.from_config(new.get_config())
+
+
+def test_operand_order_kept(checks):
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    model = keras.Model([a, b], tf.math.subtract(b, L.Dense(4)(a)))
+    new = replace_tfop_arithmetic(model)
+    sub = [layer for layer in new.layers if type(layer) is L.Subtract][0]
+    assert [t.node.layer.name for t in sub.input] == ["b", new.layers[2].name]
+    checks.equivalent(model, new, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["rdivide", "divide_tensors", "channels_other_axis",
+                                  "integer", "untouched"])
+def test_unchanged(case):
+    x = keras.Input((4, 4, 3))
+    if case == "rdivide":
+        y = 1.0 / x
+    elif case == "divide_tensors":
+        y = x / L.ReLU()(x)
+    elif case == "channels_other_axis":
+        y = x * np.ones((1, 4, 1, 1), np.float32)
+    elif case == "integer":
+        i = keras.Input((4,), dtype="int32")
+        model = keras.Model(i, i * 2)
+        assert replace_tfop_arithmetic(model) is model
+        return
+    else:
+        y = L.ReLU()(L.Conv2D(3, 1)(x))
+    model = keras.Model(x, y)
+    assert replace_tfop_arithmetic(model) is model
+
+
+def test_shared_input_and_outputs(checks):
+    """A tensor read by several ops and the ops' results as model outputs."""
+    x = keras.Input((6,), name="x")
+    h = L.Dense(6, name="dense")(x)
+    model = keras.Model(x, [h * 2.0, h + h, tf.math.sigmoid(h), h])
+    new = replace_tfop_arithmetic(model)
+    assert [type(layer) for layer in new.layers[2:5]] == [L.Rescaling, L.Add, L.Activation]
+    checks.equivalent(model, new, rtol=0, atol=0)
