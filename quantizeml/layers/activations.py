@@ -9,8 +9,18 @@ from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .registry import ACTIVATION, register_twin
 
 
+def _refuses(layer):
+    """A ReLU with a threshold or a negative slope has no QuantizedReLU."""
+    config = layer.get_config()
+    odd = {key: config.get(key) for key in ("negative_slope", "threshold") if config.get(key)}
+    if odd:
+        return (f"QuantizedReLU supports negative_slope=0 and threshold=0 only, got {odd} "
+                "(a ReLU with a slope and no threshold nor max_value becomes a LeakyReLU)")
+    return None
+
+
 @register_keras
-@register_twin(keras.layers.ReLU, output=ACTIVATION, export="relu")
+@register_twin(keras.layers.ReLU, output=ACTIVATION, export="relu", refuses=_refuses)
 class QuantizedReLU(QuantConfigMixin, keras.layers.ReLU):
     """Quantized version of the ReLU activation layer applicable on FixedPoint tensor.
 

@@ -28,13 +28,20 @@ How layers are quantized (the declarative table is the twin registry,
   (``Dequantizer``) and its output is requantized after it by an ``InputQuantizer`` named
   ``<layer>_quantizer``, calibrated on the float layer's outputs like every other quantizer.
 
+A Keras 3 model (``tf.keras`` in TF 2.21, or ``import keras``) is first converted to its
+tf_keras twin (``quantizeml.models.from_keras3``: weights copied, outputs checked; a layer it
+cannot convert is named in the error).
+
 Before all this, a float model is **prepared** by the equivalence-preserving transforms of
 ``quantizeml.models.transforms.sanitize`` (the float outputs stay equal to float rounding):
-nested models are flattened, fused activations split into layers of their own, Lambda /
-TFOpLambda / Activation layers replaced by their layers, ZeroPadding2D merged into the next
-'valid' convolution where it is a 'same' padding, BatchNormalization moved before pooling and
-folded into the layer before it, MaxPool2D moved before ReLU and Rescaling offsets moved into
-the next bias — so ``quantize(model)`` needs no ``sanitize`` call first. The input model is
+nested models are flattened; fused activations split into layers of their own; Lambda /
+TFOpLambda layers replaced by layers (ReLU, Permute, Reshape, Add, Subtract, Multiply,
+Rescaling, Activation), the MobileNetV3 hard-swish / hard-sigmoid patterns fused into one
+Activation; ReLUs with a negative slope become LeakyReLUs; ZeroPadding2D merged into the next
+'valid' convolution where it is a 'same' padding; BatchNormalization moved before pooling and
+folded into the layer before it, Normalization (preprocessing) and LayerScale folded into
+their neighbour layers; MaxPool2D moved before ReLU and Rescaling offsets moved into the next
+bias — so ``quantize(model)`` needs no ``sanitize`` call first. The input model is
 never modified; q_config keys and the quantized layers use the names of the prepared model
 (``sanitize(model)`` shows it; a folded BatchNormalization has no layer of its own).
 
@@ -53,6 +60,7 @@ from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
                     replace_layers)
+from .keras3 import from_keras3, is_keras3_model
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import Batches
 from .transforms.sanitize import sanitize
@@ -232,7 +240,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     then calibrated using the provided (or randomly generated) samples.
 
     Args:
-        model (keras.Model or onnx.ModelProto): the model to quantize.
+        model (keras.Model or onnx.ModelProto): the model to quantize (tf_keras, Keras 3 or
+            ONNX).
         q_config (dict, optional): layer name -> quantization configuration. Defaults to None.
         qparams (QuantizationParams, optional): global quantization parameters. Defaults to the
             ones of the enclosing ``quantization`` context, else QuantizationParams().
@@ -263,6 +272,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     if not isinstance(qparams, QuantizationParams):
         raise TypeError(f"quantize expected qparams to be a QuantizationParams. "
                         f"Received: {qparams!r}")
+    if is_keras3_model(model):
+        model = from_keras3(model)  # its tf_keras twin: weights copied, outputs checked
     check_functional(model)
     requantize = any(_is_quantized_layer(layer) for layer in model.layers)
     annotations = {layer.name: annotated_config(layer) for layer in model.layers

@@ -81,6 +81,10 @@ def test_functional_then_quantize():
     qmodel = quantize(new, samples=samples, batch_size=16)
     y, q = np.asarray(model(samples)), np.asarray(qmodel(samples))
     assert q.shape == y.shape and np.mean(np.abs(q - y)) < 0.1 * np.mean(np.abs(y))
+    # quantize() takes the Keras 3 model itself, converting it at the door
+    direct = quantize(model, samples=samples, batch_size=16)
+    np.testing.assert_array_equal(np.asarray(direct(samples)), q)
+    assert all(isinstance(layer, keras.layers.Layer) for layer in direct.layers)
 
 
 @pytest.mark.parametrize("how", ["input", "build"])
@@ -212,5 +216,5 @@ def test_mobilenet_v2_then_quantize():
     new = from_keras3(model)
     _check_equal(model, new, rtol=1e-4, atol=1e-4)
     samples = np.random.default_rng(0).uniform(-1, 1, (4, 96, 96, 3)).astype(np.float32)
-    qmodel = quantize(new, samples=samples, batch_size=4)
+    qmodel = quantize(model, samples=samples, batch_size=4)  # the Keras 3 model directly
     assert np.asarray(qmodel(samples)).shape == (4, 1000)

@@ -13,12 +13,13 @@ from .invert_batchnorm_pooling import invert_batchnorm_pooling
 from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
+from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .sanitize import sanitize
 from .split_activations import split_activations
 
 __all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_layer_scale",
-           "fold_normalization", "fuse_hard_swish",
-           "insert_layer", "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
-           "remove_zeropadding2d", "replace_lambda", "replace_tfop_arithmetic", "sanitize",
+           "fold_normalization", "fuse_hard_swish", "insert_layer", "insert_rescaling",
+           "invert_batchnorm_pooling", "invert_relu_maxpool", "remove_zeropadding2d",
+           "replace_lambda", "replace_leaky_relu", "replace_tfop_arithmetic", "sanitize",
            "split_activations"]

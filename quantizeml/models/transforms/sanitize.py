@@ -9,6 +9,7 @@ from .invert_batchnorm_pooling import invert
 from .invert_relu_maxpool import invert_relu_maxpool
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
+from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .split_activations import split_activations
 
@@ -29,6 +30,7 @@ def sanitize(model):
        hard-sigmoid ``relu6(x + 3) / 6`` become one Activation layer, and
        :func:`replace_tfop_arithmetic`: the other TFOpLambda arithmetic and activations become
        Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers,
+       and :func:`replace_leaky_relu`: a ReLU with a negative slope becomes a LeakyReLU,
     3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a
        'same' convolution,
     4. :func:`invert_batchnorm_pooling`: BatchNormalization layers move before the pooling
@@ -69,6 +71,7 @@ def sanitize(model):
     model = replace_lambda(model)
     model = fuse_hard_swish(model)
     model = replace_tfop_arithmetic(model)
+    model = replace_leaky_relu(model)
     model = remove_zeropadding2d(model)
     model = invert(model, strict=False)
     model = fold_batchnorms(model)

@@ -1,0 +1,51 @@
+"""Replaces a ReLU with a negative slope (and no threshold nor maximum) by a LeakyReLU."""
+import tf_keras as keras
+
+from ..graph import Graph, rebuild
+
+__all__ = ["replace_leaky_relu"]
+
+
+def _leaky(layer):
+    config = layer.get_config()
+    slope = float(config.get("negative_slope") or 0.0)
+    return slope != 0.0 and not float(config.get("threshold") or 0.0) \
+        and config.get("max_value") is None
+
+
+def replace_leaky_relu(model):
+    """Replaces ``ReLU(negative_slope=a)`` layers by ``LeakyReLU(alpha=a)``.
+
+    The two compute the same function (``x`` for ``x >= 0``, ``a * x`` below); the
+    LeakyReLU has a quantized twin (an exact integer table), the sloped ReLU has none. A ReLU
+    with a threshold or a maximum besides its slope is left as it is (quantize() reports it).
+
+    Args:
+        model (keras.Model): a model.
+
+    Returns:
+        keras.Model: the original model (nothing to replace) or the updated model.
+
+    Example:
+        ```python
+        model = replace_leaky_relu(model)  # ReLU(negative_slope=0.1) -> LeakyReLU(alpha=0.1)
+        ```
+    """
+    graph = Graph(model)
+    found = {node.index for node in graph.nodes
+             if type(node.layer) is keras.layers.ReLU and _leaky(node.layer)}
+    if not found:
+        return model
+    replacements = {}
+
+    def rewrite(node, rb):
+        if node.index not in found:
+            return None
+        layer = replacements.get(id(node.layer))
+        if layer is None:
+            slope = float(node.layer.get_config()["negative_slope"])
+            layer = replacements[id(node.layer)] = keras.layers.LeakyReLU(
+                alpha=slope, name=rb.name_for(node.layer))
+        return rb.apply(node, layer=layer)
+
+    return rebuild(graph, rewrite)
