@@ -8,7 +8,8 @@ import weakref
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat, QTensor
+from ..recipes import buffer
+from ..tensors import FixedPoint, QTensor
 from .recording import generation, is_recording
 
 from .registry import QUANTIZATION_TARGETS, register_twin
@@ -231,25 +232,18 @@ def saturation(layer):
 
 
 def clip_to_buffer(layer, fp, buffer_bits):
-    """Clips a FixedPoint to the layer's integer buffer, recording saturation."""
-    value_bits = buffer_bits - 1
-    if fp.value_bits <= value_bits:
-        return fp
-    record_saturation(layer, "buffer", fp.values, value_bits)
-    return FixedPoint(fp.values, value_bits, fp.frac_bits)
+    """Clips a FixedPoint to the layer's integer buffer, recording saturation (see
+    :func:`quantizeml.recipes.buffer.clip_to_buffer`)."""
+    return buffer.clip_to_buffer(fp, buffer_bits, functools.partial(record_saturation, layer,
+                                                                    "buffer"))
 
 
 def buffer_add(layer, x, y, buffer_bits):
     """Exact sum of two QTensors on the same grid (FixedPoints with equal frac_bits, or QFloats
-    with equal scales and frac_bits), clipped to the layer buffer with saturation recorded."""
-    fx = x.fp if isinstance(x, QFloat) else x
-    fy = y.fp if isinstance(y, QFloat) else y
-    value_bits = max(fx.value_bits, fy.value_bits) + 1
-    dtype = tf.float64 if value_bits > 23 else tf.float32
-    total = FixedPoint(tf.cast(fx.values, dtype) + tf.cast(fy.values, dtype),
-                       min(value_bits, 52), fx.frac_bits, clip=value_bits > 52)
-    total = clip_to_buffer(layer, total, buffer_bits)
-    return QFloat(total, x.scales) if isinstance(x, QFloat) else total
+    with equal scales and frac_bits), clipped to the layer buffer with saturation recorded (see
+    :func:`quantizeml.recipes.buffer.buffer_add`)."""
+    return buffer.buffer_add(x, y, buffer_bits, functools.partial(record_saturation, layer,
+                                                                  "buffer"))
 
 
 def is_qtensor(x):

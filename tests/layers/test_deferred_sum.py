@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from quantizeml.layers import QuantizedDense, eager_layer_calls
 from quantizeml.layers.base import saturation
-from quantizeml.tensors import fusion
+from quantizeml.recipes import fast_paths as fusion
 from tests.layers.references import random_inputs, single_layer_model
 from tests.layers.test_train_step import BIAS, LAYERS, SHAPE
 from tests.tensors.test_fusion import must_compile_functions

@@ -6,11 +6,11 @@ import tensorflow as tf
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from quantizeml.tensors.carrier import (SPLIT_VALUE_BITS, exact_reduction, reduction_parts,
-                                       round_half_up, round_shifted_half_up)
+from quantizeml.recipes.fast_paths import sum_parts
+from quantizeml.recipes.reduction import SPLIT_VALUE_BITS, exact_reduction, reduction_parts
+from quantizeml.tensors.carrier import round_half_up, round_shifted_half_up
 from quantizeml.tensors.dispatch.common import bits_for
 from quantizeml.tensors.fixed_point import ceil_log2
-from quantizeml.tensors.fusion import sum_parts
 
 from .reference import SETTINGS
 

@@ -7,7 +7,7 @@ import tf_keras as keras
 
 from quantizeml.layers import eager_layer_calls
 from quantizeml.models import QuantizationParams, quantize
-from quantizeml.tensors.fusion import fused, fuses, xla_fusion
+from quantizeml.recipes.fast_paths import fused, fuses, xla_fusion
 from tests.utils import train_step_gradients
 
 

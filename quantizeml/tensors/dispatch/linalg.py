@@ -1,7 +1,7 @@
 """Matrix products of QTensors, exact up to the 32-bit buffer."""
 import tensorflow as tf
 
-from ..carrier import exact_reduction
+from ...recipes.reduction import exact_reduction
 from ..fixed_point import FixedPoint, fold_static
 from ..qfloat import QFloat
 from ..qtensor import QTensor, is_per_tensor

@@ -6,7 +6,7 @@ import tf_keras as keras
 
 from quantizeml.layers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer,
                                OutputQuantizer, WeightQuantizer)
-from quantizeml.layers.quantizers.output_quantizer import clip_in_carrier
+from quantizeml.recipes.requantize import clip_in_carrier
 from quantizeml.tensors import FixedPoint, QFloat
 from tests.utils import check_config_roundtrip, check_save_load
 
