@@ -155,8 +155,9 @@ def _limbs(b, x):
     return limbs
 
 
-def _integer_reduction(b, x, make_op, terms):
-    """sum_j make_op(limb_j, zp_j) * 256^j in int64 (each make_op result is int32)."""
+def exact_reduction(b, x, make_op, terms):
+    """recipes.reduction.exact_reduction: ``sum_j make_op(limb_j, zp_j) * 256^j`` in int64
+    (each make_op result is int32)."""
     if terms * 2 ** 15 >= 2 ** 31:
         raise ValueError(f"export expected reductions of less than 2^16 terms. "
                          f"Received: {terms} terms")
@@ -177,8 +178,9 @@ def _int8_weights(layer, w):
     return values.astype(np.int8)
 
 
-def _qfloat_to_fp(b, x, scale_bits):
-    """QFloat -> FixedPoint: values times the scales quantized on scale_bits (exact)."""
+def qfloat_to_fixed_point(b, x, scale_bits):
+    """recipes.requantize.qfloat_to_fixed_point: QFloat -> FixedPoint, the values times the
+    scales quantized on scale_bits (exact)."""
     if x.scales is None:
         return x
     qs = QFloat.quantize_scales(tf.constant(x.scales), scale_bits)
@@ -188,8 +190,9 @@ def _qfloat_to_fp(b, x, scale_bits):
               x.frac + _np(qs.frac_bits).astype(np.float64), None, x.unsigned, x.shape)
 
 
-def _requantize(b, x, quantizer):
-    """OutputQuantizer._requantize on a FixedPoint."""
+def requantize(b, x, quantizer):
+    """recipes.requantize.requantize of a FixedPoint (OutputQuantizer._requantize): the rounded
+    shift to the quantizer's frac bits, then the clip to its range."""
     frac = _np(quantizer.frac_bits).astype(np.float64)
     v = b.shift(x.name, frac - x.frac, "rq")
     v = b.clip_bits(v, quantizer.value_bits, unsigned=not quantizer.signed, base="oq")
@@ -197,19 +200,26 @@ def _requantize(b, x, quantizer):
 
 
 def _output_quantizer(b, x, quantizer):
-    return _requantize(b, _qfloat_to_fp(b, x, quantizer.scale_bits), quantizer)
+    return requantize(b, qfloat_to_fixed_point(b, x, quantizer.scale_bits), quantizer)
 
 
-def _buffer_clip(b, x, buffer_bits):
+def clip_to_buffer(b, x, buffer_bits):
+    """recipes.buffer.clip_to_buffer: ``clip(x, -2^(B-1), 2^(B-1) - 1)``."""
     name = b.clip_bits(x.name, buffer_bits - 1, base="buf")
     return _T(name, min(x.vb, buffer_bits - 1), x.frac, x.scales, x.unsigned, x.shape)
+
+
+#: Former names of the helpers mirroring the recipes (kept for the emitters that use them).
+_buffer_clip = clip_to_buffer
+_qfloat_to_fp = qfloat_to_fixed_point
+_requantize = requantize
 
 
 def _finish(b, layer, x):
     """QuantConfigMixin._quantize_output."""
     if layer.out_quantizer is not None:
         return _output_quantizer(b, x, layer.out_quantizer)
-    return _buffer_clip(b, x, layer.buffer_bitwidth)
+    return clip_to_buffer(b, x, layer.buffer_bitwidth)
 
 
 # ---- layers ---------------------------------------------------------------------------------
@@ -227,8 +237,8 @@ def _input_quantizer(b, layer, x_name, shape):
     return _T(v, layer.value_bits, frac, None, not layer.signed, shape)
 
 
-def _aligned_single(b, x):
-    """to_single_frac_bits: per-axis FixedPoint expanded to its largest frac bits."""
+def align(b, x):
+    """recipes.alignment.align: a per-axis FixedPoint expanded to its largest frac bits."""
     if x.frac.size == 1:
         return x
     target = float(x.frac.max())
@@ -243,10 +253,12 @@ def _check_qfloat_input(layer, x):
                          f"Received: scales of shape {x.scales.shape}")
 
 
-def _bias_and_finalize(b, layer, acc_name, acc_vb, frac, scales, channels, shape):
-    acc = _T(acc_name, acc_vb, frac, scales, False, shape)
-    acc = _buffer_clip(b, acc, layer.buffer_bitwidth)
+def add_bias(b, layer, acc, channels):
+    """recipes.bias.add_bias: ``clip(clip(acc) + b)``, the bias quantized on the accumulator
+    grid by the layer's AlignedWeightQuantizer."""
+    acc = clip_to_buffer(b, acc, layer.buffer_bitwidth)
     if layer.use_bias:
+        frac, scales, shape = acc.frac, acc.scales, acc.shape
         grid_scales = tf.ones_like(layer.bias) if scales is None else tf.constant(scales)
         frac_t = tf.constant(np.broadcast_to(frac, (channels,)).astype(np.float32)
                              if np.size(frac) > 1 else np.float32(np.reshape(frac, ())))
@@ -255,11 +267,22 @@ def _bias_and_finalize(b, layer, acc_name, acc_vb, frac, scales, channels, shape
         bias_values = _np(qbias.values).astype(np.int64)
         name = b.node("Add", [acc.name, b.i64(bias_values)], "bias")
         acc = _T(name, max(acc.vb, qbias.value_bits) + 1, frac, scales, False, shape)
-        acc = _buffer_clip(b, acc, layer.buffer_bitwidth)
-    acc = _buffer_clip(b, acc, layer.buffer_bitwidth)
+        acc = clip_to_buffer(b, acc, layer.buffer_bitwidth)
+    return acc
+
+
+def _finalize(b, layer, acc):
+    """QuantizedReduction.finalize: clip_to_buffer, then the output quantizer (if any)."""
+    acc = clip_to_buffer(b, acc, layer.buffer_bitwidth)
     if layer.out_quantizer is not None:
         return _output_quantizer(b, acc, layer.out_quantizer)
     return acc
+
+
+def _reduction_output(b, layer, acc_name, acc_vb, frac, scales, channels, shape):
+    """add_bias then _finalize on the accumulator of a convolution or a Dense."""
+    acc = _T(acc_name, acc_vb, frac, scales, False, shape)
+    return _finalize(b, layer, add_bias(b, layer, acc, channels))
 
 
 def _fold_scales(x_scales, w_scales):
@@ -296,7 +319,7 @@ def _conv(b, layer, x, depthwise=False):
         group = channels
     else:
         _check_qfloat_input(layer, x)
-        xin = _aligned_single(b, x)
+        xin = align(b, x)
         wq = layer.weight_quantizer(layer.kernel)
         wfp = wq.fp if isinstance(wq, QFloat) else wq
         w_int = _int8_weights(layer, wfp)
@@ -320,18 +343,18 @@ def _conv(b, layer, x, depthwise=False):
         inputs = [u, wname] + ([zp] if zp else [])
         return b.node("ConvInteger", inputs, "conv", strides=[sh, sw], dilations=[dh, dw],
                       group=group)
-    acc = _integer_reduction(b, padded, make_op, terms)
+    acc = exact_reduction(b, padded, make_op, terms)
     acc = b.node("Transpose", [acc], "nhwc", perm=[0, 2, 3, 1])
     out_h = (h + sum(ph) - ((kh - 1) * dh + 1)) // sh + 1
     out_w = (w_ + sum(pw) - ((kw - 1) * dw + 1)) // sw + 1
     acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
-    return _bias_and_finalize(b, layer, acc, acc_vb, frac, scales, out_channels,
+    return _reduction_output(b, layer, acc, acc_vb, frac, scales, out_channels,
                               (out_h, out_w, out_channels))
 
 
 def _dense(b, layer, x):
     _check_qfloat_input(layer, x)
-    xin = _aligned_single(b, x)
+    xin = align(b, x)
     wq = layer.weight_quantizer(layer.kernel)
     wfp = wq.fp if isinstance(wq, QFloat) else wq
     w_int = _int8_weights(layer, wfp)
@@ -340,17 +363,17 @@ def _dense(b, layer, x):
     def make_op(u, zp):
         return b.node("MatMulInteger", [u, wname] + ([zp] if zp else []), "matmul")
     terms = w_int.shape[0]
-    acc = _integer_reduction(b, xin, make_op, terms)
+    acc = exact_reduction(b, xin, make_op, terms)
     frac = xin.frac + _np(wfp.frac_bits).astype(np.float64)
     scales = _fold_scales(x.scales, getattr(wq, "scales", None))
     acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
     shape = tuple(x.shape[:-1]) + (w_int.shape[1],)
-    return _bias_and_finalize(b, layer, acc, acc_vb, frac, scales, w_int.shape[1], shape)
+    return _reduction_output(b, layer, acc, acc_vb, frac, scales, w_int.shape[1], shape)
 
 
 def _relu(b, layer, x):
     if x.scales is not None:
-        x = _qfloat_to_fp(b, x, layer.scale_bits)
+        x = qfloat_to_fixed_point(b, x, layer.scale_bits)
     v = b.node("Max", [x.name, b.i64(0)], "relu")
     if layer.max_value is not None:
         dtype = np.float32 if x.vb <= 23 else np.float64
@@ -371,12 +394,12 @@ def _gap(b, layer, x):
         scales = tf.constant(x.scales) * scales
     shape = (1, 1, c) if layer.keepdims else (c,)
     t = _T(total, vb, x.frac, _np(scales), x.unsigned, shape)
-    t = _buffer_clip(b, t, layer.buffer_bitwidth)
+    t = clip_to_buffer(b, t, layer.buffer_bitwidth)
     return _finish(b, layer, t)
 
 
 def _add(b, layer, xs):
-    fps = [_qfloat_to_fp(b, x, layer.scale_bits) for x in xs]
+    fps = [qfloat_to_fixed_point(b, x, layer.scale_bits) for x in xs]
     frac = np.maximum(fps[0].frac, fps[1].frac)
     names, vbs = [], []
     for fp in fps:
@@ -387,7 +410,7 @@ def _add(b, layer, xs):
     if layer.average:
         frac = frac + 1.0
     t = _T(total, max(vbs) + 1, frac, None, all(x.unsigned for x in fps), fps[0].shape)
-    t = _buffer_clip(b, t, layer.buffer_bitwidth)
+    t = clip_to_buffer(b, t, layer.buffer_bitwidth)
     return _finish(b, layer, t)
 
 
