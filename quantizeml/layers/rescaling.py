@@ -11,8 +11,19 @@ from .registry import register_twin
 from .quantizers.quantizers import check_bitwidth
 
 
+def _refuses(layer):
+    """A Rescaling with a per-channel scale or an offset has no QuantizedRescaling (quantize()
+    keeps it float when it only reads the model inputs: a float preprocessing head)."""
+    config = layer.get_config()
+    if np.size(config.get("scale", 1.0)) != 1:
+        return "QuantizedRescaling takes a scalar scale only"
+    if np.any(np.asarray(config.get("offset", 0.0)) != 0):
+        return "QuantizedRescaling takes a zero offset only"
+    return None
+
+
 @register_keras
-@register_twin(keras.layers.Rescaling, float_inputs=True)
+@register_twin(keras.layers.Rescaling, float_inputs=True, refuses=_refuses)
 class QuantizedRescaling(QuantConfigMixin, keras.layers.Rescaling):
     """A layer that multiplies integer inputs by a scale.
 

@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..layers import InputQuantizer, OutputQuantizer, WeightQuantizer
+from ..layers import Dequantizer, InputQuantizer, OutputQuantizer, WeightQuantizer
 from ..layers.base import saturation
 from ..tensors import QFloat
 from .integer_weights import kernel_for_quantizer
@@ -28,9 +28,15 @@ def float_islands(model):
         list(str): the names of the float island layers, in the model order.
     """
     quantizers = {layer.name for layer in model.layers if isinstance(layer, InputQuantizer)}
+
+    def dequantized_inputs(layer):
+        inbound = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+        return any(isinstance(parent, Dequantizer) for parent in inbound)
+
+    # (a float layer that reads only float model inputs is a preprocessing head, not an island)
     return [layer.name for layer in model.layers
             if f"{layer.name}_quantizer" in quantizers
-            and not isinstance(layer, keras.layers.InputLayer)]
+            and not isinstance(layer, keras.layers.InputLayer) and dequantized_inputs(layer)]
 
 
 def _sublayers(layer):

@@ -21,7 +21,11 @@ How layers are quantized (the declarative table is the twin registry,
   mean output shift their weight rounding causes (``bias_correction.correct_biases``);
 * the float tail rule: layers without a quantized twin are allowed only after the last
   quantized layers (no quantized layer downstream of them, e.g. a final softmax); they stay
-  float and receive dequantized inputs. Anywhere else they are reported, all together.
+  float and receive dequantized inputs. The float head rule: layers without a quantized twin
+  that only read the model inputs (float preprocessing, e.g. a ``Rescaling(1/127.5,
+  offset=-1)`` before a padded convolution) stay float too, and an InputQuantizer
+  ``<layer>_quantizer`` (calibrated) requantizes their output. Anywhere else they are
+  reported, all together.
 
 * float islands, on request: a ``q_config`` entry ``"float"`` (``{"layer_name": "float"}``)
   keeps that layer float anywhere in the graph: its quantized inputs are dequantized before it
@@ -124,10 +128,12 @@ def _refusal(layer):
 
 def _unsupported(model, consumer_map, wrapped, islands=()):
     """Layers without a twin that accepts them (nor a QuantizeConfig, nor a float island), and
-    which of them form the allowed float tail.
+    which of them form the allowed float tail (no quantized layer after them) and float head
+    (they only read the model inputs or other head layers: float preprocessing).
 
     Returns:
-        tuple: the set of tail layer names, and the list of ``(layer, reason)`` errors.
+        tuple: the sets of tail and head layer names, and the list of ``(layer, reason)``
+        errors.
     """
     layers = [layer for layer in model.layers
               if not isinstance(layer, keras.layers.InputLayer)]
@@ -135,16 +141,24 @@ def _unsupported(model, consumer_map, wrapped, islands=()):
                if not _is_quantized_layer(layer) and layer.name not in wrapped
                and layer.name not in islands}
     bad = {name for name, reason in reasons.items() if reason is not None}
-    tail, errors = set(), []
-    for layer in layers:
+    producers = {}
+    for name, users in consumer_map.items():
+        for user in users:
+            producers.setdefault(user.name, set()).add(name)
+    inputs = {layer.name for layer in model.layers
+              if isinstance(layer, keras.layers.InputLayer)}
+    head, tail, errors = set(), set(), []
+    for layer in layers:  # topological order: a head layer's producers are decided first
         if layer.name not in bad:
             continue
         down = _downstream(layer, consumer_map)
-        if any(n not in bad for n in down):
-            errors.append((layer, reasons[layer.name]))
-        else:
+        if not any(n not in bad for n in down):
             tail.add(layer.name)
-    return tail, errors
+        elif producers.get(layer.name) and producers[layer.name] <= inputs | head:
+            head.add(layer.name)
+        else:
+            errors.append((layer, reasons[layer.name]))
+    return tail, head, errors
 
 
 def _output_quantizer(bits, signed, per_tensor, qparams):
@@ -222,6 +236,15 @@ def _input_signed(batches, index):
     return bool(min(float(np.min(b[index])) for b in batches) < 0)
 
 
+def _head_signed(model, layer, batches):
+    """Whether the output of a float preprocessing layer takes negative values on the
+    samples."""
+    probe = keras.Model(model.inputs, layer.output)
+    single = len(model.inputs) == 1
+    return bool(min(float(np.min(probe(b[0] if single else b, training=False)))
+                    for b in batches) < 0)
+
+
 @unfused
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
              batch_size=None, epochs=1, verbose=False):
@@ -290,7 +313,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         config = as_quantize_config(q_config.get(layer.name)) or annotations.get(layer.name)
         if config is not None and not isinstance(layer, QuantizeWrapper):
             wrapped[layer.name] = config
-    tail, errors = _unsupported(model, consumer_map, wrapped, islands)
+    tail, head, errors = _unsupported(model, consumer_map, wrapped, islands)
     if errors:
         listing = ", ".join(
             f"{layer.name} ({type(layer).__name__}"
@@ -302,7 +325,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             "island: dequantized before, requantized and calibrated after), register a twin "
             "(quantizeml.layers.register_twin) or a QuantizeConfig for them, or keep them float "
             "after the last quantized layer.")
-    floating = tail | islands | set(wrapped)
+    floating = tail | islands | head | set(wrapped)
     batches = Batches(model, samples, num_samples, batch_size, epochs)
     finals = set()
     for name in output_layers(model):
@@ -336,7 +359,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         if layer.name in wrapped:
             clone = layer.__class__.from_config(layer.get_config())
             return QuantizeWrapper(clone, wrapped[layer.name], name=layer.name)
-        if layer.name in tail or layer.name in islands or \
+        if layer.name in tail or layer.name in islands or layer.name in head or \
                 isinstance(layer, (Dequantizer, QuantizeWrapper)):
             return layer.__class__.from_config(layer.get_config())
         if isinstance(layer, (InputQuantizer, OutputQuantizer)):
@@ -369,6 +392,10 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
                 return outputs
             return input_quantizer(layer, _input_signed(batches, input_index[layer.name]))(
                 outputs)
+        if layer.name in head and any(
+                c.name not in floating for c in consumer_map.get(layer.name, [])):
+            # integers from here on: the float preprocessing head ends
+            return input_quantizer(layer, _head_signed(model, layer, batches))(outputs)
         if (layer.name in wrapped or layer.name in islands) and any(
                 c.name not in floating for c in consumer_map.get(layer.name, [])):
             # back to integers after a fake-quantized layer

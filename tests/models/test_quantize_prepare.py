@@ -155,3 +155,27 @@ def test_analysis_prepares_a_raw_float_model():
     sanitized = compare(sanitize(model), qmodel, x)
     assert [r["layer"] for r in raw] == [r["layer"] for r in sanitized]
     assert [r["sqnr_db"] for r in raw] == [r["sqnr_db"] for r in sanitized]
+
+
+def test_float_preprocessing_head():
+    """A Rescaling with an offset before a padded convolution cannot be folded nor quantized:
+    it stays float at the head and an InputQuantizer requantizes its output."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Rescaling(1 / 127.5, offset=-1, name="pre")(inputs)
+    x = L.Conv2D(4, 3, padding="same", name="conv")(x)
+    x = L.ReLU(name="relu")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(3, name="logits")(x))
+    x = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x, batch_size=16)
+    layers = {layer.name: layer for layer in qmodel.layers}
+    assert type(layers["pre"]) is L.Rescaling
+    assert "image_quantizer" not in layers
+    quantizer = layers["pre_quantizer"]
+    assert isinstance(quantizer, InputQuantizer) and quantizer.signed  # [-1, 1] after "pre"
+    assert isinstance(layers["conv"], QuantizedConv2D)
+    y, yq = _float(model(x)), _float(qmodel(x))
+    assert np.max(np.abs(y - yq)) < 0.05 * np.max(np.abs(y))
+    assert not check_quantization(qmodel) or all("float island" not in i
+                                                 for i in check_quantization(qmodel))
