@@ -14,5 +14,7 @@ from . import tensors  # noqa: E402,F401
 from . import quantizers  # noqa: E402,F401
 from . import layers  # noqa: E402,F401
 from . import models  # noqa: E402,F401
+from . import onnx_support  # noqa: E402,F401  (registers the quantizer of ONNX models)
 
-__all__ = ["__version__", "QuantizeMLWarning", "tensors", "quantizers", "layers", "models"]
+__all__ = ["__version__", "QuantizeMLWarning", "tensors", "quantizers", "layers", "models",
+           "onnx_support"]

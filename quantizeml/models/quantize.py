@@ -232,6 +232,24 @@ def _check_q_config(model, q_config, raw_names=()):
     return q_config
 
 
+#: The quantizer of ONNX models, registered by ``quantizeml.onnx_support`` when it is imported
+#: (``import quantizeml`` imports it): models never imports onnx_support, which depends on it.
+_ONNX_QUANTIZE = {}
+
+
+def register_onnx_quantize(fn):
+    """Registers the function that quantize() hands an ``onnx.ModelProto`` to.
+
+    Args:
+        fn (callable): ``fn(model, qparams, samples, num_samples, batch_size, epochs)``.
+
+    Returns:
+        callable: ``fn``.
+    """
+    _ONNX_QUANTIZE["quantize"] = fn
+    return fn
+
+
 def _input_signed(batches, index):
     return bool(min(float(np.min(b[index])) for b in batches) < 0)
 
@@ -288,7 +306,11 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         if epochs != 1:
             raise ValueError(f"quantize expected epochs=1 for an ONNX model. "
                              f"Received: epochs={epochs}")
-        from ..onnx_support.quantization import quantize as quantize_onnx
+        quantize_onnx = _ONNX_QUANTIZE.get("quantize")
+        if quantize_onnx is None:
+            raise ValueError("quantize expected quantizeml.onnx_support to be importable for an "
+                             "ONNX model (it needs onnx and onnxruntime). Received: an "
+                             "onnx.ModelProto")
         return quantize_onnx(model, qparams=qparams, samples=samples, num_samples=num_samples,
                              batch_size=batch_size, epochs=epochs)
     qparams = get_quantization_params() if qparams is None else qparams
