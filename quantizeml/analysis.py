@@ -37,6 +37,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from .layers import Dequantizer, OutputQuantizer, WeightQuantizer, saturation
+from .layers.registry import twin_spec
 from .models.check import float_islands
 from .models.graph import is_qtensor, producer
 from .models.transforms import sanitize
@@ -89,7 +90,8 @@ def _rows_layers(qmodel):
     for layer in qmodel.layers:
         if isinstance(layer, keras.layers.InputLayer) or isinstance(layer, Dequantizer):
             continue
-        has_weights = any(isinstance(v, WeightQuantizer) for v in vars(layer).values())
+        spec = twin_spec(layer)
+        has_weights = spec is not None and isinstance(layer, spec.twin) and spec.has_weights
         if isinstance(getattr(layer, "out_quantizer", None), OutputQuantizer) \
                 or has_weights or layer.name in finals:
             layers.append(layer)
