@@ -33,6 +33,7 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            "pytest-xdist",
             "hypothesis",
             "scikit-learn",
             "nbclient",

@@ -218,5 +218,5 @@ def test_ci_runs_the_readme_first_command():
     script = ci.read_text()
     venv = script.index('python3 -m venv "${demo_venv}/venv"')
     run = script.index('bash -eo pipefail -c "${demo_cmd}"')
-    assert venv < run < script.index("python3 -m pytest -q")
+    assert venv < run < script.index("python3 -m pytest -q -n 2")
     assert "-- demo venv:" in script
