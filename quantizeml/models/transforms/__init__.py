@@ -3,6 +3,7 @@ quantization. Each returns its input model unchanged when it has nothing to do.
 """
 from .align_rescaling import align_rescaling
 from .flatten_model import flatten_model
+from .fold_custom_scale import fold_custom_scale
 from .fold_batchnorms import fold_batchnorms
 from .fold_layer_scale import fold_layer_scale
 from .fold_normalization import fold_normalization
@@ -18,8 +19,8 @@ from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .sanitize import sanitize
 from .split_activations import split_activations
 
-__all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_layer_scale",
-           "fold_normalization", "fuse_hard_swish", "insert_layer", "insert_rescaling",
-           "invert_batchnorm_pooling", "invert_relu_maxpool", "remove_zeropadding2d",
-           "replace_lambda", "replace_leaky_relu", "replace_tfop_arithmetic", "sanitize",
-           "split_activations"]
+__all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_custom_scale",
+           "fold_layer_scale", "fold_normalization", "fuse_hard_swish", "insert_layer",
+           "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
+           "remove_zeropadding2d", "replace_lambda", "replace_leaky_relu",
+           "replace_tfop_arithmetic", "sanitize", "split_activations"]

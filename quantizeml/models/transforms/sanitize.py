@@ -1,6 +1,7 @@
 """Prepares a model for quantization by chaining the transforms."""
 from .align_rescaling import align_rescaling
 from .flatten_model import flatten_model
+from .fold_custom_scale import fold_custom_scale
 from .fold_batchnorms import fold_batchnorms
 from .fold_layer_scale import fold_layer_scale
 from .fold_normalization import fold_normalization
@@ -40,8 +41,10 @@ def sanitize(model):
        layer before them,
        then :func:`fold_normalization`: Normalization layers (per-channel preprocessing) fold
        into the Conv2D/DepthwiseConv2D/Dense after them (or merge into the Rescaling before
-       them when that conv pads and the mean is not zero), and :func:`fold_layer_scale`:
-       LayerScale layers (ConvNeXt) fold into the layer before them,
+       them when that conv pads and the mean is not zero), :func:`fold_layer_scale`:
+       LayerScale layers (ConvNeXt) fold into the layer before them, and
+       :func:`fold_custom_scale`: InceptionResNetV2's scaled residuals ``x + up * scale``
+       become Add layers, the scale folded into the layer producing ``up``,
     6. :func:`invert_relu_maxpool`: MaxPool2D moves before the ReLU that precedes it,
     7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias.
 
@@ -77,5 +80,6 @@ def sanitize(model):
     model = fold_batchnorms(model)
     model = fold_normalization(model)
     model = fold_layer_scale(model)
+    model = fold_custom_scale(model)
     model = invert_relu_maxpool(model)
     return align_rescaling(model)
