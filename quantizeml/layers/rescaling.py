@@ -23,7 +23,8 @@ def _refuses(layer):
 
 
 @register_keras
-@register_twin(keras.layers.Rescaling, float_inputs=True, refuses=_refuses)
+@register_twin(keras.layers.Rescaling, float_inputs=True, refuses=_refuses,
+               export="rescaling")
 class QuantizedRescaling(QuantConfigMixin, keras.layers.Rescaling):
     """A layer that multiplies integer inputs by a scale.
 

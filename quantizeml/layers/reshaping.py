@@ -104,7 +104,8 @@ class QuantizedReshape(QuantConfigMixin, keras.layers.Reshape):
 
 
 @register_keras
-@register_twin(keras.layers.Permute, pass_through=True, per_tensor_inputs=True)
+@register_twin(keras.layers.Permute, pass_through=True, per_tensor_inputs=True,
+               export="permute")
 class QuantizedPermute(QuantConfigMixin, keras.layers.Permute):
     """A Permute layer that operates on quantized inputs.
 

@@ -88,7 +88,8 @@ class QuantizedAdd(QuantConfigMixin, Add):
 
 
 @register_keras
-@register_twin(keras.layers.Concatenate, output=BLOCK_END, per_tensor_inputs=True)
+@register_twin(keras.layers.Concatenate, output=BLOCK_END, per_tensor_inputs=True,
+               export="concatenate")
 class QuantizedConcatenate(QuantConfigMixin, keras.layers.Concatenate):
     """A Concatenate layer that operates on quantized inputs.
 

@@ -23,6 +23,15 @@ Keras layout) that reproduce the integer maths of the Keras layer exactly:
 The final Dequantizer is a float output (``values * 2^-f * scales`` in float64, rounded once to
 float32, as ``QTensor.to_float`` does). The integer values before it are a second graph output
 named ``integer_outputs`` (one per model output: ``integer_outputs``, ``integer_outputs_1``...).
+
+The float layers quantize() leaves in a quantized model (the float preprocessing head before an
+InputQuantizer ``<layer>_quantizer``, float islands between a Dequantizer and such an
+InputQuantizer, the float tail after the last Dequantizer, e.g. a softmax) are written as
+float32 ONNX operators (``FLOAT_EMITTERS``, keyed by Keras class). Element-wise exact ones
+(Rescaling, ReLU, reshapes, merges, dropout) match TensorFlow bit for bit; transcendental ones
+(Softmax, Sigmoid, Tanh, Exp...) and a float Dense may differ in the last float bits, so the
+float outputs after a float tail match to a few ulps while ``integer_outputs`` (taken before
+the tail's Dequantizer) stay bit-exact.
 """
 import numpy as np
 import onnx
@@ -616,6 +625,67 @@ def _conv_refuses(layer):
     return None
 
 
+def _permute(b, layer, x):
+    """QuantizedPermute: an int64 ``Transpose`` (``perm = [0] + dims``); the frac bits and
+    scales follow the last axis, so a per-axis input must keep it last (as the Keras twin)."""
+    perm = [0] + [int(d) for d in layer.dims]
+    if perm[-1] != len(perm) - 1 and not x.per_tensor:
+        raise ValueError(f"export expected per-tensor inputs for {layer.name} (Permute moves "
+                         f"the last axis). Received: frac bits of shape {x.frac.shape}")
+    v = b.node("Transpose", [x.name], "permute", perm=perm)
+    shape = None if x.shape is None else tuple(x.shape[d - 1] for d in perm[1:])
+    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
+
+
+def _concatenate(b, layer, xs):
+    """QuantizedConcatenate: QFloats to FixedPoints (``scale_bits``), each input left-aligned
+    on the largest frac bits of all inputs (per-tensor result), then the int64 ``Concat``."""
+    fps = [qfloat_to_fixed_point(b, x, layer.scale_bits) for x in xs]
+    target = float(max(fp.frac.max() for fp in fps))
+    names, vbs = [], []
+    for fp in fps:
+        shift = target - fp.frac
+        names.append(b.shift(fp.name, shift, "cat_align"))
+        vbs.append(fp.vb + int(max(0, shift.max())))
+    rank = None if fps[0].shape is None else len(fps[0].shape) + 1
+    axis = int(layer.axis)
+    v = b.node("Concat", names, "concat", axis=axis)
+    shape = None
+    if all(fp.shape is not None for fp in fps):
+        shape = list(fps[0].shape)
+        k = (axis % rank) - 1
+        shape[k] = sum(int(fp.shape[k]) for fp in fps)
+        shape = tuple(shape)
+    t = _T(v, min(max(vbs), MAX_VALUE_BITS), target, None, all(fp.unsigned for fp in fps), shape)
+    t = clip_to_buffer(b, t, layer.buffer_bitwidth)
+    return _finish(b, layer, t)
+
+
+def _rescaling(b, layer, xs):
+    """QuantizedRescaling (float inputs holding integers): ``clip(round_half_up(x))`` in float32
+    (``floor(x) + (x - floor(x) >= 0.5)``, as ``round_half_up``), as int64 with frac bits 0
+    and the layer's scale as the QFloat scales."""
+    x = xs[0]
+    if not isinstance(x, str):
+        raise ValueError(f"export expected float inputs for {layer.name} (QuantizedRescaling). "
+                         f"Received: a quantized tensor")
+    v = b.node("Cast", [x], "rs_f32", to=TensorProto.FLOAT)
+    floored = b.node("Floor", [v], "rs_floor")
+    frac_part = b.node("Sub", [v, floored], "rs_frac")
+    up = b.node("GreaterOrEqual", [frac_part, b.const(np.array(0.5, np.float32))], "rs_half")
+    up = b.node("Cast", [up], "rs_up", to=TensorProto.FLOAT)
+    v = b.node("Add", [floored, up], "rs_round")
+    vb = layer.input_value_bits
+    lo = -(2.0 ** vb) if layer.input_signed else 0.0
+    v = b.node("Clip", [v, b.const(np.array(lo, np.float32)),
+                        b.const(np.array(2.0 ** vb - 1, np.float32))], "rs_clip")
+    v = b.node("Cast", [v], "rs_int", to=TensorProto.INT64)
+    shape = tuple(int(d) if d is not None else None for d in layer.input_shape[1:])
+    scale = np.float32(float(np.ravel(layer.scale)[0]))
+    t = _T(v, vb, 0.0, scale, not layer.input_signed, shape)
+    return _finish(b, layer, t)
+
+
 #: ONNX emitter name (``TwinSpec.export``) -> ``(emit(b, layer, inputs) -> _T, refuses)``:
 #: ``refuses(layer)`` returns why a layer of that kind cannot be exported (or None).
 EMITTERS = {
@@ -638,16 +708,201 @@ EMITTERS = {
     "zero_pad": (_one_input(_zero_pad), None),
     "crop": (_one_input(_crop), None),
     "upsample_nearest": (_one_input(_upsample_nearest), None),
+    "permute": (_one_input(_permute), None),
+    "concatenate": (_concatenate, None),
+    "rescaling": (_rescaling, None),
 }
+
+
+# ---- float layers: the float preprocessing head, float islands and the float tail ---------
+#: Keras activation name -> the float32 ONNX operator (and its attributes) that computes it.
+_FLOAT_ACTIVATIONS = {
+    "linear": ("Identity", {}), "relu": ("Relu", {}), "sigmoid": ("Sigmoid", {}),
+    "tanh": ("Tanh", {}), "softmax": ("Softmax", {"axis": -1}), "elu": ("Elu", {}),
+    "selu": ("Selu", {}), "softplus": ("Softplus", {}), "softsign": ("Softsign", {}),
+    "exponential": ("Exp", {}), "hard_sigmoid": ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}),
+}
+
+
+def _activation_name(activation):
+    name = keras.activations.serialize(activation)
+    return name.get("config", name.get("class_name")) if isinstance(name, dict) else name
+
+
+def _float_activation(b, name, x):
+    """A float32 activation by its Keras name (``swish`` as ``x * Sigmoid(x)``, ``relu6`` as a
+    ``Clip``)."""
+    if name == "swish" or name == "silu":
+        return b.node("Mul", [x, b.node("Sigmoid", [x], "f_sig")], "f_swish")
+    if name == "relu6":
+        return b.node("Clip", [x, b.const(np.array(0, np.float32)),
+                               b.const(np.array(6, np.float32))], "f_relu6")
+    op, attrs = _FLOAT_ACTIVATIONS[name]
+    return b.node(op, [x], "f_" + op.lower(), **attrs)
+
+
+def _float_activation_refuses(layer):
+    name = _activation_name(layer.activation)
+    if name in _FLOAT_ACTIVATIONS or name in ("swish", "silu", "relu6"):
+        return None
+    return f"the float activation {name!r} (no ONNX operator)"
+
+
+def _float_activation_layer(b, layer, xs):
+    """Activation: its ONNX operator on float32."""
+    return _float_activation(b, _activation_name(layer.activation), xs[0])
+
+
+def _float_softmax(b, layer, xs):
+    """Softmax (one axis): the ONNX ``Softmax`` on float32."""
+    axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
+    return b.node("Softmax", [xs[0]], "f_softmax", axis=int(axis))
+
+
+def _float_softmax_refuses(layer):
+    if isinstance(layer.axis, (list, tuple)) and len(layer.axis) != 1:
+        return f"a softmax over several axes {layer.axis}"
+    return None
+
+
+def _float_relu(b, layer, xs):
+    """ReLU (threshold 0): ``Relu``/``LeakyRelu``, then ``Min`` with max_value."""
+    slope = float(layer.negative_slope)
+    x = xs[0]
+    v = b.node("LeakyRelu", [x], "f_leaky", alpha=slope) if slope else \
+        b.node("Relu", [x], "f_relu")
+    if layer.max_value is not None:
+        v = b.node("Min", [v, b.const(np.array(float(layer.max_value), np.float32))], "f_max")
+    return v
+
+
+def _float_relu_refuses(layer):
+    if float(layer.threshold) != 0:
+        return f"a float ReLU with a threshold ({float(layer.threshold)})"
+    return None
+
+
+def _float_leaky_relu(b, layer, xs):
+    """LeakyReLU: ``LeakyRelu`` with the layer's alpha."""
+    return b.node("LeakyRelu", [xs[0]], "f_leaky", alpha=float(layer.alpha))
+
+
+def _float_rescaling(b, layer, xs):
+    """Rescaling: ``x * scale + offset`` in float32 (per-channel scale and offset broadcast)."""
+    v = b.node("Cast", [xs[0]], "f_cast", to=TensorProto.FLOAT)
+    v = b.node("Mul", [v, b.const(np.asarray(layer.scale, np.float32))], "f_scale")
+    return b.node("Add", [v, b.const(np.asarray(layer.offset, np.float32))], "f_offset")
+
+
+def _float_flatten(b, layer, xs):
+    """Flatten (channels_last): ``Reshape`` to (N, -1)."""
+    return b.node("Reshape", [xs[0], b.i64([0, -1])], "f_flatten")
+
+
+def _float_reshape(b, layer, xs):
+    """Reshape: ``Reshape`` to (N, *target_shape)."""
+    return b.node("Reshape", [xs[0], b.i64([0] + [int(d) for d in layer.target_shape])],
+                  "f_reshape")
+
+
+def _float_permute(b, layer, xs):
+    """Permute: ``Transpose`` with ``[0] + dims``."""
+    return b.node("Transpose", [xs[0]], "f_permute", perm=[0] + [int(d) for d in layer.dims])
+
+
+def _float_dense(b, layer, xs):
+    """Dense: ``MatMul`` with the float32 kernel, ``Add`` the bias, then the activation."""
+    v = b.node("MatMul", [xs[0], b.const(_np(layer.kernel).astype(np.float32), "f_kernel")],
+               "f_matmul")
+    if layer.use_bias:
+        v = b.node("Add", [v, b.const(_np(layer.bias).astype(np.float32), "f_bias")], "f_bias")
+    return _float_activation(b, _activation_name(layer.activation), v)
+
+
+def _float_merge(op):
+    """Add, Subtract, Multiply, Maximum, Minimum: the ONNX ``op`` folded over the inputs in
+    order (as the Keras merge layers)."""
+    def emitter(b, layer, xs):
+        v = xs[0]
+        for x in xs[1:]:
+            v = b.node(op, [v, x], "f_" + op.lower())
+        return v
+    return emitter
+
+
+def _float_concatenate(b, layer, xs):
+    """Concatenate: ``Concat`` on the layer's axis."""
+    return b.node("Concat", list(xs), "f_concat", axis=int(layer.axis))
+
+
+def _float_identity(b, layer, xs):
+    """Layers that are the identity at inference (dropout, noise)."""
+    return xs[0]
+
+
+#: Float Keras layer class (exact) -> ``(emit(b, layer, float input names) -> float output
+#: name, refuses(layer) -> reason or None)``: the float layers quantize() leaves in a quantized
+#: model (the float preprocessing head, float islands, the float tail), written as float32
+#: ONNX operators.
+FLOAT_EMITTERS = {
+    keras.layers.Activation: (_float_activation_layer, _float_activation_refuses),
+    keras.layers.Softmax: (_float_softmax, _float_softmax_refuses),
+    keras.layers.ReLU: (_float_relu, _float_relu_refuses),
+    keras.layers.LeakyReLU: (_float_leaky_relu, None),
+    keras.layers.Rescaling: (_float_rescaling, None),
+    keras.layers.Flatten: (_float_flatten, None),
+    keras.layers.Reshape: (_float_reshape, None),
+    keras.layers.Permute: (_float_permute, None),
+    keras.layers.Dense: (_float_dense, _float_activation_refuses),
+    keras.layers.Add: (_float_merge("Add"), None),
+    keras.layers.Subtract: (_float_merge("Sub"), None),
+    keras.layers.Multiply: (_float_merge("Mul"), None),
+    keras.layers.Maximum: (_float_merge("Max"), None),
+    keras.layers.Minimum: (_float_merge("Min"), None),
+    keras.layers.Concatenate: (_float_concatenate, None),
+    keras.layers.Dropout: (_float_identity, None),
+    keras.layers.SpatialDropout2D: (_float_identity, None),
+    keras.layers.GaussianNoise: (_float_identity, None),
+    keras.layers.GaussianDropout: (_float_identity, None),
+}
+
+
+def _float_emitter(layer):
+    """The FLOAT_EMITTERS entry of a float layer (exact class), or None."""
+    return FLOAT_EMITTERS.get(type(layer))
+
+
+def _integer_output(graph, tensors, ref):
+    """The integer tensor (``_T``) before the Dequantizer that a float model output derives
+    from (directly, or through float-tail layers); exactly one Dequantizer is expected."""
+    found, stack, seen = [], [ref], set()
+    while stack:
+        r = stack.pop()
+        if r.key in seen:
+            continue
+        seen.add(r.key)
+        node = graph.producer(r)
+        if node is None or not isinstance(tensors[r.key], str):
+            continue
+        if isinstance(node.layer, Dequantizer):
+            found.append(tensors[node.inputs[0].key])
+        else:
+            stack.extend(node.inputs)
+    if len(found) != 1:
+        raise ValueError(f"export expected one Dequantizer before each model output. Received: "
+                         f"{len(found)} for output {graph.producer(ref).layer.name!r}")
+    return found[0]
+
 
 _QUANTIZER_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer)
 
 
 def supported_layers():
-    """tuple of type: the Keras layer classes the exporter supports (the quantizer layers and
-    every registered twin whose ``export`` names an emitter)."""
+    """tuple of type: the Keras layer classes the exporter supports (the quantizer layers,
+    every registered twin whose ``export`` names an emitter, and the float layers of
+    ``FLOAT_EMITTERS`` that quantize() may leave float: head, islands, tail)."""
     return _QUANTIZER_LAYERS + tuple(spec.twin for spec in twin_specs()
-                                     if spec.export in EMITTERS)
+                                     if spec.export in EMITTERS) + tuple(FLOAT_EMITTERS)
 
 
 def _emitter(layer):
@@ -662,7 +917,7 @@ def _check_supported(qmodel):
     for layer in qmodel.layers:
         if isinstance(layer, _QUANTIZER_LAYERS):
             continue
-        emitter = _emitter(layer)
+        emitter = _emitter(layer) or _float_emitter(layer)
         if emitter is None or (emitter[1] is not None and emitter[1](layer) is not None):
             bad.append(layer)
     if bad:
@@ -715,30 +970,40 @@ def export(qmodel, path=None):
                 raise ValueError(f"export expected float inputs for {layer.name}.")
             shape = tuple(int(d) for d in layer.input_shape[1:])
             out = _input_quantizer(b, layer, x, shape)
-        elif isinstance(x, str) and not isinstance(layer, Dequantizer):
+        elif _float_emitter(layer) is not None:  # a float layer: head, island or tail
+            if not all(isinstance(a, str) for a in args):
+                raise ValueError(f"export expected float inputs for the float layer "
+                                 f"{layer.name} ({type(layer).__name__}). Received: quantized "
+                                 f"inputs")
+            out = _float_emitter(layer)[0](b, layer, args)
+        elif isinstance(x, str) and not isinstance(layer, Dequantizer) \
+                and not getattr(twin_spec(layer), "float_inputs", False):
             raise ValueError(f"export expected quantized inputs for {layer.name} "
                              f"({type(layer).__name__}).")
         elif isinstance(layer, OutputQuantizer):
             out = _output_quantizer(b, x, layer)
         elif isinstance(layer, Dequantizer):
             outputs[layer.name] = x
-            out = x
+            out = _dequantize(b, x)  # float from here on (an island, the float tail)
         else:
             out = _emitter(layer)[0](b, layer, args)
         tensors[node.outputs[0].key] = out
     float_outputs, int_outputs = [], []
     for i, ref in enumerate(graph.outputs):
         name = graph.producer(ref).layer.name
-        if name not in outputs:
+        if not isinstance(tensors[ref.key], str):
             raise ValueError(f"export expected a Dequantizer on every model output. "
                              f"Received: output {name!r}")
-        x = outputs[name]
-        b.nodes.append(oh.make_node("Identity", [_dequantize(b, x)], [name],
+        x = _integer_output(graph, tensors, ref)
+        b.nodes.append(oh.make_node("Identity", [tensors[ref.key]], [name],
                                     name=b.uid("Identity")))
         iname = "integer_outputs" if i == 0 else f"integer_outputs_{i}"
         b.nodes.append(oh.make_node("Identity", [x.name], [iname], name=b.uid("Identity")))
         shape = ["N"] + [int(d) for d in x.shape] if x.shape is not None else None
-        float_outputs.append(oh.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        fshape = ref.shape[1:]
+        fshape = ["N"] + [None if d is None else int(d) for d in fshape] \
+            if fshape.rank is not None else None
+        float_outputs.append(oh.make_tensor_value_info(name, TensorProto.FLOAT, fshape))
         int_outputs.append(oh.make_tensor_value_info(iname, TensorProto.INT64, shape))
     graph_outputs = float_outputs + int_outputs
     graph = oh.make_graph(b.nodes, qmodel.name, graph_inputs, graph_outputs,
