@@ -14,7 +14,8 @@ B_QUANTIZER_DEFAULTS = {"bitwidth": 16}
 
 
 @register_keras
-@register_twin(keras.layers.BatchNormalization, weights=("a_quantizer",), output=BLOCK_END)
+@register_twin(keras.layers.BatchNormalization, weights=("a_quantizer",), output=BLOCK_END,
+               export="batchnorm")
 class QuantizedBatchNormalization(QuantConfigMixin, keras.layers.BatchNormalization):
     """Layer that normalizes its inputs, on the last axis.
 

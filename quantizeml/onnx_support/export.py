@@ -686,6 +686,37 @@ def _rescaling(b, layer, xs):
     return _finish(b, layer, t)
 
 
+def _batchnorm(b, layer, x):
+    """QuantizedBatchNormalization: ``x * a_int`` (int64, frac bits and scales of the product
+    as the Keras QTensor product), plus ``b`` quantized on that grid by the layer's
+    AlignedWeightQuantizer, clipped to the buffer, then the output quantizer."""
+    a, bias = layer._a_b()
+    aq = layer.a_quantizer(a)
+    afp = aq.fp if isinstance(aq, QFloat) else aq
+    a_int = _np(afp.values).astype(np.int64)
+    v = b.node("Mul", [x.name, b.i64(a_int)], "bn_ax")
+    frac = x.frac + _np(afp.frac_bits).astype(np.float64)
+    a_scales = getattr(aq, "scales", None)
+    if x.scales is None:
+        scales = None if a_scales is None else _np(a_scales).astype(np.float32)
+    elif a_scales is None:
+        scales = x.scales
+    else:
+        scales = _np(tf.constant(x.scales) * a_scales).astype(np.float32)
+    vb = min(x.vb + afp.value_bits + 1, MAX_VALUE_BITS)
+    channels = int(a_int.size)
+    grid_scales = tf.constant(1.0) if scales is None else tf.constant(scales)
+    frac_t = tf.constant(np.broadcast_to(frac, (channels,)).astype(np.float32)
+                         if np.size(frac) > 1 else np.float32(np.reshape(frac, ())))
+    grid = QFloat(FixedPoint(tf.zeros((1, channels)), vb, frac_t), grid_scales)
+    bq = layer.b_quantizer(bias, grid)
+    bfp = bq.fp if isinstance(bq, QFloat) else bq
+    v = b.node("Add", [v, b.i64(_np(bfp.values).astype(np.int64))], "bn_b")
+    t = _T(v, max(vb, bfp.value_bits) + 1, frac, scales, False, x.shape)
+    t = clip_to_buffer(b, t, layer.buffer_bitwidth)
+    return _finish(b, layer, t)
+
+
 #: ONNX emitter name (``TwinSpec.export``) -> ``(emit(b, layer, inputs) -> _T, refuses)``:
 #: ``refuses(layer)`` returns why a layer of that kind cannot be exported (or None).
 EMITTERS = {
@@ -711,6 +742,7 @@ EMITTERS = {
     "permute": (_one_input(_permute), None),
     "concatenate": (_concatenate, None),
     "rescaling": (_rescaling, None),
+    "batchnorm": (_one_input(_batchnorm), None),
 }
 
 

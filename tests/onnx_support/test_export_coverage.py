@@ -23,7 +23,6 @@ L = keras.layers
 #: Registered twins the exporter does not export yet, with the reason. A new twin must either
 #: name an emitter (``register_twin(..., export="<name>")``) or be listed here.
 NOT_EXPORTABLE = {
-    "QuantizedBatchNormalization": "a * x + b on the aligned grid: emitter not written yet",
     "QuantizedConv2DTranspose": "transposed convolution: emitter not written yet",
     "QuantizedDepthwiseConv2DTranspose": "transposed convolution: emitter not written yet",
     "QuantizedSeparableConv2D": "depthwise + pointwise accumulator alignment: not written yet",
@@ -284,3 +283,25 @@ def test_every_twin_exports_or_is_listed():
                 stale.append(name)
     assert not missing, f"twins without export and not in NOT_EXPORTABLE: {missing}"
     assert not stale, f"NOT_EXPORTABLE lists exportable twins: {stale}"
+
+
+@pytest.mark.parametrize("qparams", [None, QuantizationParams(per_tensor_activations=True)],
+                         ids=["default", "per-tensor"])
+def test_export_batchnorm(qparams):
+    """A BatchNormalization after a Concatenate (not foldable, DenseNet): ``x * a + b``."""
+    inputs = keras.Input((6, 6, 3), name="inp")
+    a = L.Conv2D(4, 3, bias_initializer="random_normal", name="a")(inputs)
+    c = L.ReLU(name="relu")(L.Conv2D(3, 3, name="c")(inputs))
+    y = L.Concatenate(name="cat")([a, c])
+    bn = L.BatchNormalization(name="bn")
+    y = bn(y)
+    y = L.ReLU(name="relu2")(y)
+    y = L.Conv2D(3, 1, name="out")(y)
+    model = keras.Model(inputs, y)
+    rng = np.random.default_rng(3)
+    bn.set_weights([rng.uniform(0.5, 2, 7), rng.normal(size=7), rng.normal(size=7),
+                    rng.uniform(0.2, 3, 7)])
+    x = _samples((6, 6, 3))
+    qmodel = _quantize(model, x, qparams=qparams)
+    assert type(qmodel.get_layer("bn")).__name__ == "QuantizedBatchNormalization"
+    _check(qmodel, x)
