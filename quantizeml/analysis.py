@@ -19,7 +19,9 @@ per layer producing a model output:
   without QFloat weights.
 
 ``plot(table, path=None)`` draws the SQNR per layer as a bar chart (matplotlib, an optional
-dependency).
+dependency). ``format_sensitivity`` and ``plot_sensitivity`` show the per-layer sensitivity
+table of :func:`quantizeml.models.layer_sensitivity` (the output SQNR when only that layer's
+weights go to fewer bits).
 
 Example:
     ```python
@@ -43,7 +45,7 @@ from .models.graph import is_qtensor, producer
 from .models.transforms import sanitize
 from .tensors import QFloat, QTensor
 
-__all__ = ["compare", "sqnr", "format_table", "plot"]
+__all__ = ["compare", "sqnr", "format_table", "plot", "format_sensitivity", "plot_sensitivity"]
 
 _WEIGHT_SOURCES = {"weight_quantizer": ("kernel", "depthwise_kernel"),
                    "dw_weight_quantizer": ("depthwise_kernel",),
@@ -218,6 +220,70 @@ def format_table(table):
                      f"{fmt(r['max_abs_error'], '9.3g')} {fmt(r['saturation'], '7.2%')} "
                      f"{fmt(r['weight_error'], '8.3g')} {fmt(r['scale_error'], '9.3g')}")
     return "\n".join(lines)
+
+
+def format_sensitivity(table):
+    """Formats a :func:`quantizeml.models.layer_sensitivity` table as text (most sensitive
+    layer first)."""
+    lines = [f"{'layer':<24} {'bits':>4} {'SQNR dB':>8} {'drop dB':>8} {'score':>8} "
+             f"{'bytes':>8} {'saved':>8}", "-" * 74]
+    for name, r in table.items():
+        lines.append(f"{name:<24} {r['bits']:>4} {r['sqnr_db']:8.2f} {r['drop_db']:8.2f} "
+                     f"{r['score']:8.4g} {r['weight_bytes']:>8} {r['saved_bytes']:>8}")
+    return "\n".join(lines)
+
+
+def _pyplot(name, path):
+    """matplotlib.pyplot, imported lazily (Agg backend when saving to a file)."""
+    try:
+        import matplotlib
+        if path is not None and "matplotlib.pyplot" not in __import__("sys").modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(f"quantizeml.analysis.{name} requires matplotlib: "
+                          "pip install matplotlib") from e
+    return plt
+
+
+def plot_sensitivity(table, path=None, title=None):
+    """Bar chart of the output SQNR per layer when only that layer's weights go to fewer bits.
+
+    Args:
+        table (dict): the table returned by :func:`quantizeml.models.layer_sensitivity`.
+        path (str, optional): where to save the figure (png, svg, ...). Defaults to None.
+        title (str, optional): the figure title. Defaults to "Output SQNR with one layer on
+            N-bit weights".
+
+    Returns:
+        matplotlib.figure.Figure: the figure.
+
+    Raises:
+        ImportError: when matplotlib is not installed.
+    """
+    plt = _pyplot("plot_sensitivity", path)
+    names = list(table)
+    values = [table[n]["sqnr_db"] for n in names]
+    finite = [v for v in values if math.isfinite(v)]
+    top = max(finite) if finite else 1.0
+    shown = [v if math.isfinite(v) else (top * 1.1 if v > 0 else 0.0) for v in values]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 1.5), 3.5))
+    bars = ax.bar(range(len(names)), shown, color="tab:orange")
+    for bar, name, v in zip(bars, names, values):
+        label = "inf" if math.isinf(v) else f"{v:.1f}"
+        ax.annotate(f"{label}\n-{table[name]['saved_bytes']} B",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_ylabel("output SQNR (dB)")
+    bits = sorted({table[n]["bits"] for n in names})
+    ax.set_title(title or f"Output SQNR with one layer on {'/'.join(map(str, bits))}-bit "
+                          f"weights")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
 
 
 def plot(table, path=None, title="SQNR per layer"):

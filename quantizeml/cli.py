@@ -8,7 +8,8 @@ Subcommands:
 * ``quantizeml quantize MODEL -o OUT``: sanitizes and quantizes a Keras model file;
 * ``quantizeml check MODEL``: prints the quantization issues of a quantized model;
 * ``quantizeml config MODEL``: prints the q_config of a quantized model as JSON;
-* ``quantizeml analyze MODEL QMODEL --samples data.npz``: per-layer SQNR, errors, saturation;
+* ``quantizeml analyze MODEL QMODEL --samples data.npz``: per-layer SQNR, errors, saturation
+  (``--sensitivity [BITS]``: each layer's sensitivity to fewer weight bits);
 * ``quantizeml export-onnx QMODEL -o out.onnx``: exports a quantized model to ONNX.
 
 Errors are reported as one line on stderr (exit code 1; 2 for a bad command line), with the
@@ -187,7 +188,9 @@ def _analyze(args):
     qmodel = _load_model(args.qmodel, "QMODEL", quantized=True)
     samples = _load_samples(args.samples)
     from .models.transforms import sanitize
-    with _progress(args, 2, "analyze") as bar:
+    sensitivity = None
+    bits = args.sensitivity or (4 if args.sensitivity_plot else None)
+    with _progress(args, 3 if bits else 2, "analyze") as bar:
         bar.update(0, "sanitizing")
         model = sanitize(model)
         bar.update(1, f"comparing on {len(samples)} samples")
@@ -195,8 +198,26 @@ def _analyze(args):
                    f"{len(samples)} samples...", bar)
         with _library_progress(bar) as verbose:
             table = compare(model, qmodel, samples, verbose=verbose)
+        if bits:
+            from .models import dump_config, layer_sensitivity
+            bar.update(1, f"sensitivity at {bits} bits")
+            _log(args, f"Re-quantizing with one layer's weights at {bits} bits at a time "
+                       f"(sensitivity)...", bar)
+            sensitivity = layer_sensitivity(model, samples, low_bits=bits,
+                                            q_config=dump_config(qmodel))
         bar.update(1, "done")
     print(format_table(table), flush=True)
+    if sensitivity is not None:
+        from .analysis import format_sensitivity, plot_sensitivity
+        print(f"\nSensitivity: output SQNR with only that layer's weights on {bits} bits "
+              f"(the others as in QMODEL), most sensitive first", flush=True)
+        print(format_sensitivity(sensitivity), flush=True)
+        if args.sensitivity_plot:
+            try:
+                plot_sensitivity(sensitivity, args.sensitivity_plot)
+            except ImportError as e:
+                raise CommandError(str(e)) from e
+            _log(args, f"Sensitivity plot saved to {args.sensitivity_plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=2)
@@ -326,6 +347,13 @@ def build_parser():
     analyze.add_argument("--plot", metavar="OUT.PNG",
                          help="save a bar chart of the SQNR per layer (needs matplotlib)")
     analyze.add_argument("--json", metavar="OUT.JSON", help="save the table as JSON")
+    analyze.add_argument("--sensitivity", type=int, nargs="?", const=4, default=None,
+                         metavar="BITS",
+                         help="also print each layer's sensitivity: the output SQNR when only "
+                              "its weights go to BITS bits (default 4), the others as in "
+                              "QMODEL (re-quantizes and calibrates once per layer)")
+    analyze.add_argument("--sensitivity-plot", metavar="OUT.PNG",
+                         help="save a bar chart of the sensitivity (implies --sensitivity)")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     analyze.set_defaults(func=_analyze)
 

@@ -6,6 +6,7 @@ user who did not set ``TF_CPP_MIN_LOG_LEVEL``; argument and error handling is al
 in-process through ``main(argv)``.
 """
 import ast
+import importlib.util
 import io
 import json
 import os
@@ -196,6 +197,31 @@ def test_quantize_and_export_in_process(capsys, files, tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_analyze_sensitivity_in_process(capsys, files, tmp_path):
+    """analyze --sensitivity prints one row per layer with weights, as layer_sensitivity
+    returns it on the QMODEL's q_config, and plots it."""
+    qpath = tmp_path / "q.h5"
+    assert main(["quantize", str(files / "float.h5"), "-o", str(qpath), "--samples",
+                 str(files / "data.npz"), "-q"]) == 0
+    png = tmp_path / "sensitivity.png"
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    plot = ["--sensitivity-plot", str(png)] if has_matplotlib else []
+    assert main(["analyze", str(files / "float.h5"), str(qpath), "--samples",
+                 str(files / "data.npz"), "--sensitivity", "2", *plot, "-q"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("Sensitivity"):].splitlines()
+    rows = {line.split()[0]: line.split() for line in section[3:] if line.strip()}
+    assert set(rows) == {"conv", "logits"}
+    from quantizeml.models import dump_config, layer_sensitivity, load_model
+    x = np.load(files / "data.npz")["x"]
+    table = layer_sensitivity(keras.models.load_model(files / "float.h5", compile=False), x,
+                              low_bits=2, q_config=dump_config(load_model(str(qpath))))
+    for name, row in table.items():
+        assert rows[name][1] == "2" and float(rows[name][2]) == round(row["sqnr_db"], 2)
+    if has_matplotlib:
+        assert png.stat().st_size > 1000
 
 
 def test_missing_file_subprocess(files):
