@@ -85,7 +85,11 @@ def _batchnorm():
                               moving_mean_initializer="random_normal",
                               moving_variance_initializer=keras.initializers.RandomUniform(
                                   0.5, 2.0))
-    return _conv_then(bn)
+    # after an Add, so that quantize()'s preparation cannot fold it into a convolution
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, bias_initializer="random_normal")(inputs)
+    b = L.Conv2D(4, 3, bias_initializer="random_normal")(inputs)
+    return _model(inputs, bn(L.Add()([a, b])), _image())
 
 
 def _merge(merge):
