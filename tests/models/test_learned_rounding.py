@@ -53,12 +53,15 @@ def _weights(model):
     return [w.copy() for w in model.get_weights()]
 
 
-@pytest.mark.parametrize("bits", [4, 3], ids=["4bit", "3bit"])
-@pytest.mark.parametrize("kind", ["conv", "dense"])
-def test_lower_reconstruction_error(kind, bits):
+@pytest.mark.parametrize("kind, bits, asymmetric", [
+    ("conv", 4, False), ("conv", 3, False), ("dense", 4, False), ("dense", 3, False),
+    ("conv", 4, True)], ids=["conv-4bit", "conv-3bit", "dense-4bit", "dense-3bit",
+                             "conv-4bit-asymmetric"])
+def test_lower_reconstruction_error(kind, bits, asymmetric):
     model, qmodel, x, first = _quantized(kind, bits)
     report = []
-    learned = learn_rounding(model, qmodel, x, iterations=ITERATIONS, report=report)
+    learned = learn_rounding(model, qmodel, x, iterations=ITERATIONS, report=report,
+                             asymmetric=asymmetric)
     # every layer, on the same inputs: strictly lower than the nearest rounding
     learned_layers = [e for e in report if "skipped" not in e]
     assert {e["name"] for e in learned_layers} == {
@@ -68,8 +71,8 @@ def test_lower_reconstruction_error(kind, bits):
         assert entry["flipped"] > 0 and entry["seconds"] > 0, entry
     # the persisted weights of the first layer (same inputs in both models), measured through
     # the layer's own weight quantizer
-    nearest = layer_reconstruction_error(model, qmodel, first, x)
-    after = layer_reconstruction_error(model, learned, first, x)
+    nearest = layer_reconstruction_error(model, qmodel, first, x, asymmetric=asymmetric)
+    after = layer_reconstruction_error(model, learned, first, x, asymmetric=asymmetric)
     assert after < nearest, (after, nearest)
 
 
