@@ -252,8 +252,7 @@ def plot_sensitivity(table, path=None, title=None):
     Args:
         table (dict): the table returned by :func:`quantizeml.models.layer_sensitivity`.
         path (str, optional): where to save the figure (png, svg, ...). Defaults to None.
-        title (str, optional): the figure title. Defaults to "Output SQNR with one layer on
-            N-bit weights".
+        title (str, optional): the figure title. Defaults to "One layer on N-bit weights".
 
     Returns:
         matplotlib.figure.Figure: the figure.
@@ -278,8 +277,10 @@ def plot_sensitivity(table, path=None, title=None):
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_ylabel("output SQNR (dB)")
     bits = sorted({table[n]["bits"] for n in names})
-    ax.set_title(title or f"Output SQNR with one layer on {'/'.join(map(str, bits))}-bit "
-                          f"weights")
+    low, high = min(shown + [0.0]) * 1.2, max(shown + [0.0]) * 1.2
+    ax.set_ylim(low, high if high > low else low + 1.0)  # room for the labels
+    ax.set_title(title or f"One layer on {'/'.join(map(str, bits))}-bit weights",
+                 fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
