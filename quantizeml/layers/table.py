@@ -25,7 +25,7 @@ import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import carrier_dtype, round_half_up
-from ..tensors.fusion import taping
+from ..recipes.fast_paths import taping
 from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .registry import BLOCK_END, register_twin

@@ -16,7 +16,7 @@ import tf_keras as keras
 
 from ..layers import (Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer,
                       QuantizeWrapper)
-from ..tensors.fusion import unfused
+from ..recipes.fast_paths import unfused
 from .graph import check_functional, is_qtensor
 from .samples import Batches
 

@@ -59,7 +59,7 @@ import tf_keras as keras
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.registry import ACTIVATION, BLOCK_END, QUANTIZATION_TARGETS, twin_spec
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
-from ..tensors.fusion import unfused
+from ..recipes.fast_paths import unfused
 from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
