@@ -62,10 +62,11 @@ class DenseKernelConfig(QuantizeConfig):
         return {}
 
 
-def _model():
+def _model(activation=None):
     inp = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="conv")(inp)
-    x = keras.layers.LeakyReLU(0.1, name="leaky")(x)  # no quantized twin
+    # a QuantizeConfig overrides the twin (LeakyReLU has a table twin; ELU has none)
+    x = (activation or keras.layers.LeakyReLU(0.1, name="leaky"))(x)
     x = keras.layers.Flatten()(x)
     out = keras.layers.Dense(5, name="head")(x)
     return keras.Model(inp, out)
@@ -94,8 +95,8 @@ def test_layer_without_twin_is_fake_quantized(data, how):
 
 
 def test_without_config_the_layer_is_reported(data):
-    with pytest.raises(ValueError, match="leaky \\(LeakyReLU\\)"):
-        quantize(_model(), samples=data[0])
+    with pytest.raises(ValueError, match="elu \\(ELU\\)"):
+        quantize(_model(keras.layers.ELU(name="elu")), samples=data[0])
 
 
 def test_config_overrides_twin_and_quantizes_kernel(data):
