@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from ..layers import QuantizedConv2D, QuantizedDense, QuantizedDepthwiseConv2D
 from ..layers.convolution import pad_same
 from ..layers.registry import twin_spec
 from ..tensors import QTensor
@@ -133,7 +134,6 @@ class _Dense(_LinearOp):
 
 
 def _operations():
-    from ..layers import QuantizedConv2D, QuantizedDense, QuantizedDepthwiseConv2D
     return {QuantizedConv2D: _Conv, QuantizedDepthwiseConv2D: _Depthwise, QuantizedDense: _Dense}
 
 
