@@ -11,6 +11,7 @@ class QuantizeMLWarning(UserWarning):
 
 
 from . import tensors  # noqa: E402,F401
+from . import recipes  # noqa: E402,F401  (registers tf.linalg.matmul for QTensors)
 from . import quantizers  # noqa: E402,F401
 from . import layers  # noqa: E402,F401
 from . import models  # noqa: E402,F401

@@ -19,12 +19,7 @@ FORBIDDEN = {
 #: modules allowed to import quantizeml modules inside functions (TensorFlow is silenced first)
 LAZY_OK = {"cli.py", "demo.py"}
 #: the known exceptions to the direction, each with its reason (a new one fails the test)
-ALLOWED = {
-    # the documented switch `quantizeml.tensors.fusion.xla_fusion` re-exported from its new home
-    ("tensors/fusion.py", "quantizeml.recipes.fast_paths"),
-    # tf.matmul on FixedPoints is an exact reduction: the tensor dispatch calls the recipe
-    ("tensors/dispatch/linalg.py", "quantizeml.recipes.reduction"),
-}
+ALLOWED = set()
 
 
 def _modules():

@@ -1,6 +1,6 @@
 """Inference graphs of the reducing layers: the accumulator plus bias is deferred, as float32
 parts, to the requantization that follows, which adds them in its own fused kernel
-(quantizeml.tensors.fusion.Deferred). The outputs must equal those of the op-by-op eager calls
+(quantizeml.recipes.fast_paths.Deferred). The outputs must equal those of the op-by-op eager calls
 bit for bit, buffer clips included, and the float64 accumulator must not be computed."""
 import numpy as np
 import pytest

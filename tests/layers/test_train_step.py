@@ -1,5 +1,5 @@
 """Train steps of the reducing layers: in graphs their requantizations and bias additions run
-fused custom gradients (quantizeml.tensors.fusion); the gradients must equal those of the
+fused custom gradients (quantizeml.recipes.fast_paths); the gradients must equal those of the
 op-by-op chain of an eager call, with saturated outputs and a saturated buffer."""
 import numpy as np
 import pytest

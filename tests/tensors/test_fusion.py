@@ -1,4 +1,4 @@
-"""Fused kernels (quantizeml.tensors.fusion): XLA-compiled chains of exact elementwise ops in
+"""Fused kernels (quantizeml.recipes.fast_paths): XLA-compiled chains of exact elementwise ops in
 graphs, bit-identical to the op-by-op computation, absent from eager calls and SavedModels."""
 import numpy as np
 import pytest

@@ -1,12 +1,18 @@
-"""Matrix products of QTensors, exact up to the 32-bit buffer."""
+"""The matmul recipe: matrix products of QTensors, exact up to the 32-bit buffer.
+
+Integer maths: ``y_ij = sum_k a_ik * b_kj`` (frac bits added, QFloat scales multiplied), an
+:func:`~quantizeml.recipes.reduction.exact_reduction`. Importing this module registers the
+``tf.linalg.matmul`` (``@``) overloads of QTensors (:mod:`quantizeml.recipes` imports it, and
+``import quantizeml`` imports the recipes), so the tensor types stay below the recipes.
+"""
 import tensorflow as tf
 
-from ...recipes.reduction import exact_reduction
-from ..fixed_point import FixedPoint, fold_static
-from ..qfloat import QFloat
-from ..qtensor import QTensor, is_per_tensor
-from .arithmetic import QTensorLike
-from .common import bits_for, check_result_bits
+from ..tensors.dispatch.arithmetic import QTensorLike
+from ..tensors.dispatch.common import bits_for, check_result_bits
+from ..tensors.fixed_point import FixedPoint, fold_static
+from ..tensors.qfloat import QFloat
+from ..tensors.qtensor import QTensor, is_per_tensor
+from .reduction import exact_reduction
 
 
 def reduction_bits(x_value_bits, w_value_bits, terms):
