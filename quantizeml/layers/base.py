@@ -1,14 +1,12 @@
 """Shared plumbing of quantizeml layers: registration, quant_config checks, saturation."""
-import contextlib
 import functools
 import inspect
-import threading
-import weakref
 
 import tensorflow as tf
 import tf_keras as keras
 
-from ..recipes import buffer
+from ..recipes import buffer, fast_paths
+from ..recipes.fast_paths import eager_layer_calls  # noqa: F401  (documented here)
 from ..tensors import FixedPoint, QTensor
 from .recording import generation, is_recording
 
@@ -18,104 +16,20 @@ from .registry import QUANTIZATION_TARGETS, register_twin
 register_quantize_target = register_twin
 
 
-#: Per-thread state of the layer calls: nesting depth, the saturation collector of a compiled
-#: call being traced, and whether compiled eager calls are disabled.
-_STATE = threading.local()
-#: layer -> {raw call: [number of eager calls, compiled tf.function or None, saturation
-#: sources (owner layer, key) indexed by the compiled function's outputs]}
-_COMPILED = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def eager_layer_calls():
-    """Runs eager calls of quantizeml layers op by op (no compiled calls), e.g. to debug them.
-
-    Example:
-        ```python
-        with eager_layer_calls():
-            y = qmodel(x)   # every layer runs its TensorFlow ops one at a time
-        ```
-    """
-    previous = getattr(_STATE, "disabled", False)
-    _STATE.disabled = True
-    try:
-        yield
-    finally:
-        _STATE.disabled = previous
-
-
-def _depth():
-    return getattr(_STATE, "depth", 0)
-
-
-@contextlib.contextmanager
-def _nested(collector=None):
-    """Marks a layer call in progress (sub-layer calls run inline) and, when tracing a
-    compiled call, collects the saturation ratios its layers compute."""
-    previous = getattr(_STATE, "collector", None)
-    _STATE.depth = _depth() + 1
-    if collector is not None:
-        _STATE.collector = collector
-    try:
-        yield
-    finally:
-        _STATE.depth -= 1
-        _STATE.collector = previous
-
-
-def _compiled_body(layer_ref, raw, sources, args, kwargs, generation):
-    """The traced body of a compiled eager call: ``raw(layer, ...)`` and the saturation ratios
-    its layers record, as ``(outputs, {index: ratio})`` (indices into ``sources``).
-    ``generation`` is a cache key only: records are captured as constants, a new generation
-    retraces."""
-    del generation
-    collector = {"graph": tf.compat.v1.get_default_graph(), "ratios": {}}
-    with _nested(collector):
-        outputs = raw(layer_ref(), *args, **kwargs)
-    indexed = {}
-    for (owner, key), ratio in collector["ratios"].items():
-        if (owner, key) not in sources:
-            sources.append((owner, key))
-        indexed[str(sources.index((owner, key)))] = ratio
-    return outputs, indexed
-
-
-def _compiled_call(layer, raw, entry, args, kwargs):
-    """Runs ``raw`` as a per-layer tf.function (kept in ``entry``), records the saturation it
-    measured."""
-    if entry[1] is None:
-        # a partial (no __code__): TensorFlow's retracing statistics are then per layer, not
-        # shared by every layer's first trace
-        body = functools.partial(_compiled_body, weakref.ref(layer), raw, entry[2])
-        entry[1] = tf.function(body, reduce_retracing=True, autograph=False)
-    outputs, ratios = entry[1](args, kwargs, generation=generation())
-    for index, ratio in ratios.items():
-        owner, key = entry[2][int(index)]
-        _store_saturation(owner, key, float(ratio))
-    return outputs
-
-
 def _dispatch(layer, raw, args, kwargs):
-    """Eager calls of a layer run op by op the first COMPILE_AFTER_CALLS times, then as a
-    compiled tf.function (same integer results, without the per-op Python overhead)."""
-    training = kwargs.get("training")
-    if (_depth() or getattr(_STATE, "disabled", False) or COMPILE_AFTER_CALLS is None
-            or not layer.compile_eager_calls or not tf.executing_eagerly()
-            or isinstance(training, tf.Tensor) or training
-            or tf.distribute.has_strategy() or is_recording()):
-        with _nested():
-            return raw(layer, *args, **kwargs)
-    entry = _COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
-    entry[0] += 1
-    if entry[0] <= COMPILE_AFTER_CALLS:
-        with _nested():
-            return raw(layer, *args, **kwargs)
-    return _compiled_call(layer, raw, entry, args, kwargs)
+    """Runs a layer call op by op or as a compiled eager call (the choice is
+    :func:`quantizeml.recipes.fast_paths.layer_call`'s), recording the saturation it measured."""
+    return fast_paths.layer_call(
+        layer, raw, args, kwargs, compile_after=COMPILE_AFTER_CALLS,
+        compilable=layer.compile_eager_calls and not is_recording(), generation=generation,
+        store=_store_saturation)
 
 
 #: Eager calls of a quantizeml layer run op by op this many times, then as a compiled
 #: tf.function (None: never compile). Integer results are identical either way.
 COMPILE_AFTER_CALLS = 2
+#: layer -> its compiled eager calls (see :func:`quantizeml.recipes.fast_paths.layer_call`)
+_COMPILED = fast_paths.COMPILED
 
 
 class StaticCallMixin:
@@ -197,7 +111,7 @@ def record_saturation(layer, key, values, value_bits, tolerance=0):
     """
     if not saturation_observed(values):
         return
-    collector = getattr(_STATE, "collector", None)
+    collector = fast_paths.saturation_collector()
     eager = tf.executing_eagerly()
     int_max = 2.0**value_bits - 1 + tolerance
     outside = tf.logical_or(values > tf.constant(int_max, values.dtype),
@@ -215,10 +129,7 @@ def record_saturation(layer, key, values, value_bits, tolerance=0):
 def saturation_observed(values):
     """bool: whether :func:`record_saturation` records ``values`` (eager and compiled eager
     calls), so that callers compute what it measures only then."""
-    if tf.executing_eagerly():
-        return True
-    collector = getattr(_STATE, "collector", None)
-    return collector is not None and values.graph is collector["graph"]
+    return fast_paths.saturation_observed(values)
 
 
 def _store_saturation(layer, key, ratio):

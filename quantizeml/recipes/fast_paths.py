@@ -31,9 +31,12 @@ ops. What makes them fast lives here, and only here (the only quantizeml module 
   requantization that follows combines the parts inside its own kernel; the float64 tensor is
   then pruned from the graph (:func:`deferred_bias_sum`). The hand-off goes through a
   per-graph weak dictionary (``_DEFERRED``), confined to this module;
-* **the choice** (:func:`reduction_path`, :func:`bias_path`, :func:`requantize_path`): the
-  reference body runs where saturation is observed (eager calls and compiled eager calls) and
-  where nothing would be fused; the fast paths run in graphs.
+* **compiled eager calls** (:func:`layer_call`): repeated eager calls of a layer run as a
+  per-layer ``tf.function`` (same integers, saturation still recorded);
+* **the choice** (:func:`reduction_path`, :func:`bias_path`, :func:`requantize_path`,
+  :func:`layer_call`): the reference body runs where saturation is observed
+  (:func:`saturation_observed`: eager calls and compiled eager calls) and where nothing would
+  be fused; the fast paths run in graphs.
 """
 
 import contextlib
@@ -377,3 +380,127 @@ def fused_requantized(kernel, args, low, high):
         return fused(kernel, args[0], low, high, *args[1:])
     # a reducing layer's accumulator: its float32 parts summed in this kernel
     return deferred.apply(kernel, low, high, *args[1:])
+
+
+# ---- compiled eager calls of the layers ---------------------------------------------------
+#: Per-thread state of the layer calls: nesting depth, the saturation collector of a compiled
+#: call being traced, and whether compiled eager calls are disabled.
+_CALLS = threading.local()
+#: layer -> {raw call: [number of eager calls, compiled tf.function or None, saturation
+#: sources (owner layer, key) indexed by the compiled function's outputs]}
+COMPILED = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def eager_layer_calls():
+    """Runs eager calls of quantizeml layers op by op (no compiled calls), e.g. to debug them.
+
+    Example:
+        ```python
+        with eager_layer_calls():
+            y = qmodel(x)   # every layer runs its TensorFlow ops one at a time
+        ```
+    """
+    previous = getattr(_CALLS, "disabled", False)
+    _CALLS.disabled = True
+    try:
+        yield
+    finally:
+        _CALLS.disabled = previous
+
+
+def _depth():
+    return getattr(_CALLS, "depth", 0)
+
+
+@contextlib.contextmanager
+def _nested(collector=None):
+    """Marks a layer call in progress (sub-layer calls run inline) and, when tracing a
+    compiled call, collects the saturation ratios its layers compute."""
+    previous = getattr(_CALLS, "collector", None)
+    _CALLS.depth = _depth() + 1
+    if collector is not None:
+        _CALLS.collector = collector
+    try:
+        yield
+    finally:
+        _CALLS.depth -= 1
+        _CALLS.collector = previous
+
+
+def saturation_collector():
+    """The saturation collector of the compiled call being traced (``{"graph", "ratios":
+    {(owner, key): ratio tensor}}``), or None."""
+    return getattr(_CALLS, "collector", None)
+
+
+def saturation_observed(values):
+    """bool: whether saturation is recorded where ``values`` is computed: eager calls, and the
+    graph of a compiled eager call being traced (whose ratios it returns as outputs)."""
+    if tf.executing_eagerly():
+        return True
+    collector = saturation_collector()
+    return collector is not None and values.graph is collector["graph"]
+
+
+def _compiled_body(layer_ref, raw, sources, args, kwargs, generation):
+    """The traced body of a compiled eager call: ``raw(layer, ...)`` and the saturation ratios
+    its layers record, as ``(outputs, {index: ratio})`` (indices into ``sources``).
+    ``generation`` is a cache key only: records are captured as constants, a new generation
+    retraces."""
+    del generation
+    collector = {"graph": tf.compat.v1.get_default_graph(), "ratios": {}}
+    with _nested(collector):
+        outputs = raw(layer_ref(), *args, **kwargs)
+    indexed = {}
+    for (owner, key), ratio in collector["ratios"].items():
+        if (owner, key) not in sources:
+            sources.append((owner, key))
+        indexed[str(sources.index((owner, key)))] = ratio
+    return outputs, indexed
+
+
+def _compiled_call(layer, raw, entry, args, kwargs, generation, store):
+    """Runs ``raw`` as a per-layer tf.function (kept in ``entry``), stores the saturation it
+    measured with ``store(owner, key, ratio)``."""
+    if entry[1] is None:
+        # a partial (no __code__): TensorFlow's retracing statistics are then per layer, not
+        # shared by every layer's first trace
+        body = functools.partial(_compiled_body, weakref.ref(layer), raw, entry[2])
+        entry[1] = tf.function(body, reduce_retracing=True, autograph=False)
+    outputs, ratios = entry[1](args, kwargs, generation=generation)
+    for index, ratio in ratios.items():
+        owner, key = entry[2][int(index)]
+        store(owner, key, float(ratio))
+    return outputs
+
+
+def layer_call(layer, raw, args, kwargs, compile_after, compilable, generation, store):
+    """``raw(layer, *args, **kwargs)``, op by op or as a compiled eager call.
+
+    Eager inference calls of a layer (``training`` falsy, outside distribution strategies and
+    :func:`eager_layer_calls`, ``compilable``) run op by op the first ``compile_after`` times,
+    then as a per-layer ``tf.function``: the same integer results without the per-op Python
+    overhead. Calls nested in another layer's call run inline.
+
+    Args:
+        layer (keras.layers.Layer): the layer called.
+        raw (callable): its unwrapped ``call``.
+        args (tuple), kwargs (dict): the call's arguments.
+        compile_after (int): op-by-op calls before compiling (None: never compile).
+        compilable (bool): whether this call may be compiled (False while recording).
+        generation (callable): returns the records' generation (a new one retraces).
+        store (callable): ``store(owner, key, ratio)`` for the saturation ratios measured.
+    """
+    training = kwargs.get("training")
+    if (_depth() or getattr(_CALLS, "disabled", False) or compile_after is None
+            or not compilable or not tf.executing_eagerly()
+            or isinstance(training, tf.Tensor) or training or tf.distribute.has_strategy()):
+        with _nested():
+            return raw(layer, *args, **kwargs)
+    entry = COMPILED.setdefault(layer, {}).setdefault(raw, [0, None, []])
+    entry[0] += 1
+    if entry[0] <= compile_after:
+        with _nested():
+            return raw(layer, *args, **kwargs)
+    return _compiled_call(layer, raw, entry, args, kwargs, generation(), store)
