@@ -19,6 +19,8 @@ How layers are quantized (the declarative table is the twin registry,
 * a Dequantizer is appended to each model output;
 * after calibration, the biases of layers with weights of 4 bits or less are corrected for the
   mean output shift their weight rounding causes (``bias_correction.correct_biases``);
+* on request (``learned_rounding``), the rounding of the quantized weights is then learned on
+  the calibration samples (``learned_rounding.learn_rounding``, AdaRound), layer by layer;
 * the float tail rule: layers without a quantized twin are allowed only after the last
   quantized layers (no quantized layer downstream of them, e.g. a final softmax); they stay
   float and receive dequantized inputs. The float head rule: layers without a quantized twin
@@ -65,6 +67,7 @@ from .calibrate import calibrate
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
                     replace_layers)
 from .keras3 import from_keras3, is_keras3_model
+from .learned_rounding import learn_rounding
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import Batches
 from .transforms.sanitize import sanitize
@@ -265,7 +268,7 @@ def _head_signed(model, layer, batches):
 
 @unfused
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
-             batch_size=None, epochs=1, verbose=False):
+             batch_size=None, epochs=1, verbose=False, learned_rounding=False):
     """Quantizes a Keras or ONNX model using the provided configuration or parameters.
 
     * q_config has priority over qparams: when a layer name is found in q_config, its
@@ -292,13 +295,25 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         batch_size (int, optional): the batch size. Defaults to None (32).
         epochs (int, optional): the number of calibration epochs. Defaults to 1.
         verbose (bool, optional): show a progress bar during calibration. Defaults to False.
+        learned_rounding (bool or dict, optional): after calibration and bias correction,
+            learn the rounding of the quantized weights on the calibration samples
+            (``quantizeml.models.learn_rounding``, AdaRound: each weight rounds down or up to
+            reconstruct the float layer's output; the result is integer-exact like any
+            quantized model). True for its defaults, or a dict of its keyword arguments
+            (``iterations``, ``batch_size``, ``reg``, ``beta``, ``learning_rate``,
+            ``asymmetric``, ``report``, ``seed``). Worth it at 4 bits or less; it costs about
+            ``iterations`` small steps per layer. Keras models quantized from float only.
+            Defaults to False.
 
     Returns:
         keras.Model or onnx.ModelProto: the quantized model.
 
     Raises:
-        ValueError: unsupported layers (all listed), invalid samples or q_config.
+        ValueError: unsupported layers (all listed), invalid samples or q_config, learned
+            rounding on an ONNX or already quantized model or with unknown options.
+        TypeError: learned_rounding neither a bool nor a dict.
     """
+    rounding_options = _rounding_options(learned_rounding)
     if type(model).__module__.startswith("onnx"):
         if q_config is not None:
             raise ValueError("quantize expected q_config=None for an ONNX model (only qparams "
@@ -306,6 +321,10 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         if epochs != 1:
             raise ValueError(f"quantize expected epochs=1 for an ONNX model. "
                              f"Received: epochs={epochs}")
+        if rounding_options is not None:
+            raise ValueError("quantize expected learned_rounding=False for an ONNX model "
+                             "(learned rounding applies to Keras models). Received: "
+                             f"learned_rounding={learned_rounding!r}")
         quantize_onnx = _ONNX_QUANTIZE.get("quantize")
         if quantize_onnx is None:
             raise ValueError("quantize expected quantizeml.onnx_support to be importable for an "
@@ -321,6 +340,12 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         model = from_keras3(model)  # its tf_keras twin: weights copied, outputs checked
     check_functional(model)
     requantize = any(_is_quantized_layer(layer) for layer in model.layers)
+    if requantize and rounding_options is not None:
+        raise ValueError(f"quantize expected a float model with learned_rounding (the rounding "
+                         f"reconstructs the float layers' outputs). Received: the quantized "
+                         f"model {model.name!r}; call "
+                         "quantizeml.models.learn_rounding(float_model, qmodel, samples) "
+                         "instead")
     annotations = {layer.name: annotated_config(layer) for layer in model.layers
                    if annotated_config(layer) is not None}
     raw_names = [layer.name for layer in model.layers]
@@ -446,7 +471,29 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     calibrate(model, qmodel, batches=batches, verbose=verbose)
     if not requantize:
         correct_biases(model, qmodel, batches)
+    if rounding_options is not None:
+        qmodel = learn_rounding(model, qmodel, batches, verbose=verbose, **rounding_options)
     return qmodel
+
+
+#: The learn_rounding keyword arguments quantize(learned_rounding={...}) accepts.
+ROUNDING_OPTIONS = ("iterations", "batch_size", "reg", "beta", "learning_rate", "asymmetric",
+                    "report", "seed")
+
+
+def _rounding_options(learned_rounding):
+    """The learn_rounding keyword arguments of quantize's ``learned_rounding`` (None: off)."""
+    if isinstance(learned_rounding, bool):
+        return {} if learned_rounding else None
+    if not isinstance(learned_rounding, dict):
+        raise TypeError(f"quantize expected learned_rounding to be a bool or a dict of "
+                        f"learn_rounding options. Received: learned_rounding="
+                        f"{learned_rounding!r}")
+    unknown = sorted(set(learned_rounding) - set(ROUNDING_OPTIONS))
+    if unknown:
+        raise ValueError(f"quantize expected learned_rounding options among "
+                         f"{list(ROUNDING_OPTIONS)}. Received: unknown options {unknown}")
+    return dict(learned_rounding)
 
 
 def _append_dequantizers(qmodel):

@@ -162,3 +162,37 @@ def test_bad_models_and_samples():
         learn_rounding(model, model, x)
     with pytest.raises(TypeError, match="tf_keras Model"):
         learn_rounding(model, "qmodel", x)
+
+
+def test_quantize_option():
+    """quantize(learned_rounding=...) is quantize() then learn_rounding(): the same weights,
+    integer-exact outputs (eager == predict), a lower reconstruction error than the nearest
+    rounding."""
+    model, x = conv_model(), _samples((6, 6, 3))
+    qparams = QuantizationParams(input_weight_bits=4, weight_bits=4, activation_bits=8,
+                                 output_bits=8)
+    nearest = quantize(model, qparams=qparams, samples=x)
+    report = []
+    learned = quantize(model, qparams=qparams, samples=x,
+                       learned_rounding={"iterations": 100, "report": report})
+    reference = learn_rounding(model, nearest, x, iterations=100)
+    for a, b in zip(learned.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert {e["name"] for e in report} == {"conv", "dw", "dense"}
+    eager = to_numpy(learned(x, training=False))
+    np.testing.assert_array_equal(eager, learned.predict(x, batch_size=16, verbose=0))
+    assert not np.array_equal(eager, to_numpy(nearest(x, training=False)))
+    for name in ("conv", "dw"):
+        assert layer_reconstruction_error(model, learned, name, x) < \
+            layer_reconstruction_error(model, nearest, name, x), name
+
+
+def test_quantize_option_errors():
+    model, x = dense_model(), _samples((12,))
+    with pytest.raises(TypeError, match="learned_rounding='yes'"):
+        quantize(model, samples=x, learned_rounding="yes")
+    with pytest.raises(ValueError, match=r"unknown options \['iteration'\]"):
+        quantize(model, samples=x, learned_rounding={"iteration": 10})
+    qmodel = quantize(model, samples=x)
+    with pytest.raises(ValueError, match="learn_rounding\\(float_model"):
+        quantize(qmodel, samples=x, learned_rounding=True)
