@@ -179,3 +179,19 @@ def test_float_preprocessing_head():
     assert np.max(np.abs(y - yq)) < 0.05 * np.max(np.abs(y))
     assert not check_quantization(qmodel) or all("float island" not in i
                                                  for i in check_quantization(qmodel))
+
+
+def test_dump_config_keeps_the_float_island():
+    """dump_config reads the registry: the twins' quant_configs, and "float" for an island, so
+    that quantize(model, q_config=dump_config(qmodel)) rebuilds the same model."""
+    from quantizeml.models import dump_config
+    keras.utils.set_random_seed(0)
+    model = _island_model()
+    x = _digits(32)
+    qmodel = quantize(model, q_config={"cube": "float"}, samples=x, batch_size=16)
+    config = dump_config(qmodel)
+    assert config["cube"] == "float"
+    assert "conv2" in config and "cube_dequantizer" not in config
+    again = quantize(model, q_config=config, samples=x, batch_size=16)
+    assert [type(layer) for layer in again.layers] == [type(layer) for layer in qmodel.layers]
+    np.testing.assert_array_equal(_float(again(x)), _float(qmodel(x)))
