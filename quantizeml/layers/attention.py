@@ -163,7 +163,7 @@ def quantized_softmax(layer, x, exp_bits, scale_bits):
 
 
 @register_keras
-@register_twin(Attention, output=BLOCK_END, per_tensor_inputs=True)
+@register_twin(Attention, output=BLOCK_END, per_tensor_inputs=True, export="attention")
 class QuantizedAttention(QuantConfigMixin, Attention):
     """An Attention layer that operates on quantized inputs.
 

@@ -221,7 +221,8 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
 
 
 @register_keras
-@register_twin(keras.layers.Conv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END)
+@register_twin(keras.layers.Conv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END,
+               export="conv_transpose")
 class QuantizedConv2DTranspose(QuantizedReduction, keras.layers.Conv2DTranspose):
     """A transposed convolutional layer that operates on quantized inputs and weights.
 

@@ -224,7 +224,8 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(DepthwiseConv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END)
+@register_twin(DepthwiseConv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END,
+               export="depthwise_conv_transpose")
 class QuantizedDepthwiseConv2DTranspose(QuantizedReduction, DepthwiseConv2DTranspose):
     """A transposed depthwise convolutional layer that operates on quantized inputs and weights.
 

@@ -88,7 +88,8 @@ class LayerMadNormalization(keras.layers.LayerNormalization):
 
 
 @register_keras
-@register_twin(LayerMadNormalization, weights=("gamma_quantizer",), output=BLOCK_END)
+@register_twin(LayerMadNormalization, weights=("gamma_quantizer",), output=BLOCK_END,
+               export="layer_mad_norm")
 class QuantizedLayerNormalization(QuantConfigMixin, LayerMadNormalization):
     """A LayerNormalization layer that operates on quantized inputs and weights.
 
@@ -266,7 +267,7 @@ def std_normalize(x_int, eps_units, frac_bits, rsqrt_bits=RSQRT_BITS):
 
 @register_keras
 @register_twin(keras.layers.LayerNormalization, weights=("gamma_quantizer",), output=BLOCK_END,
-               per_tensor_inputs=True)
+               per_tensor_inputs=True, export="layer_std_norm")
 class QuantizedLayerStdNormalization(QuantConfigMixin, keras.layers.LayerNormalization):
     """The quantized twin of keras.layers.LayerNormalization (last axis only).
 

@@ -13,7 +13,7 @@ __all__ = ["QuantizedSeparableConv2D"]
 
 @register_keras
 @register_twin(keras.layers.SeparableConv2D, weights=("dw_weight_quantizer", "pw_weight_quantizer"),
-               output=BLOCK_END)
+               output=BLOCK_END, export="separable_conv")
 class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D):
     """A separable convolutional layer that operates on quantized inputs and weights.
 

@@ -231,7 +231,7 @@ class Shiftmax(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(Shiftmax)
+@register_twin(Shiftmax, export="shiftmax")
 class QuantizedShiftmax(QuantConfigMixin, Shiftmax):
     """A quantized layer to do a quantized function similar to the softmax, but using base 2
     instead of e. So we replace ``softmax(x_i) = e^x_i / sum(e^x_k)`` with

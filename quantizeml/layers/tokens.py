@@ -114,7 +114,7 @@ class ClassToken(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(ClassToken)
+@register_twin(ClassToken, export="class_token")
 class QuantizedClassToken(QuantConfigMixin, ClassToken):
     """Quantize the ClassToken layer, allowing quantization of the output.
 
@@ -185,7 +185,7 @@ class AddPositionEmbs(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(AddPositionEmbs)
+@register_twin(AddPositionEmbs, export="add_position_embs")
 class QuantizedAddPositionEmbs(QuantConfigMixin, AddPositionEmbs):
     """Quantize the AddPositionEmbs layer, allowing operations in FixedPoint domain.
 
@@ -246,7 +246,7 @@ class ExtractToken(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(ExtractToken)
+@register_twin(ExtractToken, export="extract_token")
 class QuantizedExtractToken(QuantConfigMixin, ExtractToken):
     """Quantized version of the ExtractToken layer. Accepts only FixedPoint inputs.
 

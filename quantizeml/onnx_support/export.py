@@ -381,13 +381,25 @@ def _dense(b, layer, x):
 
 
 def _relu(b, layer, x):
+    """QuantizedReLU: ``min(max(x, 0), floor(max_value * 2^f))``.
+
+    The bound is computed in float and may exceed int64 (a large max_value on many frac bits):
+    it is capped at ``2^vb`` (values never reach it: the ``Min`` is then a no-op, as in Keras),
+    and a bound that is not finite raises.
+    """
     if x.scales is not None:
         x = qfloat_to_fixed_point(b, x, layer.scale_bits)
     v = b.node("Max", [x.name, b.i64(0)], "relu")
     if layer.max_value is not None:
         dtype = np.float32 if x.vb <= 23 else np.float64
-        max_int = np.floor(dtype(float(layer.max_value)) * np.power(dtype(2.0),
-                                                                    x.frac.astype(dtype)))
+        with np.errstate(over="ignore"):
+            max_int = np.floor(dtype(float(layer.max_value))
+                               * np.power(dtype(2.0), x.frac.astype(dtype)))
+        if np.any(np.isnan(max_int)) or np.any(max_int < 0):
+            raise ValueError(f"export expected a ReLU max_value >= 0 for {layer.name}. "
+                             f"Received: max_value={layer.max_value}")
+        # |x| < 2^vb <= 2^52: a bound above cannot clip, and its int64 would overflow
+        max_int = np.minimum(max_int.astype(np.float64), 2.0 ** x.vb)
         v = b.node("Min", [v, b.i64(max_int.astype(np.int64))], "relu_max")
     return _finish(b, layer, _T(v, x.vb, x.frac, None, True, x.shape))
 
@@ -744,6 +756,12 @@ EMITTERS = {
     "rescaling": (_rescaling, None),
     "batchnorm": (_one_input(_batchnorm), None),
 }
+# the emitters written in their own modules (they use the helpers above)
+from .convolutions import EMITTERS as _CONVOLUTION_EMITTERS  # noqa: E402
+from .transformer import EMITTERS as _TRANSFORMER_EMITTERS  # noqa: E402
+
+EMITTERS.update(_CONVOLUTION_EMITTERS)
+EMITTERS.update(_TRANSFORMER_EMITTERS)
 
 
 # ---- float layers: the float preprocessing head, float islands and the float tail ---------

@@ -22,18 +22,7 @@ L = keras.layers
 
 #: Registered twins the exporter does not export yet, with the reason. A new twin must either
 #: name an emitter (``register_twin(..., export="<name>")``) or be listed here.
-NOT_EXPORTABLE = {
-    "QuantizedConv2DTranspose": "transposed convolution: emitter not written yet",
-    "QuantizedDepthwiseConv2DTranspose": "transposed convolution: emitter not written yet",
-    "QuantizedSeparableConv2D": "depthwise + pointwise accumulator alignment: not written yet",
-    "QuantizedShiftmax": "transformer layer: emitter not written yet",
-    "QuantizedAttention": "transformer layer: emitter not written yet",
-    "QuantizedLayerNormalization": "transformer layer (MAD): emitter not written yet",
-    "QuantizedLayerStdNormalization": "transformer layer: emitter not written yet",
-    "QuantizedClassToken": "transformer layer: emitter not written yet",
-    "QuantizedAddPositionEmbs": "transformer layer: emitter not written yet",
-    "QuantizedExtractToken": "transformer layer: emitter not written yet",
-}
+NOT_EXPORTABLE = {}
 
 
 def _session(qmodel):
@@ -61,6 +50,24 @@ def _check(qmodel, x, max_ulp=0):
         np.testing.assert_array_max_ulp(floats, keras_float, maxulp=max_ulp)
     else:
         np.testing.assert_array_equal(floats, keras_float)
+    return {node.op_type for node in proto.graph.node}
+
+
+def _check_outputs(qmodel, x):
+    """Exports and runs a model with several outputs, each a Dequantizer: every integer output
+    bit for bit, every float output exactly. Returns the ONNX op types."""
+    proto, session = _session(qmodel)
+    results = session.run(None, {session.get_inputs()[0].name: x})
+    dequantizers = [qmodel.get_layer(name) for name in qmodel.output_names]
+    assert all(isinstance(dq, Dequantizer) for dq in dequantizers)
+    count = len(dequantizers)
+    keras_ints = keras.Model(qmodel.inputs, [dq.input for dq in dequantizers])(x)
+    keras_floats = qmodel(x)
+    for i, dq in enumerate(dequantizers):
+        np.testing.assert_array_equal(results[count + i],
+                                      keras_ints[i].values.numpy().astype(np.int64),
+                                      err_msg=dq.name)
+        np.testing.assert_array_equal(results[i], keras_floats[i].numpy(), err_msg=dq.name)
     return {node.op_type for node in proto.graph.node}
 
 
