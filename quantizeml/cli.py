@@ -235,11 +235,34 @@ def _export_onnx(args):
         from .onnx_support.export import export
     except ImportError as e:
         raise CommandError(f"ONNX export is not available in this installation ({e})") from e
+    samples = _load_samples(args.samples) if args.samples else None
     with _progress(args, 1, "export-onnx") as bar:
-        bar.update(0, f"exporting {qmodel.name!r}")
-        export(qmodel, args.output)
+        bar.update(0, f"exporting {qmodel.name!r} ({args.format} form)")
+        proto = export(qmodel, args.output, format=args.format)
         bar.update(1, "done")
     _log(args, f"ONNX model saved to {args.output}")
+    import onnx
+    print(f"format: {args.format}")
+    print(f"nodes: {len(proto.graph.node)}")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        print("check_model(full_check=True): passed")
+    except onnx.checker.ValidationError as e:
+        print(f"check_model(full_check=True): failed: {str(e).strip().splitlines()[0]}")
+    if samples is not None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise CommandError(f"--samples needs onnxruntime ({e})") from e
+        import numpy as np
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: samples})
+        expected = qmodel.predict(samples, batch_size=32, verbose=0)
+        expected = expected if isinstance(expected, (list, tuple)) else [expected]
+        diff = max(float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(e, np.float64))))
+                   for g, e in zip(got, expected))
+        print(f"max |ONNX - Keras| on {len(samples)} samples: {diff:.6g}")
 
 
 QUIET_LOG_LEVEL = "3"   # TF_CPP_MIN_LOG_LEVEL: no INFO, WARNING or ERROR line from TF's C++
@@ -362,6 +385,14 @@ def build_parser():
         description="Export a quantized Keras model to an ONNX model file.")
     export.add_argument("qmodel", metavar="QMODEL", help="quantized Keras model file")
     export.add_argument("-o", "--output", required=True, help="ONNX model file")
+    export.add_argument("--format", choices=("exact", "qdq"), default="exact",
+                        help="'exact': integer ONNX equal to the Keras model bit for bit "
+                             "(default); 'qdq': QuantizeLinear/DequantizeLinear around float "
+                             "operators, fused into int8 kernels by onnxruntime (within one "
+                             "output step)")
+    export.add_argument("--samples", metavar="DATA.NPZ",
+                        help="samples (first array of an npz, or an npy file) to print the "
+                             "max difference of the ONNX outputs against the Keras model on")
     export.set_defaults(func=_export_onnx)
     return parser
 

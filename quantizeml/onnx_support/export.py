@@ -48,6 +48,7 @@ from ..models.graph import Graph
 from ..tensors import FixedPoint, QFloat
 from ..tensors.carrier import MAX_VALUE_BITS
 from ..tensors.dispatch.common import bits_for
+from . import qdq
 
 __all__ = ["export", "EMITTERS", "supported_layers"]
 
@@ -979,8 +980,16 @@ def _check_supported(qmodel):
         raise ValueError("export expected each layer to be called once (no shared layers).")
 
 
-def export(qmodel, path=None):
-    """Exports a quantized Keras model to an ONNX model that reproduces it bit-exactly.
+#: The forms ``export`` writes.
+FORMATS = ("exact", "qdq")
+
+
+def export(qmodel, path=None, format="exact"):
+    """Exports a quantized Keras model to an ONNX model that reproduces it bit-exactly
+    (``format="exact"``, the default) or to the deployable int8 QDQ form (``format="qdq"``,
+    see :mod:`quantizeml.onnx_support.qdq`: QuantizeLinear/DequantizeLinear around float
+    operators, which onnxruntime fuses into int8 kernels; within one output step of Keras,
+    float outputs only).
 
     The graph computes in int64 (and exact float64 for the input quantization) with standard
     ONNX operators only (opset 17), so ``onnx.checker.check_model(full_check=True)`` passes and
@@ -992,18 +1001,24 @@ def export(qmodel, path=None):
     Args:
         qmodel (keras.Model): a functional model from ``quantizeml.models.quantize``.
         path (str, optional): where to save the ONNX model. Defaults to None (not saved).
+        format (str, optional): 'exact' or 'qdq'. Defaults to 'exact'.
 
     Returns:
         onnx.ModelProto: the exported model.
 
     Raises:
-        ValueError: when the model has layers the exporter cannot export (all listed), or
-            quantized tensors it cannot represent exactly (weights wider than 8 bits).
+        ValueError: for an unknown format, when the model has layers the exporter cannot
+            export (all listed), or quantized tensors it cannot represent exactly (weights
+            wider than 8 bits).
     """
+    if format not in FORMATS:
+        raise ValueError(f"export expected format in {FORMATS}. Received: format={format!r}")
     if not isinstance(qmodel, keras.Model) or not hasattr(qmodel, "inputs") \
             or qmodel.inputs is None:
         raise ValueError(f"export expected a functional keras.Model. Received: {qmodel!r}")
     _check_supported(qmodel)
+    if format == "qdq":
+        return qdq.export_qdq(qmodel, path)
     b = _Builder()
     graph = Graph(qmodel)
     tensors, graph_inputs, outputs = {}, [], {}

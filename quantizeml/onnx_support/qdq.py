@@ -1,0 +1,538 @@
+"""The deployable int8 form of the ONNX export: ``export(qmodel, format="qdq")``.
+
+The quantized activations become int8 (signed) or uint8 (unsigned, zero point 0) tensors with
+the power-of-two scale ``2^-frac_bits`` of their quantizer (per channel for per-axis
+quantizers); each operator reads them through a ``DequantizeLinear`` and writes them through a
+``QuantizeLinear``, the pattern that onnxruntime (and TensorRT, OpenVINO) fuse into int8
+kernels (``QLinearConv``, ``QLinearMatMul``, ``QLinearAdd``...). 4D tensors run in NCHW (one
+``Transpose`` of the float input, one before a Flatten or the output).
+
+Mapping (the Keras quantized layer -> the QDQ group):
+
+* ``InputQuantizer`` (<= 8 bits): ``QuantizeLinear(x, 2^-f)`` of the float input;
+* Conv2D / DepthwiseConv2D / Dense: int8 weights ``w_int`` as initializers, dequantized per
+  output channel (axis 0; axis 1 for Dense) with the scale the Keras output quantizer applies,
+  ``s_int * 2^-(s_frac + f_w)`` (the weight scales quantized on its ``scale_bits``), the
+  Keras bias integers as int32 dequantized at ``x_scale * w_scale`` (so onnxruntime folds them
+  into the int32 accumulator), then ``QuantizeLinear`` with the output quantizer's scale. A
+  Conv/Dense without an output quantizer followed by a QuantizedReLU that has one is fused
+  with it (``Relu`` between the Conv and the QuantizeLinear, which onnxruntime drops for a
+  uint8 zero point 0; a ReLU maximum becomes a ``Clip`` of the uint8 values); one followed
+  by the final Dequantizer gives float outputs (``values * 2^-f * scales``);
+* QuantizedAdd (its own or its ReLU's output quantizer): ``Add`` of the dequantized inputs;
+* QuantizedReLU alone: ``Relu`` (and ``Min``) between a DequantizeLinear and a QuantizeLinear;
+* GlobalAveragePooling2D: ``ReduceSum`` times the quantized ``1 / (H * W)``, quantized;
+* MaxPool2D, ZeroPadding2D, Flatten, Reshape, Dropout: int8 ``MaxPool``/``Pad``/``Reshape``
+  directly on the quantized tensors.
+
+The rounding differs from quantizeml's in ties only: onnxruntime requantizes the int32
+accumulator (``acc * x_scale * w_scale / y_scale``, the same multiplier as Keras, exact in
+float32) rounding half to even in float32, quantizeml rounds half up exactly; so a value is
+at most one output step from the Keras one at each requantization (more after a deep chain
+where the differences propagate).
+
+Everything else falls back (listed in the model's ``metadata_props`` under
+``FALLBACKS_KEY``): the layer is written by the exact form's emitter (``export.EMITTERS``)
+on int64 values cast from the int8 ones, and its result is cast back to int8/uint8 when it is
+an 8-bit FixedPoint (else later layers fall back too); float layers use ``FLOAT_EMITTERS``.
+Per-axis activations stay QDQ (per-axis ``QuantizeLinear``) but onnxruntime only fuses
+per-tensor ones: the convolutions that read them run in float.
+"""
+import numpy as np
+import onnx
+import tensorflow as tf
+from onnx import TensorProto
+from onnx import helper as oh
+
+from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
+from ..layers.registry import twin_spec
+from ..models.graph import Graph
+from ..tensors import FixedPoint, QFloat
+# the exact form's module (its builder and emitters are the fallbacks); imported as a module
+# because export.py imports this one
+from . import export as exact
+
+__all__ = ["export_qdq", "FALLBACKS_KEY"]
+
+#: ``metadata_props`` key listing the layers written by the exact or float fallbacks.
+FALLBACKS_KEY = "quantizeml.qdq_fallbacks"
+
+
+class _Q:
+    """A quantized activation of the QDQ graph: its int8/uint8 ONNX name, frac bits (scalar or
+    per channel), signedness, Keras (batchless, channels last) shape and whether the ONNX
+    tensor is NCHW (4D tensors)."""
+
+    def __init__(self, name, frac, unsigned, shape):
+        self.name = name
+        self.frac = np.asarray(frac, np.float64)
+        self.unsigned = bool(unsigned)
+        self.shape = tuple(int(d) for d in shape)
+        self.nchw = len(self.shape) == 3
+
+    @property
+    def per_tensor(self):
+        return self.frac.size == 1
+
+    @property
+    def axis(self):
+        return 1 if self.nchw else len(self.shape)
+
+
+def _dtypes(unsigned):
+    return (np.uint8, TensorProto.UINT8) if unsigned else (np.int8, TensorProto.INT8)
+
+
+def _scale_zp(b, frac, unsigned, shrink=1.0):
+    """The scale ``2^-frac`` (times ``shrink``) and zero point 0 initializers (scalars, or
+    vectors per axis)."""
+    frac = np.asarray(frac, np.float64)
+    scale = (np.power(2.0, -frac) * shrink).astype(np.float32)
+    dtype = _dtypes(unsigned)[0]
+    if frac.size == 1:
+        return b.const(scale.reshape(()), "scale"), b.const(np.array(0, dtype), "zp")
+    return b.const(scale.reshape(-1), "scale"), b.const(np.zeros(frac.size, dtype), "zp")
+
+
+def _dq(b, q):
+    """A fresh DequantizeLinear of a quantized activation (one per consumer, as the QDQ
+    fusions expect)."""
+    scale, zp = _scale_zp(b, q.frac, q.unsigned)
+    attrs = {} if q.per_tensor else {"axis": q.axis}
+    return b.node("DequantizeLinear", [q.name, scale, zp], "dq", **attrs)
+
+
+def _quantize(b, x, frac, unsigned, shape, shrink=None):
+    """QuantizeLinear of a float tensor (NCHW when 4D) on the grid ``2^-frac`` (its scale
+    times ``shrink`` when given, see ``_tie_break``; the consumers dequantize on the grid)."""
+    frac = np.asarray(frac, np.float64).reshape(-1)
+    frac = np.asarray(frac[0]) if np.all(frac == frac[0]) else frac
+    scale, zp = _scale_zp(b, frac, unsigned, 1.0 if shrink is None else shrink)
+    q = _Q(None, frac, unsigned, shape)
+    attrs = {} if q.per_tensor else {"axis": q.axis}
+    q.name = b.node("QuantizeLinear", [x, scale, zp], "q", **attrs)
+    return q
+
+
+def _to_nchw(b, name):
+    return b.node("Transpose", [name], "nchw", perm=[0, 3, 1, 2])
+
+
+def _to_nhwc(b, name):
+    return b.node("Transpose", [name], "nhwc", perm=[0, 2, 3, 1])
+
+
+def _as_float(b, x):
+    """The float32 NHWC values of a state (quantized, exact int64 or already float)."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, _Q):
+        v = _dq(b, x)
+        return _to_nhwc(b, v) if x.nchw else v
+    return exact._dequantize(b, x)
+
+
+def _as_exact(b, x):
+    """A quantized activation as the exact form's int64 NHWC tensor (``export._T``)."""
+    if not isinstance(x, _Q):
+        return x
+    v = b.node("Cast", [x.name], "i64", to=TensorProto.INT64)
+    if x.nchw:
+        v = _to_nhwc(b, v)
+    return exact._T(v, 8 if x.unsigned else 7, x.frac, None, x.unsigned, x.shape)
+
+
+def _from_exact(b, t):
+    """An exact int64 result back to int8/uint8 when it is an 8-bit FixedPoint, else as is."""
+    if not isinstance(t, exact._T) or t.scales is not None or t.shape is None \
+            or None in t.shape or t.vb > (8 if t.unsigned else 7):
+        return t
+    v = b.node("Cast", [t.name], "i8", to=_dtypes(t.unsigned)[1])
+    if len(t.shape) == 3:
+        v = _to_nchw(b, v)
+    frac = t.frac if t.frac.size > 1 else t.frac.reshape(())
+    return _Q(v, frac, t.unsigned, t.shape)
+
+
+def _fits8(quantizer):
+    return quantizer is not None and quantizer.bitwidth <= 8
+
+
+def _kind(layer):
+    spec = twin_spec(layer)
+    return spec.export if spec is not None and isinstance(layer, spec.twin) else None
+
+
+def _relu_after(graph, node):
+    """The QuantizedReLU node (with an 8-bit output quantizer) that alone consumes ``node``'s
+    output, or None."""
+    consumer = graph.sole_consumer(node)
+    if consumer is None or _kind(consumer.layer) != "relu" \
+            or not _fits8(consumer.layer.out_quantizer) or not graph.single_call(consumer):
+        return None
+    return consumer
+
+
+def _scale_ints(scales, scale_bits, channels):
+    """The scales quantized on ``scale_bits`` as (s_int, s_frac) per channel (1, 0 without)."""
+    if scales is None:
+        return np.ones(channels), np.zeros(channels)
+    qs = QFloat.quantize_scales(tf.constant(scales, tf.float32), scale_bits)
+    return (np.broadcast_to(exact._np(qs.values), (channels,)).astype(np.float64),
+            np.broadcast_to(exact._np(qs.frac_bits), (channels,)).astype(np.float64))
+
+
+def _channel_const(values, shape):
+    """A per-channel float32 constant broadcasting on a tensor of Keras shape ``shape``
+    (NCHW when 4D)."""
+    values = np.asarray(values, np.float32).reshape(-1)
+    return values.reshape((1, -1, 1, 1) if len(shape) == 3 else (1,) * len(shape) + (-1,))
+
+
+def _tie_break(b, y, frac_in, frac_out, unsigned, fused, shape):
+    """Makes the QuantizeLinear (round half to even) of ``y``, a float on the grid
+    ``2^-frac_in``, round ties up as quantizeml's rounded right shift does.
+
+    The ties are ``k = frac_in - frac_out > 0`` shifted bits (none when ``k <= 0``). Adding
+    half an input step ``2^-(frac_in + 1)`` before the QuantizeLinear is exact: the values
+    are multiples of ``2^-frac_in``, so a tie moves up by half a step and no other value
+    crosses a rounding boundary (returns ``(y + delta, None)``; ``delta`` is 0 on the channels
+    with ``k <= 0``). onnxruntime no longer fuses
+    the op and its QuantizeLinear then; where the outputs are >= 0 after the clip (unsigned
+    quantizers) and ``k <= 5``, a QuantizeLinear scale shrunk by ``1 - 2^-(k + 9)`` does the
+    same and keeps the fusion (returns ``(y, shrink)``): in output steps, values below 256
+    grow by at most ``2^-(k + 1)``, less than their distance ``2^-k`` to a boundary, and ties
+    (>= 0.5) by at least ``2^-(k + 10) >= 2^-15``, more than the float32 rounding of the
+    quantization (``256 * 2^-24 = 2^-16``); negative values clip to 0 either way.
+    """
+    k = np.asarray(frac_in, np.float64) - np.asarray(frac_out, np.float64)
+    if not np.any(k > 0):
+        return y, None
+    kmax = int(k.max())
+    if fused and unsigned and kmax <= 5:
+        return y, 1.0 - 2.0 ** -(kmax + 9)
+    # no offset on the channels that shift no bit out (their values are output integers)
+    delta = np.where(k > 0, np.power(2.0, -(np.broadcast_to(frac_in, np.shape(k)) + 1.0)), 0.0)
+    return b.node("Add", [y, b.const(_channel_const(delta, shape))], "tie_up"), None
+
+
+def _requantized(b, y, oq, relu, frac_in, channels, shape, ties=None):
+    """``[Relu] -> QuantizeLinear(oq's grid) -> [Clip of the ReLU maximum]`` on the float
+    result ``y`` (NCHW when 4D) whose Keras integers have frac bits ``frac_in`` (the rounded
+    ReLU maximum is taken on that grid, as QuantizedReLU / qfloat_requantization do).
+    ``ties``: None (a multiplier requantization, whose ties are rare: left to
+    onnxruntime), 'fused' or 'float': the rounded shift's ties broken up (``_tie_break``),
+    keeping the fusion ('fused') where that is proven exact."""
+    frac_out = np.broadcast_to(exact._np(oq.frac_bits).astype(np.float64), (channels,))
+    if relu is not None:
+        y = b.node("Relu", [y], "relu")
+    high = None
+    if relu is not None and relu.max_value is not None:
+        max_int = np.floor(float(relu.max_value) * np.power(2.0, frac_in))
+        high = np.floor(max_int * np.power(2.0, frac_out - frac_in) + 0.5)
+        high = np.minimum(high, 2.0 ** oq.value_bits - 1)
+        if np.all(high == high[0]) and high[0] >= 2.0 ** oq.value_bits - 1:
+            high = None
+        elif not np.all(high == high[0]):  # per-channel maxima: a float Min before the Q
+            bound = high * np.power(2.0, -frac_out)
+            y = b.node("Min", [y, b.const(_channel_const(bound, shape))], "relu_max")
+            high = None
+    shrink = None
+    if ties is not None:
+        y, shrink = _tie_break(b, y, frac_in, frac_out, relu is not None or not oq.signed,
+                               ties == "fused", shape)
+    q = _quantize(b, y, frac_out, not oq.signed, shape, shrink)
+    if high is not None:
+        dtype = _dtypes(q.unsigned)[0]
+        q.name = b.node("Clip", [q.name, b.const(np.array(0 if relu else -128, dtype)),
+                                 b.const(np.array(high[0], dtype))], "relu_clip")
+    return q
+
+
+def _weights(layer, kind):
+    """(int8 ONNX weights, frac bits per channel, scales or None, output channels)."""
+    if kind == "depthwise_conv":
+        kh, kw = layer.kernel_size
+        _, _, channels, mult = layer.depthwise_kernel.shape
+        wq = getattr(layer, layer.weight_keys[0])(
+            tf.reshape(layer.depthwise_kernel, (kh, kw, 1, channels * mult)))
+    else:
+        wq = layer.weight_quantizer(layer.kernel)
+    wfp = wq.fp if isinstance(wq, QFloat) else wq
+    values = exact._np(wfp.values)
+    if values.min() < -128 or values.max() > 127:
+        return None
+    w_int = values.astype(np.int8)
+    out = w_int.shape[-1]
+    if kind == "depthwise_conv":
+        onnx_w = w_int.reshape(kh, kw, out).transpose(2, 0, 1)[:, None]
+    elif kind == "conv":
+        onnx_w = w_int.transpose(3, 2, 0, 1)
+    else:
+        onnx_w = w_int
+    f_w = np.broadcast_to(exact._np(wfp.frac_bits).astype(np.float64), (out,))
+    scales = getattr(wq, "scales", None)
+    scales = None if scales is None else np.broadcast_to(exact._np(scales), (out,))
+    return onnx_w, f_w, scales, out
+
+
+def _bias_ints(layer, acc_frac, scales, channels):
+    """The Keras bias integers on the accumulator grid (QuantizedReduction._quantized_bias)."""
+    grid = QFloat(FixedPoint(tf.zeros((channels,)), 1, tf.constant(acc_frac, tf.float32),
+                             clip=False),
+                  tf.ones((channels,)) if scales is None else tf.constant(scales, tf.float32))
+    values = exact._np(layer.bias_quantizer(layer.bias, grid).fp.values)
+    return np.clip(values, -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int32)
+
+
+def _reduction(b, graph, node, x, kind):
+    """Conv2D, DepthwiseConv2D and Dense as a QDQ group; None when they cannot be mapped."""
+    layer = node.layer
+    if not isinstance(x, _Q) or getattr(layer, "padding_value", None) is not None:
+        return None
+    if kind == "dense" and len(x.shape) != 1:
+        return None
+    oq, relu_node, out_node = layer.out_quantizer, None, node
+    consumer = graph.sole_consumer(node)
+    if oq is None:
+        relu_node = _relu_after(graph, node)
+        if relu_node is not None:
+            oq, out_node = relu_node.layer.out_quantizer, relu_node
+    to_float = oq is None and consumer is not None and isinstance(consumer.layer, Dequantizer)
+    if not (to_float or _fits8(oq)):
+        return None
+    weights = _weights(layer, kind)
+    if weights is None:
+        return None
+    onnx_w, f_w, scales, out = weights
+    f_x = float(x.frac.max())  # Keras aligns per-axis inputs on their largest frac bits
+    acc_frac = f_x + f_w
+    if to_float:
+        s_mult, s_frac = (np.ones(out) if scales is None else scales.astype(np.float64)), 0.0
+    else:
+        s_mult, s_frac = _scale_ints(scales, oq.scale_bits, out)
+    w_scale = (s_mult * np.power(2.0, -(s_frac + f_w))).astype(np.float32)
+    w_axis = 1 if kind == "dense" else 0
+    w = b.node("DequantizeLinear", [b.const(onnx_w, "w"), b.const(w_scale, "w_scale"),
+                                    b.const(np.zeros(out, np.int8), "w_zp")], "w_dq",
+               axis=w_axis)
+    inputs = [_dq(b, x), w]
+    if layer.use_bias:
+        b_scale = (s_mult * np.power(2.0, -(s_frac + acc_frac))).astype(np.float32)
+        inputs.append(b.node("DequantizeLinear", [
+            b.const(_bias_ints(layer, acc_frac, scales, out), "bias"),
+            b.const(b_scale, "b_scale"), b.const(np.zeros(out, np.int32), "b_zp")],
+            "b_dq", axis=0))
+    if kind == "dense":
+        y = b.node("Gemm", inputs, "gemm")
+        shape = (out,)
+    else:
+        h, w_, _ = x.shape
+        kh, kw = layer.kernel_size
+        (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+        ph = exact._pad_amounts(h, kh, sh, dh, layer.padding)
+        pw = exact._pad_amounts(w_, kw, sw, dw, layer.padding)
+        group = x.shape[-1] if kind == "depthwise_conv" else layer.groups
+        y = b.node("Conv", inputs, "conv", kernel_shape=[kh, kw], strides=[sh, sw],
+                   dilations=[dh, dw], pads=[ph[0], pw[0], ph[1], pw[1]], group=group)
+        shape = ((h + sum(ph) - ((kh - 1) * dh + 1)) // sh + 1,
+                 (w_ + sum(pw) - ((kw - 1) * dw + 1)) // sw + 1, out)
+    if to_float:
+        return out_node, (_to_nhwc(b, y) if len(shape) == 3 else y)
+    frac_in = acc_frac + s_frac
+    relu = None if relu_node is None else relu_node.layer
+    return out_node, _requantized(b, y, oq, relu, frac_in, out, shape)
+
+
+def _add(b, graph, node, xs):
+    layer = node.layer
+    if not all(isinstance(x, _Q) for x in xs) or layer.average or xs[0].shape != xs[1].shape:
+        return None
+    oq, relu_node, out_node = layer.out_quantizer, None, node
+    if oq is None:
+        relu_node = _relu_after(graph, node)
+        if relu_node is None:
+            return None
+        oq, out_node = relu_node.layer.out_quantizer, relu_node
+    if not _fits8(oq):
+        return None
+    channels = xs[0].shape[-1]
+    y = b.node("Add", [_dq(b, xs[0]), _dq(b, xs[1])], "add")
+    frac_in = np.broadcast_to(np.maximum(xs[0].frac, xs[1].frac), (channels,))
+    relu = None if relu_node is None else relu_node.layer
+    return out_node, _requantized(b, y, oq, relu, frac_in, channels, xs[0].shape, "fused")
+
+
+def _relu(b, node, x):
+    layer = node.layer
+    if not isinstance(x, _Q) or not _fits8(layer.out_quantizer):
+        return None
+    channels = x.shape[-1]
+    frac_in = np.broadcast_to(x.frac, (channels,))
+    return _requantized(b, _dq(b, x), layer.out_quantizer, layer, frac_in, channels, x.shape,
+                        "float")
+
+
+def _gap(b, node, x):
+    layer = node.layer
+    oq = layer.out_quantizer
+    if not isinstance(x, _Q) or not _fits8(oq) or not x.nchw \
+            or layer.data_format != "channels_last":
+        return None
+    h, w_, c = x.shape
+    s_int, s_frac = _scale_ints(np.float32(1.0 / (h * w_)), oq.scale_bits, 1)
+    v = b.node("ReduceSum", [_dq(b, x), b.i64([2, 3])], "gap_sum", keepdims=1)
+    v = b.node("Mul", [v, b.const(np.float32(s_int[0] * 2.0 ** -s_frac[0]))], "gap_mean")
+    shape = (1, 1, c)
+    if not layer.keepdims:
+        v = b.node("Reshape", [v, b.i64([0, c])], "gap_flat")
+        shape = (c,)
+    frac = np.broadcast_to(exact._np(oq.frac_bits).astype(np.float64), (c,))
+    # the mean is on the grid 2^-(f_x + s_frac): break its ties up as the rounded shift
+    frac_in = np.broadcast_to(float(x.frac.max()) + s_frac[0], (c,))
+    v, _ = _tie_break(b, v, frac_in, frac, not oq.signed, False, shape)
+    return _quantize(b, v, frac, not oq.signed, shape)
+
+
+def _pass_through(b, node, x, kind):
+    """MaxPool, ZeroPadding2D, Flatten, Reshape and the identity on the int8 values."""
+    layer = node.layer
+    if not isinstance(x, _Q) or getattr(layer, "out_quantizer", None) is not None:
+        return None
+    if kind == "identity":
+        return x
+    if kind == "max_pool":
+        if not x.nchw or layer.data_format != "channels_last":
+            return None
+        h, w_, c = x.shape
+        (kh, kw), (sh, sw) = layer.pool_size, layer.strides
+        ph = exact._pad_amounts(h, kh, sh, 1, layer.padding)
+        pw = exact._pad_amounts(w_, kw, sw, 1, layer.padding)
+        v = b.node("MaxPool", [x.name], "maxpool", kernel_shape=[kh, kw], strides=[sh, sw],
+                   pads=[ph[0], pw[0], ph[1], pw[1]])
+        shape = ((h + sum(ph) - kh) // sh + 1, (w_ + sum(pw) - kw) // sw + 1, c)
+        return _Q(v, x.frac, x.unsigned, shape)
+    if kind == "zero_pad":
+        if not x.nchw:
+            return None
+        (top, bottom), (left, right) = layer.padding
+        zero = b.const(np.array(0, _dtypes(x.unsigned)[0]), "pad_zero")
+        v = b.node("Pad", [x.name, b.i64([0, 0, top, left, 0, 0, bottom, right]), zero],
+                   "zero_pad", mode="constant")
+        h, w_, c = x.shape
+        return _Q(v, x.frac, x.unsigned, (h + top + bottom, w_ + left + right, c))
+    if kind in ("flatten", "reshape"):
+        if not x.per_tensor:
+            return None
+        target = tuple(int(d) for d in layer.output_shape[1:])
+        v = _to_nhwc(b, x.name) if x.nchw else x.name
+        v = b.node("Reshape", [v, b.i64([0] + list(target))], "reshape")
+        q = _Q(v, x.frac, x.unsigned, target)
+        if q.nchw:
+            q.name = _to_nchw(b, v)
+        return q
+    return None
+
+
+_PASS_THROUGH = ("identity", "max_pool", "zero_pad", "flatten", "reshape")
+
+
+def _emit(b, graph, node, args, fallbacks):
+    """Writes one node; returns ``(node whose output it computes, state)``."""
+    layer = node.layer
+    x = args[0]
+    if isinstance(layer, InputQuantizer) and isinstance(x, str):
+        if layer.bitwidth <= 8:
+            shape = tuple(int(d) for d in layer.input_shape[1:])
+            v = _to_nchw(b, x) if len(shape) == 3 else x
+            frac = exact._np(layer.frac_bits).astype(np.float64)
+            return node, _quantize(b, v, frac, not layer.signed, shape)
+        fallbacks.append(layer.name)
+        shape = tuple(int(d) for d in layer.input_shape[1:])
+        return node, _from_exact(b, exact._input_quantizer(b, layer, x, shape))
+    if exact._float_emitter(layer) is not None:
+        return node, exact._float_emitter(layer)[0](b, layer, [_as_float(b, a) for a in args])
+    if isinstance(layer, Dequantizer):
+        return node, _as_float(b, x)
+    kind = _kind(layer)
+    mapped = None
+    if kind in ("conv", "depthwise_conv", "dense"):
+        mapped = _reduction(b, graph, node, x, kind)
+    elif kind == "add":
+        mapped = _add(b, graph, node, args)
+    elif kind == "relu":
+        mapped = _relu(b, node, x)
+        mapped = mapped if mapped is None else (node, mapped)
+    elif kind == "global_average_pool":
+        mapped = _gap(b, node, x)
+        mapped = mapped if mapped is None else (node, mapped)
+    elif kind in _PASS_THROUGH:
+        mapped = _pass_through(b, node, x, kind)
+        mapped = mapped if mapped is None else (node, mapped)
+    if mapped is not None:
+        return mapped
+    # the exact form's emitter, on int64 values
+    fallbacks.append(layer.name)
+    xs = [_as_exact(b, a) for a in args]
+    if isinstance(layer, OutputQuantizer):
+        return node, _from_exact(b, exact._output_quantizer(b, xs[0], layer))
+    return node, _from_exact(b, exact._emitter(layer)[0](b, layer, xs))
+
+
+def export_qdq(qmodel, path=None):
+    """Exports a quantized Keras model to the deployable int8 (QDQ) ONNX form.
+
+    See the module docstring for the mapping. The graph's inputs are the float Keras inputs
+    (NHWC, dynamic batch), its outputs the dequantized float outputs (named after the Keras
+    outputs): within one output step of the Keras model at each requantization, not bit-exact.
+    The layers written by the exact or float fallbacks are listed, comma-separated, in
+    ``metadata_props`` under ``FALLBACKS_KEY``.
+
+    Args:
+        qmodel (keras.Model): a functional model from ``quantizeml.models.quantize``.
+        path (str, optional): where to save the ONNX model. Defaults to None (not saved).
+
+    Returns:
+        onnx.ModelProto: the exported model.
+
+    Raises:
+        ValueError: when the model has layers the exporter cannot export (all listed).
+    """
+    exact._check_supported(qmodel)
+    b = exact._Builder()
+    graph = Graph(qmodel)
+    states, graph_inputs, fallbacks, done = {}, [], [], set()
+    for layer, ref in zip(graph.input_layers, graph.inputs):
+        graph_inputs.append(oh.make_tensor_value_info(
+            layer.name, TensorProto.FLOAT, ["N"] + [int(d) for d in ref.shape[1:]]))
+        states[ref.key] = layer.name
+    for node in graph.nodes:
+        if node.index in done:
+            continue
+        args = [states[ref.key] for ref in node.inputs]
+        if any(isinstance(a, str) for a in args) and exact._float_emitter(node.layer) is None \
+                and not isinstance(node.layer, (InputQuantizer, Dequantizer)) \
+                and not getattr(twin_spec(node.layer), "float_inputs", False):
+            raise ValueError(f"export expected quantized inputs for {node.layer.name} "
+                             f"({type(node.layer).__name__}).")
+        out_node, state = _emit(b, graph, node, args, fallbacks)
+        done.add(out_node.index)
+        states[out_node.outputs[0].key] = state
+    outputs = []
+    for ref in graph.outputs:
+        name = graph.producer(ref).layer.name
+        b.nodes.append(oh.make_node("Identity", [_as_float(b, states[ref.key])], [name],
+                                    name=b.uid("Identity")))
+        fshape = ref.shape[1:]
+        fshape = ["N"] + [None if d is None else int(d) for d in fshape] \
+            if fshape.rank is not None else None
+        outputs.append(oh.make_tensor_value_info(name, TensorProto.FLOAT, fshape))
+    onnx_graph = oh.make_graph(b.nodes, qmodel.name, graph_inputs, outputs,
+                               initializer=b.inits)
+    model = oh.make_model(onnx_graph, opset_imports=[oh.make_opsetid("", exact.OPSET)],
+                          producer_name="quantizeml")
+    model.ir_version = 8
+    oh.set_model_props(model, {FALLBACKS_KEY: ",".join(fallbacks)})
+    if path is not None:
+        onnx.save(model, path)
+    return model
