@@ -6,10 +6,8 @@ needs a power-of-two grid, and returns ``quant_config`` from ``get_config``.
 """
 import copy
 
-import tensorflow as tf
-
-from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import MAX_VALUE_BITS, carrier_dtype
+from ..recipes.requantize import qfloat_to_fixed_point
+from ..tensors import QFloat
 from .base import StaticCallMixin, check_quant_config, clip_to_buffer
 from .quantizers import OutputQuantizer
 from .quantizers.quantizers import check_bitwidth
@@ -73,13 +71,7 @@ class QuantConfigMixin(StaticCallMixin):
         """
         if not isinstance(x, QFloat):
             return x
-        scales = QFloat.quantize_scales(x.scales, self.scale_bits)
-        exact_bits = x.value_bits + scales.value_bits + 1
-        value_bits = min(exact_bits, MAX_VALUE_BITS)
-        dtype = carrier_dtype(value_bits)
-        values = tf.cast(x.values, dtype) * tf.cast(scales.values, dtype)
-        return FixedPoint(values, value_bits, x.frac_bits + scales.frac_bits,
-                          clip=exact_bits > MAX_VALUE_BITS)
+        return qfloat_to_fixed_point(x, self.scale_bits, narrow=True)
 
     def get_config(self):
         return {**super().get_config(), "quant_config": copy.deepcopy(self.quant_config)}

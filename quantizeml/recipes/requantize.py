@@ -8,7 +8,7 @@ accumulator, or differentiated in one expression in train steps).
 """
 import tensorflow as tf
 
-from ..tensors.carrier import MAX_VALUE_BITS, round_half_up, round_shifted_half_up
+from ..tensors.carrier import MAX_VALUE_BITS, carrier_dtype, round_half_up, round_shifted_half_up
 from ..tensors.fixed_point import FixedPoint, shift_values
 from ..tensors.qfloat import QFloat
 from . import fast_paths
@@ -116,17 +116,24 @@ def requantize(rounded, args, low, high, slope=None, record=None):
     return fast_paths.fused_requantized(kernel, args, low, high)
 
 
-def qfloat_to_fixed_point(inputs, scale_bits):
+def qfloat_to_fixed_point(inputs, scale_bits, narrow=False):
     """A QFloat as a FixedPoint: the values times the scales quantized on ``scale_bits``.
 
     Integer maths: ``y = x * s_int`` with ``frac_y = frac_x + frac_s``, an exact product wider
-    than the buffer (``value_bits + scale_bits + 1`` bits, in float64) that the requantization
-    shifts back.
+    than the buffer (``value_bits + scale_bits + 1`` bits) that the requantization shifts
+    back (or that the caller clips to its buffer).
+
+    Args:
+        inputs (QFloat): the QFloat.
+        scale_bits (int): the bits of the quantized scales.
+        narrow (bool, optional): carry the product in the narrowest exact carrier (float32 up
+            to 23 value bits) instead of float64. Defaults to False.
     """
     scales = QFloat.quantize_scales(inputs.scales, scale_bits)
-    values = tf.cast(inputs.values, tf.float64) * tf.cast(scales.values, tf.float64)
     exact_bits = inputs.value_bits + scales.value_bits + 1
     value_bits = min(exact_bits, MAX_VALUE_BITS)
+    dtype = carrier_dtype(value_bits) if narrow else tf.float64
+    values = tf.cast(inputs.values, dtype) * tf.cast(scales.values, dtype)
     return FixedPoint(values, value_bits, inputs.frac_bits + scales.frac_bits,
                       clip=exact_bits > MAX_VALUE_BITS)
 
