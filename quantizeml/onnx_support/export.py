@@ -385,8 +385,8 @@ def _relu(b, layer, x):
     """QuantizedReLU: ``min(max(x, 0), floor(max_value * 2^f))``.
 
     The bound is computed in float and may exceed int64 (a large max_value on many frac bits):
-    it is capped at ``2^vb`` (values never reach it: the ``Min`` is then a no-op, as in Keras),
-    and a bound that is not finite raises.
+    it is capped at ``2^vb`` (values never reach it: the ``Min`` is then a no-op, as in Keras);
+    a NaN or negative bound raises.
     """
     if x.scales is not None:
         x = qfloat_to_fixed_point(b, x, layer.scale_bits)

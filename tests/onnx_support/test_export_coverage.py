@@ -312,3 +312,14 @@ def test_export_batchnorm(qparams):
     qmodel = _quantize(model, x, qparams=qparams)
     assert type(qmodel.get_layer("bn")).__name__ == "QuantizedBatchNormalization"
     _check(qmodel, x)
+
+
+def test_export_relu_huge_max_value():
+    """ReLU(max_value=1e30): the bound ``floor(max_value * 2^f)`` is beyond int64; it is capped
+    at the input range (where it cannot clip) instead of overflowing."""
+    inputs = keras.Input((6, 6, 3), name="inp")
+    y = L.Conv2D(4, 3, bias_initializer="random_normal", name="conv")(inputs)
+    y = L.ReLU(1e30, name="relu")(y)
+    y = L.Conv2D(3, 1, name="out")(y)
+    x = _samples((6, 6, 3), n=8, low=-8, high=8)
+    _check(_quantize(keras.Model(inputs, y), x), x)
