@@ -219,12 +219,6 @@ def clip_to_buffer(b, x, buffer_bits):
     return _T(name, min(x.vb, buffer_bits - 1), x.frac, x.scales, x.unsigned, x.shape)
 
 
-#: Former names of the helpers mirroring the recipes (kept for the emitters that use them).
-_buffer_clip = clip_to_buffer
-_qfloat_to_fp = qfloat_to_fixed_point
-_requantize = requantize
-
-
 def _finish(b, layer, x):
     """QuantConfigMixin._quantize_output."""
     if layer.out_quantizer is not None:
@@ -460,7 +454,7 @@ def _aligned_merge(op, unsigned):
     """QuantizedSubtract/Maximum/Minimum: QFloats to FixedPoints, both left-aligned on the
     element-wise maximum of their frac bits, then the int64 ``op`` (broadcast)."""
     def emitter(b, layer, xs):
-        fps = [_qfloat_to_fp(b, x, layer.scale_bits) for x in xs]
+        fps = [qfloat_to_fixed_point(b, x, layer.scale_bits) for x in xs]
         frac = np.maximum(fps[0].frac, fps[1].frac)
         names, vbs = [], []
         for fp in fps:
@@ -471,7 +465,7 @@ def _aligned_merge(op, unsigned):
         vb = max(vbs) + (1 if op == "Sub" else 0)
         t = _T(v, min(vb, MAX_VALUE_BITS), frac, None, unsigned([x.unsigned for x in fps]),
                _broadcast_shape(fps))
-        t = _buffer_clip(b, t, layer.buffer_bitwidth)
+        t = clip_to_buffer(b, t, layer.buffer_bitwidth)
         return _finish(b, layer, t)
     return emitter
 
@@ -525,7 +519,7 @@ def _average_pool(b, layer, x):
     if x.scales is not None:
         scales = tf.constant(x.scales) * scales
     t = _T(total, vb, x.frac, _np(scales), x.unsigned, (out_h, out_w, c))
-    t = _buffer_clip(b, t, layer.buffer_bitwidth)
+    t = clip_to_buffer(b, t, layer.buffer_bitwidth)
     return _finish(b, layer, t)
 
 
