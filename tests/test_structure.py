@@ -73,3 +73,17 @@ def test_dependency_direction_and_module_level_imports(path):
         if (str(rel), name) not in ALLOWED:
             assert target not in FORBIDDEN.get(part, ()), f"{rel} imports {name}"
         assert top_level or rel.name in LAZY_OK, f"{rel} imports {name} inside a function"
+
+
+#: parts that use the tensors through their public API only (``quantizeml.tensors``)
+PUBLIC_TENSORS_ONLY = {"layers", "models", "analysis", "cli", "demo"}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_layers_and_models_use_the_public_tensors_api(path):
+    part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    if part not in PUBLIC_TENSORS_ONLY:
+        return
+    for name, _ in _imports(path):
+        assert not name.startswith("quantizeml.tensors."), \
+            f"{path.relative_to(PACKAGE)} imports {name}: use quantizeml.tensors"

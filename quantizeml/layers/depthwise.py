@@ -3,7 +3,7 @@ QuantizedDepthwiseConv2DTranspose."""
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors.qtensor import is_per_tensor
+from ..tensors import is_per_tensor
 from .base import register_keras
 from .convolution import deconv_length, transpose_output_shape
 from .reduction import QuantizedReduction, check_channels_last, fold_scales

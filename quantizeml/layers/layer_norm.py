@@ -6,9 +6,7 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat
-from ..tensors.dispatch.common import bits_for
-from ..tensors.qtensor import is_per_tensor
+from ..tensors import FixedPoint, QFloat, bits_for, is_per_tensor
 from .base import buffer_add, check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .quantizers import AlignedWeightQuantizer, WeightQuantizer

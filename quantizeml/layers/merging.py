@@ -17,9 +17,7 @@ gap), so quantize() gives them an OutputQuantizer unless they feed activations o
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import carrier_dtype
-from ..tensors.dispatch.common import aligned_pair
+from ..tensors import FixedPoint, QFloat, aligned_pair, carrier_dtype
 from .base import check_qtensor, clip_to_buffer, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .registry import BLOCK_END, register_twin

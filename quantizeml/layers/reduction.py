@@ -30,8 +30,7 @@ from ..recipes import bias as bias_recipe
 from ..recipes.alignment import align
 from ..recipes.reduction import (ReductionTerms, as_qtensor, fold_scales,  # noqa: F401
                                  split_qtensor)
-from ..tensors import FixedPoint, QFloat
-from ..tensors.qtensor import is_per_tensor
+from ..tensors import FixedPoint, QFloat, is_per_tensor
 from .base import check_qtensor, clip_to_buffer, record_saturation, saturation_observed
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .quantizers import AlignedWeightQuantizer, WeightQuantizer

@@ -3,8 +3,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat, QTensor
-from ..tensors.carrier import round_half_up
+from ..tensors import FixedPoint, QFloat, QTensor, round_half_up
 from .base import record_saturation, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .registry import register_twin

@@ -2,7 +2,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors.qtensor import is_per_tensor
+from ..tensors import is_per_tensor
 from .base import clip_to_buffer, register_keras
 from .depthwise import depthwise_operands
 from .reduction import QuantizedReduction, split_qtensor, to_single_frac_bits

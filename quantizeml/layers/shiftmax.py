@@ -32,9 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import MAX_VALUE_BITS
-from ..tensors.dispatch.common import bits_for
+from ..tensors import FixedPoint, MAX_VALUE_BITS, QFloat, bits_for
 from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .registry import register_twin

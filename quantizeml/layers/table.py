@@ -23,8 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import carrier_dtype, round_half_up
+from ..tensors import FixedPoint, QFloat, carrier_dtype, round_half_up
 from ..recipes.fast_paths import taping
 from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin

@@ -2,8 +2,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype
+from ..tensors import BUFFER_BITS, FixedPoint, MAX_VALUE_BITS, QFloat, carrier_dtype
 from .base import check_qtensor, clip_to_buffer, record_saturation, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
 from .registry import register_twin

@@ -3,7 +3,7 @@ import contextlib
 import dataclasses
 import threading
 
-from ..tensors.carrier import BUFFER_BITS
+from ..tensors import BUFFER_BITS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,7 @@ import tf_keras as keras
 
 from ...recipes.requantize import (qfloat_requantization, qfloat_to_fixed_point, requantize,
                                    rounded_multiply, rounded_scaling, rounded_shift)
-from ...tensors import FixedPoint, QFloat, QTensor
-from ...tensors.carrier import BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype
+from ...tensors import BUFFER_BITS, FixedPoint, MAX_VALUE_BITS, QFloat, QTensor, carrier_dtype
 from ..base import StaticCallMixin, record_saturation, register_keras, saturation_observed
 from ..calibration.observer import check_axis
 from .quantizers import Quantizer, check_bitwidth

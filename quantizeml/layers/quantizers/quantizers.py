@@ -2,8 +2,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from ...tensors import FixedPoint, QFloat
-from ...tensors.carrier import BUFFER_BITS
+from ...tensors import BUFFER_BITS, FixedPoint, QFloat
 from ..base import StaticCallMixin, register_keras
 from ..calibration.recorders import QFloatRecorder
 
