@@ -2,15 +2,28 @@
 normalizations, the token layers) and of a tiny ViT: onnxruntime's integer outputs equal the
 Keras quantized model's ``.values`` bit for bit, the float outputs exactly.
 
-Each layer under test is a model output (no output quantizer: its whole integer buffer is
-compared); the layers share one model, quantized and exported once (test time)."""
+In the quantized models, each layer under test is a model output (no output quantizer: its
+whole integer buffer is compared) and the layers share one model, quantized and exported once
+(test time); the emitters also run alone on random integer QTensors (QFloat inputs, per-axis
+frac bits, wide attention inputs), compared with the Keras layer's call."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
 import tf_keras as keras
+from onnx import TensorProto
+from onnx import helper as oh
 
-from quantizeml.layers.attention import Attention
-from quantizeml.layers.layer_norm import LayerMadNormalization
-from quantizeml.layers.shiftmax import Shiftmax
-from quantizeml.layers.tokens import AddPositionEmbs, ClassToken, ExtractToken
+from quantizeml.layers.attention import QuantizedAttention
+from quantizeml.layers.layer_norm import (QuantizedLayerNormalization,
+                                          QuantizedLayerStdNormalization)
+from quantizeml.layers.registry import twin_spec
+from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
+from quantizeml.layers.tokens import (QuantizedAddPositionEmbs, QuantizedClassToken,
+                                      QuantizedExtractToken)
 from quantizeml.models.zoo_vit import digits_vit
+from quantizeml.onnx_support.export import EMITTERS, OPSET, _Builder, _T
+from quantizeml.tensors import FixedPoint, QFloat
 
 from .test_export_coverage import _check, _check_outputs, _quantize, _samples
 
@@ -18,40 +31,22 @@ L = keras.layers
 
 
 def test_export_transformer_layers():
-    """Dense -> Shiftmax, LayerMadNormalization, LayerNormalization (with and without gamma),
-    ClassToken -> AddPositionEmbs -> ExtractToken; each a model output."""
+    """Dense -> Shiftmax, LayerNormalization (with and without gamma): each a model output
+    (the token layers and LayerMadNormalization: in the tiny ViT)."""
     inputs = keras.Input((6, 8), name="inp")
     y = L.Dense(8, bias_initializer="random_normal", name="a")(inputs)
     random = "random_normal"
     outputs = [
         Shiftmax(name="shiftmax")(L.Dense(8, name="b")(y)),
-        LayerMadNormalization(name="mad", beta_initializer=random, gamma_initializer=random)(y),
         L.LayerNormalization(name="std", beta_initializer=random, gamma_initializer=random)(y),
         L.LayerNormalization(name="std_no_gamma", scale=False)(y),
-        ExtractToken(1, name="extract")(AddPositionEmbs(name="pe")(
-            ClassToken(name="cls", initializer=random)(y))),
     ]
     x = _samples((6, 8), n=8, seed=1, low=-2, high=2)
-    x[0, 0] = 0.0  # a row of zeros (layer normalizations: the zero-deviation branch)
+    x[0, 0] = 0.0  # a row of zeros (the zero-deviation branch)
     qmodel = _quantize(keras.Model(inputs, outputs), x)
     names = {type(layer).__name__ for layer in qmodel.layers}
-    assert {"QuantizedShiftmax", "QuantizedLayerNormalization", "QuantizedLayerStdNormalization",
-            "QuantizedClassToken", "QuantizedAddPositionEmbs", "QuantizedExtractToken"} <= names
+    assert {"QuantizedShiftmax", "QuantizedLayerStdNormalization"} <= names
     _check_outputs(qmodel, x)
-
-
-def test_export_attentions():
-    """Attention with shiftmax, 2 heads of 4 channels (the rescale by 1/2 is a shift), and
-    with the rounded softmax, 1 head of 8 (a QFloat scale 1/sqrt(8)); model outputs."""
-    inputs = keras.Input((5, 8), name="inp")
-    q, k, v = (L.Dense(8, bias_initializer="random_normal", name=n)(inputs) for n in "qkv")
-    outputs = [Attention(2, softmax="shiftmax", name="shift")([q, k, v]),
-               Attention(1, softmax="softmax", name="soft")([q, k, v])]
-    x = _samples((5, 8), n=8, seed=2, low=-3, high=3)
-    qmodel = _quantize(keras.Model(inputs, outputs), x)
-    assert type(qmodel.get_layer("shift")).__name__ == "QuantizedAttention"
-    ops = _check_outputs(qmodel, x)
-    assert "MatMul" in ops
 
 
 def test_export_tiny_vit():
@@ -63,3 +58,88 @@ def test_export_tiny_vit():
     qmodel = _quantize(model, x)
     ops = _check(qmodel, x)
     assert "MatMul" in ops and "Gather" in ops
+
+
+# ---- emitters alone, on random integer QTensors (QFloat inputs, per-axis frac bits) ----------
+def _emit(layer, xs):
+    """Runs the layer's emitter alone on QTensors ``xs`` (their values int64 graph inputs) and
+    compares the ONNX integers, frac bits and scales with the Keras layer's call."""
+    b, ts, feeds, graph_inputs = _Builder(), [], {}, []
+    for i, x in enumerate(xs):
+        fp = x.fp if isinstance(x, QFloat) else x
+        scales = None if fp is x else x.scales.numpy()
+        ts.append(_T(f"x{i}", fp.value_bits, fp.frac_bits.numpy(), scales, False,
+                     tuple(x.shape[1:])))
+        feeds[f"x{i}"] = fp.values.numpy().astype(np.int64)
+        graph_inputs.append(oh.make_tensor_value_info(f"x{i}", TensorProto.INT64, list(x.shape)))
+    out = EMITTERS[twin_spec(layer).export][0](b, layer, ts)
+    expected = layer(xs if len(xs) > 1 else xs[0])
+    efp = expected.fp if isinstance(expected, QFloat) else expected
+    graph = oh.make_graph(
+        b.nodes, "g", graph_inputs,
+        [oh.make_tensor_value_info(out.name, TensorProto.INT64, list(efp.shape))],
+        initializer=b.inits)
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto, full_check=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (values,) = session.run(None, feeds)
+    np.testing.assert_array_equal(values, efp.values.numpy().astype(np.int64))
+    np.testing.assert_array_equal(np.broadcast_to(out.frac, efp.frac_bits.shape),
+                                  efp.frac_bits.numpy())
+    if isinstance(expected, QFloat):
+        np.testing.assert_array_equal(out.scales, expected.scales.numpy())
+    else:
+        assert out.scales is None
+
+
+def _qtensor(shape, value_bits, frac, scales=None, seed=0):
+    """Random integers on ``value_bits`` (extremes included) as a FixedPoint or a QFloat."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-2 ** value_bits, 2 ** value_bits, shape).astype(np.float32)
+    values.reshape(-1)[:2] = [-2 ** value_bits, 2 ** value_bits - 1]
+    fp = FixedPoint(values, value_bits, np.asarray(frac, np.float32))
+    return fp if scales is None else QFloat(fp, np.asarray(scales, np.float32))
+
+
+def _built(layer, x, weights_seed=4):
+    """The layer called once on ``x`` (built), its float weights randomized."""
+    layer(x)
+    rng = np.random.default_rng(weights_seed)
+    layer.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in layer.weights])
+    return layer
+
+
+FRAC = [3, 5, 2, 4, 6, 1, 3, 2]
+SCALES = [0.5, 1.25, 0.75, 2.0, 0.3, 1.0, 0.9, 1.7]
+#: name -> (layer factory, input QTensor)
+ALONE = {
+    "shiftmax_qfloat": (lambda: QuantizedShiftmax(name="t"),
+                        _qtensor((3, 4, 8), 9, FRAC, SCALES)),
+    "mad_qfloat_per_axis": (lambda: QuantizedLayerNormalization(name="t"),
+                            _qtensor((3, 4, 8), 7, 4, SCALES)),
+    "mad_qfloat_per_tensor": (lambda: QuantizedLayerNormalization(name="t"),
+                              _qtensor((3, 4, 8), 7, FRAC, 0.37)),
+    "std_qfloat": (lambda: QuantizedLayerStdNormalization(name="t", epsilon=0.5),
+                   _qtensor((3, 4, 8), 7, 3, 0.37)),
+    "class_token_qfloat": (lambda: QuantizedClassToken(name="t"),
+                           _qtensor((3, 4, 8), 7, FRAC, SCALES)),
+    "position_qfloat": (lambda: QuantizedAddPositionEmbs(name="t"),
+                        _qtensor((3, 4, 8), 7, 2, SCALES)),
+    "extract_last_axis": (lambda: QuantizedExtractToken(5, axis=-1, name="t"),
+                          _qtensor((3, 4, 8), 7, FRAC)),
+}
+
+
+@pytest.mark.parametrize("kind", list(ALONE), ids=list(ALONE))
+def test_emitter_alone(kind):
+    make_layer, x = ALONE[kind]
+    _emit(_built(make_layer(), x), [x])
+
+
+@pytest.mark.parametrize("softmax,heads", [("shiftmax", 2), ("softmax", 1), ("shiftmax", 3)])
+def test_attention_emitter_alone(softmax, heads):
+    """11-bit query, key and value on 12 channels: heads of 6 (a QFloat rescale), 12 (QFloat)
+    or 4 (a shift); random integers, the exact scores span a wide range."""
+    xs = [_qtensor((2, 5, 12), 11, f, seed=s) for s, f in enumerate((6, 7, 5))]
+    _emit(QuantizedAttention(heads, softmax=softmax, name="t"), xs)
