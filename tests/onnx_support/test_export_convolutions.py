@@ -19,10 +19,16 @@ TRANSPOSED = {
     "same_s3_k2_outpad": lambda: L.Conv2DTranspose(3, 2, strides=3, padding="same",
                                                    output_padding=1),
     "valid_s1_dilated": lambda: L.Conv2DTranspose(3, 3, dilation_rate=2),
+    "same_s1_dilated": lambda: L.Conv2DTranspose(2, 3, padding="same", dilation_rate=2),
+    "valid_s2_outpad": lambda: L.Conv2DTranspose(2, 3, strides=2, output_padding=1),
+    "same_s2_k5_no_bias": lambda: L.Conv2DTranspose(2, 5, strides=2, padding="same",
+                                                    use_bias=False),
     "same_s1_k4": lambda: L.Conv2DTranspose(3, 4, padding="same"),
     "depthwise_valid_s2": lambda: DepthwiseConv2DTranspose(3, strides=2,
                                                            bias_initializer="random_normal"),
     "depthwise_same_s2": lambda: DepthwiseConv2DTranspose(3, strides=2, padding="same"),
+    "depthwise_same_s3_outpad": lambda: DepthwiseConv2DTranspose(2, strides=3, padding="same",
+                                                                 output_padding=2),
 }
 
 
