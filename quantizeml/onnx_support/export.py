@@ -20,6 +20,10 @@ Keras layout) that reproduce the integer maths of the Keras layer exactly:
   strided ``Slice``s times the integer table ``L / count`` (scale ``1 / L``), Add an aligned
   int64 sum; grouped convolutions use ``ConvInteger``'s ``group``.
 
+The transposed and separable convolutions (:mod:`.convolutions`) and the transformer layers
+(:mod:`.transformer`: shiftmax, attention, layer normalizations, tokens) have their emitters in
+their own modules, merged into ``EMITTERS``.
+
 The final Dequantizer is a float output (``values * 2^-f * scales`` in float64, rounded once to
 float32, as ``QTensor.to_float`` does). The integer values before it are a second graph output
 named ``integer_outputs`` (one per model output: ``integer_outputs``, ``integer_outputs_1``...).
