@@ -101,6 +101,9 @@ def integer_part(b, layer, x, scale_bits):
         raise ValueError(f"export expected integer frac bits in [-62, 62] for {layer.name}. "
                          f"Received: {frac}")
     frac = frac.astype(np.int64)
+    if x.vb + int(np.max(np.maximum(-frac, 0))) > 62:
+        raise ValueError(f"export expected the integer part of the inputs of {layer.name} "
+                         f"within int64. Received: value_bits={x.vb}, frac_bits={frac}")
     if np.any(frac < 0):
         v = b.node("Mul", [v, b.i64(np.left_shift(np.int64(1), np.maximum(-frac, 0)))],
                    "logit_l")
@@ -113,9 +116,10 @@ def integer_shiftmax(b, layer, logits, n, exp_bits, buffer_bits):
     """``shiftmax.integer_shiftmax`` of int64 integer logits (last axis of ``n`` entries):
     the int64 outputs ``p`` (``E`` fractional bits, ``0 <= p <= 2^E``)."""
     sum_bits = bits_for(n * 2.0 ** exp_bits)
-    if sum_bits > buffer_bits - 1:
-        raise ValueError(f"export expected exp_bits of at most {buffer_bits - 1 - bits_for(n)} "
-                         f"for {layer.name}. Received: exp_bits={exp_bits}")
+    if sum_bits > min(buffer_bits - 1, 31):  # s^2 in int64 (as Keras computes it)
+        limit = min(buffer_bits - 1, 31) - bits_for(n)
+        raise ValueError(f"export expected exp_bits of at most {limit} for {layer.name} "
+                         f"({n} logits). Received: exp_bits={exp_bits}")
     top = _reduce(b, "ReduceMax", logits, "sm_max")
     y = b.node("Sub", [logits, top], "sm_y")
     index = b.node("Add", [b.node("Clip", [y, b.i64(-exp_bits - 1), b.i64(0)], "sm_clip"),
