@@ -15,7 +15,6 @@ L = keras.layers
 #: even and odd kernels, on uneven (5, 4) inputs.
 TRANSPOSED = {
     "valid_s2": lambda: L.Conv2DTranspose(4, 3, strides=2, bias_initializer="random_normal"),
-    "same_s2": lambda: L.Conv2DTranspose(4, 3, strides=2, padding="same"),
     "same_s3_k2_outpad": lambda: L.Conv2DTranspose(3, 2, strides=3, padding="same",
                                                    output_padding=1),
     "valid_s1_dilated": lambda: L.Conv2DTranspose(3, 3, dilation_rate=2),
@@ -23,7 +22,6 @@ TRANSPOSED = {
     "valid_s2_outpad": lambda: L.Conv2DTranspose(2, 3, strides=2, output_padding=1),
     "same_s2_k5_no_bias": lambda: L.Conv2DTranspose(2, 5, strides=2, padding="same",
                                                     use_bias=False),
-    "same_s1_k4": lambda: L.Conv2DTranspose(3, 4, padding="same"),
     "depthwise_valid_s2": lambda: DepthwiseConv2DTranspose(3, strides=2,
                                                            bias_initializer="random_normal"),
     "depthwise_same_s2": lambda: DepthwiseConv2DTranspose(3, strides=2, padding="same"),
