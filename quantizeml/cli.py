@@ -230,12 +230,12 @@ def _analyze(args):
 
 
 def _export_onnx(args):
+    samples = _load_samples(args.samples) if args.samples else None
     qmodel = _load_model(args.qmodel, "QMODEL", quantized=True)
     try:
         from .onnx_support.export import export
     except ImportError as e:
         raise CommandError(f"ONNX export is not available in this installation ({e})") from e
-    samples = _load_samples(args.samples) if args.samples else None
     with _progress(args, 1, "export-onnx") as bar:
         bar.update(0, f"exporting {qmodel.name!r} ({args.format} form)")
         proto = export(qmodel, args.output, format=args.format)

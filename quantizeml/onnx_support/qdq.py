@@ -41,6 +41,7 @@ per-tensor ones: the convolutions that read them run in float.
 import numpy as np
 import onnx
 import tensorflow as tf
+import tf_keras as keras
 from onnx import TensorProto
 from onnx import helper as oh
 
@@ -498,6 +499,8 @@ def export_qdq(qmodel, path=None):
     Raises:
         ValueError: when the model has layers the exporter cannot export (all listed).
     """
+    if not isinstance(qmodel, keras.Model) or getattr(qmodel, "inputs", None) is None:
+        raise ValueError(f"export expected a functional keras.Model. Received: {qmodel!r}")
     exact._check_supported(qmodel)
     b = exact._Builder()
     graph = Graph(qmodel)
