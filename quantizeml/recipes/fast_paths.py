@@ -98,9 +98,11 @@ def taping():
 
 def fuses(under_tape=False):
     """bool: whether a chain passed to :func:`fused` here would be compiled (graph mode, fusion
-    enabled, no gradient tape recording unless ``under_tape``, not saving a SavedModel)."""
+    enabled, no gradient tape recording unless ``under_tape``, not saving a SavedModel, not
+    inferring a layer's output signature)."""
     return fusion_enabled() and not tf.executing_eagerly() \
-        and (under_tape or not taping()) and not save_context.in_save_context()
+        and (under_tape or not taping()) and not save_context.in_save_context() \
+        and not inferring_signature()
 
 
 def fused(fn, *args, under_tape=False):
@@ -203,6 +205,20 @@ DEFERRED = "deferred"
 STE = "ste"
 
 
+def inferring_signature():
+    """bool: whether the ops built now only infer a layer's output signature.
+
+    While building a functional model, Keras calls each layer in a scratch graph (named
+    ``<layer>_scratch_graph``) whose values are never computed, only the specs of its outputs.
+    There the recipes build their reference bodies: the same output types as the fast paths,
+    without the conditionals and kernels those build (several times fewer ops: quantize()
+    rebuilds whole models layer by layer).
+    """
+    if tf.executing_eagerly():
+        return False
+    return tf.compat.v1.get_default_graph().name.endswith("_scratch_graph")
+
+
 def reduction_path(observed, has_bias, value_bits):
     """How an exact reduction plus bias runs (:func:`~quantizeml.recipes.bias.reduce_and_add_bias`).
 
@@ -216,7 +232,8 @@ def reduction_path(observed, has_bias, value_bits):
         which picks its own path), :data:`DEFERRED` (inference graphs, sums of at most
         ``SPLIT_VALUE_BITS``) or :data:`FUSED` (train steps, and wider sums).
     """
-    if not has_bias or not fuses(under_tape=True) or observed or value_bits > MAX_VALUE_BITS:
+    if (not has_bias or not fuses(under_tape=True) or observed or value_bits > MAX_VALUE_BITS
+            or inferring_signature()):
         # (eager and compiled eager calls record the saturation of the buffer clips)
         return SEPARATE
     if not taping() and value_bits <= SPLIT_VALUE_BITS:
@@ -226,8 +243,9 @@ def reduction_path(observed, has_bias, value_bits):
 
 def bias_path(observed):
     """How :func:`~quantizeml.recipes.bias.add_bias` runs: :data:`REFERENCE` where the
-    saturation of both clips is recorded, else :data:`CHECKED`."""
-    return REFERENCE if observed else CHECKED
+    saturation of both clips is recorded (and when only inferring a signature), else
+    :data:`CHECKED`."""
+    return REFERENCE if observed or inferring_signature() else CHECKED
 
 
 def requantize_path(values, observed, has_slope):
@@ -238,7 +256,7 @@ def requantize_path(values, observed, has_slope):
         (given the derivative of the rounding), :data:`DEFERRED` when ``values`` is a deferred
         accumulator, else :data:`FUSED` (one fused kernel, plain ops where nothing fuses).
     """
-    if observed:
+    if observed or inferring_signature():
         return REFERENCE
     if has_slope and taping():
         return STE
