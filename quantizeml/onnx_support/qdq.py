@@ -1,9 +1,10 @@
 """The deployable int8 form of the ONNX export: ``export(qmodel, format="qdq")``.
 
-The quantized activations become int8 (signed) or uint8 (unsigned, zero point 0) tensors with
-the power-of-two scale ``2^-frac_bits`` of their quantizer (per channel for per-axis
-quantizers); each operator reads them through a ``DequantizeLinear`` and writes them through a
-``QuantizeLinear``, the pattern that onnxruntime (and TensorRT, OpenVINO) fuse into int8
+The quantized activations become uint8 tensors (zero point 0 for unsigned quantizers, 128 for
+signed ones: onnxruntime fuses a convolution only when its input and output have the same
+type) with the power-of-two scale ``2^-frac_bits`` of their quantizer (per channel for
+per-axis quantizers); each operator reads them through a ``DequantizeLinear`` and writes them
+through a ``QuantizeLinear``, the pattern that onnxruntime (and TensorRT, OpenVINO) fuse into int8
 kernels (``QLinearConv``, ``QLinearMatMul``, ``QLinearAdd``...). 4D tensors run in NCHW (one
 ``Transpose`` of the float input, one before a Flatten or the output).
 
@@ -22,8 +23,8 @@ Mapping (the Keras quantized layer -> the QDQ group):
 * QuantizedAdd (its own or its ReLU's output quantizer): ``Add`` of the dequantized inputs;
 * QuantizedReLU alone: ``Relu`` (and ``Min``) between a DequantizeLinear and a QuantizeLinear;
 * GlobalAveragePooling2D: ``ReduceSum`` times the quantized ``1 / (H * W)``, quantized;
-* MaxPool2D, ZeroPadding2D, Flatten, Reshape, Dropout: int8 ``MaxPool``/``Pad``/``Reshape``
-  directly on the quantized tensors.
+* MaxPool2D, ZeroPadding2D, Flatten, Reshape, Dropout: ``MaxPool``/``Pad`` (with the zero
+  point)/``Reshape`` directly on the uint8 tensors.
 
 The rounding differs from quantizeml's in ties only: onnxruntime requantizes the int32
 accumulator (``acc * x_scale * w_scale / y_scale``, the same multiplier as Keras, exact in
@@ -33,7 +34,7 @@ where the differences propagate).
 
 Everything else falls back (listed in the model's ``metadata_props`` under
 ``FALLBACKS_KEY``): the layer is written by the exact form's emitter (``export.EMITTERS``)
-on int64 values cast from the int8 ones, and its result is cast back to int8/uint8 when it is
+on int64 values cast from the uint8 ones, and its result is cast back to uint8 when it is
 an 8-bit FixedPoint (else later layers fall back too); float layers use ``FLOAT_EMITTERS``.
 Per-axis activations stay QDQ (per-axis ``QuantizeLinear``) but onnxruntime only fuses
 per-tensor ones: the convolutions that read them run in float.
@@ -60,7 +61,7 @@ FALLBACKS_KEY = "quantizeml.qdq_fallbacks"
 
 
 class _Q:
-    """A quantized activation of the QDQ graph: its int8/uint8 ONNX name, frac bits (scalar or
+    """A quantized activation of the QDQ graph: its uint8 ONNX name, frac bits (scalar or
     per channel), signedness, Keras (batchless, channels last) shape and whether the ONNX
     tensor is NCHW (4D tensors)."""
 
@@ -80,8 +81,9 @@ class _Q:
         return 1 if self.nchw else len(self.shape)
 
 
-def _dtypes(unsigned):
-    return (np.uint8, TensorProto.UINT8) if unsigned else (np.int8, TensorProto.INT8)
+def _zero(unsigned):
+    """The uint8 zero point of an activation: 0 (unsigned) or 128 (signed, [-128, 127])."""
+    return 0 if unsigned else 128
 
 
 def _scale_zp(b, frac, unsigned, shrink=1.0):
@@ -89,10 +91,10 @@ def _scale_zp(b, frac, unsigned, shrink=1.0):
     vectors per axis)."""
     frac = np.asarray(frac, np.float64)
     scale = (np.power(2.0, -frac) * shrink).astype(np.float32)
-    dtype = _dtypes(unsigned)[0]
+    zp = np.full(frac.shape, _zero(unsigned), np.uint8)
     if frac.size == 1:
-        return b.const(scale.reshape(()), "scale"), b.const(np.array(0, dtype), "zp")
-    return b.const(scale.reshape(-1), "scale"), b.const(np.zeros(frac.size, dtype), "zp")
+        return b.const(scale.reshape(()), "scale"), b.const(zp.reshape(()), "zp")
+    return b.const(scale.reshape(-1), "scale"), b.const(zp.reshape(-1), "zp")
 
 
 def _dq(b, q):
@@ -138,17 +140,20 @@ def _as_exact(b, x):
     if not isinstance(x, _Q):
         return x
     v = b.node("Cast", [x.name], "i64", to=TensorProto.INT64)
+    if not x.unsigned:
+        v = b.node("Sub", [v, b.i64(_zero(False))], "i64_signed")
     if x.nchw:
         v = _to_nhwc(b, v)
     return exact._T(v, 8 if x.unsigned else 7, x.frac, None, x.unsigned, x.shape)
 
 
 def _from_exact(b, t):
-    """An exact int64 result back to int8/uint8 when it is an 8-bit FixedPoint, else as is."""
+    """An exact int64 result back to uint8 when it is an 8-bit FixedPoint, else as is."""
     if not isinstance(t, exact._T) or t.scales is not None or t.shape is None \
             or None in t.shape or t.vb > (8 if t.unsigned else 7):
         return t
-    v = b.node("Cast", [t.name], "i8", to=_dtypes(t.unsigned)[1])
+    v = t.name if t.unsigned else b.node("Add", [t.name, b.i64(_zero(False))], "u8_signed")
+    v = b.node("Cast", [v], "u8", to=TensorProto.UINT8)
     if len(t.shape) == 3:
         v = _to_nchw(b, v)
     frac = t.frac if t.frac.size > 1 else t.frac.reshape(())
@@ -244,9 +249,10 @@ def _requantized(b, y, oq, relu, frac_in, channels, shape, ties=None):
                                ties == "fused", shape)
     q = _quantize(b, y, frac_out, not oq.signed, shape, shrink)
     if high is not None:
-        dtype = _dtypes(q.unsigned)[0]
-        q.name = b.node("Clip", [q.name, b.const(np.array(0 if relu else -128, dtype)),
-                                 b.const(np.array(high[0], dtype))], "relu_clip")
+        zp = _zero(q.unsigned)
+        low = np.array(zp + (0 if relu else -128), np.uint8)
+        q.name = b.node("Clip", [q.name, b.const(low), b.const(np.array(zp + high[0], np.uint8))],
+                        "relu_clip")
     return q
 
 
@@ -396,7 +402,7 @@ def _gap(b, node, x):
 
 
 def _pass_through(b, node, x, kind):
-    """MaxPool, ZeroPadding2D, Flatten, Reshape and the identity on the int8 values."""
+    """MaxPool, ZeroPadding2D, Flatten, Reshape and the identity on the uint8 values."""
     layer = node.layer
     if not isinstance(x, _Q) or getattr(layer, "out_quantizer", None) is not None:
         return None
@@ -417,7 +423,7 @@ def _pass_through(b, node, x, kind):
         if not x.nchw:
             return None
         (top, bottom), (left, right) = layer.padding
-        zero = b.const(np.array(0, _dtypes(x.unsigned)[0]), "pad_zero")
+        zero = b.const(np.array(_zero(x.unsigned), np.uint8), "pad_zero")
         v = b.node("Pad", [x.name, b.i64([0, 0, top, left, 0, 0, bottom, right]), zero],
                    "zero_pad", mode="constant")
         h, w_, c = x.shape
