@@ -152,7 +152,11 @@ def _from_exact(b, t):
     if not isinstance(t, exact._T) or t.scales is not None or t.shape is None \
             or None in t.shape or t.vb > (8 if t.unsigned else 7):
         return t
-    v = t.name if t.unsigned else b.node("Add", [t.name, b.i64(_zero(False))], "u8_signed")
+    v = t.name
+    if getattr(t, "dtype", "int64") != "int64":  # a float carrier of the exact form
+        v = b.node("Cast", [v], "i64", to=TensorProto.INT64)
+    if not t.unsigned:
+        v = b.node("Add", [v, b.i64(_zero(False))], "u8_signed")
     v = b.node("Cast", [v], "u8", to=TensorProto.UINT8)
     if len(t.shape) == 3:
         v = _to_nchw(b, v)
