@@ -16,6 +16,7 @@ from .registry import QUANTIZATION_TARGETS, register_twin
 register_quantize_target = register_twin
 
 
+@tf.autograph.experimental.do_not_convert
 def _dispatch(layer, raw, args, kwargs):
     """Runs a layer call op by op or as a compiled eager call (the choice is
     :func:`quantizeml.recipes.fast_paths.layer_call`'s), recording the saturation it measured."""

@@ -493,6 +493,7 @@ def _compiled_call(layer, raw, entry, args, kwargs, generation, store):
     return outputs
 
 
+@tf.autograph.experimental.do_not_convert
 def layer_call(layer, raw, args, kwargs, compile_after, compilable, generation, store):
     """``raw(layer, *args, **kwargs)``, op by op or as a compiled eager call.
 
