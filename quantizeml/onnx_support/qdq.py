@@ -4,8 +4,8 @@ The quantized activations become uint8 tensors (zero point 0 for unsigned quanti
 signed ones: onnxruntime fuses a convolution only when its input and output have the same
 type) with the power-of-two scale ``2^-frac_bits`` of their quantizer (per channel for
 per-axis quantizers); each operator reads them through a ``DequantizeLinear`` and writes them
-through a ``QuantizeLinear``, the pattern that onnxruntime (and TensorRT, OpenVINO) fuse into int8
-kernels (``QLinearConv``, ``QLinearMatMul``, ``QLinearAdd``...). 4D tensors run in NCHW (one
+through a ``QuantizeLinear``, the pattern that onnxruntime (and other QDQ runtimes) fuse into
+int8 kernels (``QLinearConv``, ``QLinearMatMul``, ``QLinearAdd``...). 4D tensors run in NCHW (one
 ``Transpose`` of the float input, one before a Flatten or the output).
 
 Mapping (the Keras quantized layer -> the QDQ group):
@@ -26,11 +26,14 @@ Mapping (the Keras quantized layer -> the QDQ group):
 * MaxPool2D, ZeroPadding2D, Flatten, Reshape, Dropout: ``MaxPool``/``Pad`` (with the zero
   point)/``Reshape`` directly on the uint8 tensors.
 
-The rounding differs from quantizeml's in ties only: onnxruntime requantizes the int32
+The rounding differs from quantizeml's in ties: onnxruntime requantizes the int32
 accumulator (``acc * x_scale * w_scale / y_scale``, the same multiplier as Keras, exact in
-float32) rounding half to even in float32, quantizeml rounds half up exactly; so a value is
-at most one output step from the Keras one at each requantization (more after a deep chain
-where the differences propagate).
+float32) rounding half to even in float32 (the product itself rounded to float32), and the
+input ``QuantizeLinear`` rounds ``x * 2^f`` half to even, where quantizeml rounds half up
+exactly; so a value is at most one output step from the Keras one at each requantization
+(more after a deep chain where the differences propagate). The requantizations that are
+rounded shifts (Add, ReLU, pooling) break their ties up as quantizeml does
+(``_tie_break``).
 
 Everything else falls back (listed in the model's ``metadata_props`` under
 ``FALLBACKS_KEY``): the layer is written by the exact form's emitter (``export.EMITTERS``)
