@@ -67,13 +67,18 @@ class _T:
     that the values are known to be >= 0.
     """
 
-    def __init__(self, name, vb, frac, scales=None, unsigned=False, shape=None):
+    def __init__(self, name, vb, frac, scales=None, unsigned=False, shape=None,
+                 dtype="int64", bound=None):
         self.name = name
         self.vb = int(vb)
         self.frac = np.asarray(frac, np.float64)
         self.scales = None if scales is None else np.asarray(scales, np.float32)
         self.unsigned = unsigned
         self.shape = shape  # without batch
+        # the ONNX element type: "int64", or a float carrier ("float32", "float64") that
+        # holds the integer values exactly, and a static bound of their magnitude
+        self.dtype = dtype
+        self.bound = float(2.0 ** self.vb if bound is None else bound)
 
     @property
     def per_tensor(self):
@@ -148,6 +153,141 @@ def _pad_amounts(size, kernel, stride, dilation, padding):
     return total // 2, total - total // 2
 
 
+# ---- float carriers -------------------------------------------------------------------------
+#: float carrier -> (ONNX type, numpy type, significand bits): every integer of magnitude
+#: <= 2^bits is exact in it, and so is every sum, product or power-of-two scaling whose
+#: exact result is an integer (or a dyadic fraction) within that magnitude.
+_CARRIERS = {"float32": (TensorProto.FLOAT, np.float32, 24),
+             "float64": (TensorProto.DOUBLE, np.float64, 53)}
+
+
+def _carrier(bound):
+    """The narrowest float carrier in which integers of magnitude <= ``bound`` are exact, or
+    None (int64 needed)."""
+    for dtype, (_, _, bits) in _CARRIERS.items():
+        if bound <= 2.0 ** bits:
+            return dtype
+    return None
+
+
+def _fconst(b, value, dtype, base="f"):
+    return b.const(np.asarray(value, _CARRIERS[dtype][1]), base)
+
+
+def _like(x, name, **changes):
+    """A copy of the ``_T`` ``x`` named ``name`` (same metadata unless ``changes``)."""
+    args = dict(vb=x.vb, frac=x.frac, scales=x.scales, unsigned=x.unsigned, shape=x.shape,
+                dtype=x.dtype, bound=x.bound)
+    args.update(changes)
+    return _T(name, **args)
+
+
+def as_int64(b, x):
+    """``x`` as an int64 tensor (a ``Cast`` of a float carrier, exact: it holds integers)."""
+    if x.dtype == "int64":
+        return x
+    return _like(x, b.node("Cast", [x.name], "to_i64", to=TensorProto.INT64), dtype="int64")
+
+
+def as_float(b, x, dtype):
+    """``x`` in the float carrier ``dtype`` (the caller checked ``x.bound`` fits it)."""
+    if x.dtype == dtype:
+        return x
+    if x.bound > 2.0 ** _CARRIERS[dtype][2]:
+        raise ValueError(f"export expected values within the {dtype} carrier. Received: "
+                         f"bound {x.bound}")
+    name = b.node("Cast", [x.name], "to_" + dtype, to=_CARRIERS[dtype][0])
+    return _like(x, name, dtype=dtype)
+
+
+def _clip_values(b, x, lo, hi, base="clip"):
+    """``min(max(x, lo), hi)`` in the dtype of ``x`` (a ``_T``); ``lo``/``hi`` scalars or per
+    channel: one ``Clip`` when both are scalars, else ``Max``/``Min``."""
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    const = b.i64 if x.dtype == "int64" else (lambda v: _fconst(b, v, x.dtype))
+    if lo.size == 1 and hi.size == 1:
+        return b.node("Clip", [x.name, const(lo.reshape(())), const(hi.reshape(()))], base)
+    v = b.node("Max", [x.name, const(lo)], base + "_lo")
+    return b.node("Min", [v, const(hi)], base + "_hi")
+
+
+def _int64_inputs(emit):
+    """An emitter that takes int64 inputs only: float carriers are cast to int64 first."""
+    def emitter(b, layer, xs):
+        return emit(b, layer, [as_int64(b, x) if isinstance(x, _T) else x for x in xs])
+    return emitter
+
+
+def _shift_rounded(n, up, down):
+    """Exact ``floor((n * up + down / 2) / down)`` on (broadcast) Python integers."""
+    n, up, down = np.broadcast_arrays(np.asarray(n, object), np.asarray(up, object),
+                                      np.asarray(down, object))
+    out = [(int(a) * int(u) + int(d) // 2) // int(d) for a, u, d in
+           zip(n.ravel(), up.ravel(), down.ravel())]
+    return np.asarray(out, object).reshape(n.shape)
+
+
+def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
+    """recipes.requantize (qfloat_to_fixed_point, then the rounded shift and the clip) of a
+    float carrier ``x``, optionally after a ReLU ``clip(v, 0, relu_max)`` of the FixedPoint
+    ``v``, in at most five nodes: ``Mul``, ``Add``, ``Floor``, ``Clip`` (two for per-channel
+    bounds) and a ``Cast`` back to float32. Returns None (nothing emitted) when no carrier
+    holds it exactly.
+
+    Exactness. Let ``n = x * s * 2^u`` (``s`` the integer scales, ``u >= 0`` the left shift of a
+    channel, ``d = 2^r`` its right shift, one of ``u``, ``r`` zero): the integer path computes
+    ``floor((n + d / 2) / d)``. Here one ``Mul`` by the constant ``s * 2^u / d`` (exact: an
+    integer below 2^53 times a power of two) gives ``n / d`` exactly as long as ``|n|`` fits
+    the significand; ``Add 0.5`` gives ``(n + d / 2) / d``, exact when ``2 |n| + d`` fits it
+    (the numerator ``2n + d`` in units of ``1 / (2d)``), and ``Floor`` is exact: the result
+    equals the integer path bit for bit, ties ``n + d / 2 = k d`` included (round half up).
+    The carrier is chosen so that ``2 * (bound(n) + max(d)) <= 2^significand``. The ReLU
+    commutes with the shift: ``q(clip(n, 0, M)) = clip(q(n), q(0), q(M))`` for the
+    non-decreasing ``q`` with ``q(0) = 0``, so the two clips merge into one, with ``q(M)``
+    computed here in Python integers.
+    """
+    s_int = np.ones((), np.int64)
+    if x.scales is not None:
+        qs = QFloat.quantize_scales(tf.constant(x.scales), scale_bits)
+        s_int = _np(qs.values).astype(np.int64)
+        x_frac = x.frac + _np(qs.frac_bits).astype(np.float64)
+    else:
+        x_frac = x.frac
+    frac = _np(quantizer.frac_bits).astype(np.float64)
+    shift = np.broadcast_to(frac - x_frac, np.broadcast_shapes(frac.shape, x_frac.shape))
+    if not np.all(shift == np.round(shift)) or np.abs(shift).max() > 60:
+        return None
+    shift = shift.astype(np.int64)
+    up = np.left_shift(np.int64(1), np.maximum(shift, 0))
+    down = np.left_shift(np.int64(1), np.maximum(-shift, 0))
+    n_bound = x.bound * float(np.max(s_int)) * float(np.max(up))
+    dtype = _carrier(2.0 * (n_bound + float(np.max(down))))
+    if dtype is None:
+        return None
+    hi = 2 ** quantizer.value_bits - 1
+    lo = 0 if not quantizer.signed else -(2 ** quantizer.value_bits)
+    if relu_max is not None:
+        lo = max(lo, 0)
+        if relu_max is not False:
+            top = _shift_rounded(np.asarray(relu_max).astype(np.int64), 1, 1)
+            q_max = _shift_rounded(top, up, down)
+            hi = np.minimum(np.asarray(q_max, object), hi).astype(np.int64)
+            if np.all(hi == hi.reshape(-1)[0]):
+                hi = np.int64(hi.reshape(-1)[0])
+    x = as_float(b, x, dtype)
+    v = x.name
+    mult = s_int.astype(np.float64) * np.power(2.0, shift.astype(np.float64))
+    if np.any(mult != 1):
+        v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul")
+    if np.any(down != 1):
+        v = b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
+        v = b.node("Floor", [v], "rq_floor")
+    v = _clip_values(b, _like(x, v), lo, hi, "oq")
+    out = _T(v, quantizer.value_bits, frac, None, not quantizer.signed, x.shape, dtype,
+             float(max(abs(lo), int(np.max(hi)))))
+    return as_float(b, out, "float32") if out.bound <= 2.0 ** 24 else out
+
+
 def _limbs(b, x):
     """Splits an int64 tensor into 8-bit limbs: [(uint8 name, zero point name or '', weight)]."""
     n = max(1, int(np.ceil(x.vb / 8)) if x.unsigned else int(np.ceil((x.vb + 1) / 8)))
@@ -199,9 +339,18 @@ def qfloat_to_fixed_point(b, x, scale_bits):
         return x
     qs = QFloat.quantize_scales(tf.constant(x.scales), scale_bits)
     s_int = _np(qs.values).astype(np.int64)
+    vb = min(x.vb + qs.value_bits + 1, MAX_VALUE_BITS)
+    frac = x.frac + _np(qs.frac_bits).astype(np.float64)
+    if x.dtype != "int64":  # exact in the carrier that holds the product's bound
+        bound = x.bound * float(np.max(np.abs(s_int)))
+        dtype = _carrier(bound)
+        if dtype is not None:
+            x = as_float(b, x, dtype)
+            name = b.node("Mul", [x.name, _fconst(b, s_int, dtype)], "qf2fp")
+            return _T(name, vb, frac, None, x.unsigned, x.shape, dtype, bound)
+        x = as_int64(b, x)
     name = b.node("Mul", [x.name, b.i64(s_int)], "qf2fp")
-    return _T(name, min(x.vb + qs.value_bits + 1, MAX_VALUE_BITS),
-              x.frac + _np(qs.frac_bits).astype(np.float64), None, x.unsigned, x.shape)
+    return _T(name, vb, frac, None, x.unsigned, x.shape)
 
 
 def requantize(b, x, quantizer):
@@ -214,13 +363,26 @@ def requantize(b, x, quantizer):
 
 
 def _output_quantizer(b, x, quantizer):
+    if x.dtype != "int64":
+        out = _requantize_float(b, x, quantizer, quantizer.scale_bits)
+        if out is not None:
+            return out
+        x = as_int64(b, x)
     return requantize(b, qfloat_to_fixed_point(b, x, quantizer.scale_bits), quantizer)
 
 
 def clip_to_buffer(b, x, buffer_bits):
-    """recipes.buffer.clip_to_buffer: ``clip(x, -2^(B-1), 2^(B-1) - 1)``."""
+    """recipes.buffer.clip_to_buffer: ``clip(x, -2^(B-1), 2^(B-1) - 1)`` (no node for a float
+    carrier whose static bound is within the buffer: the clip is the identity there)."""
+    hi = 2 ** (buffer_bits - 1) - 1
+    vb = min(x.vb, buffer_bits - 1)
+    if x.dtype != "int64":
+        if x.bound <= hi:
+            return _like(x, x.name, vb=vb)
+        name = _clip_values(b, x, -hi - 1, hi, "buf")
+        return _like(x, name, vb=vb, bound=min(x.bound, hi + 1))
     name = b.clip_bits(x.name, buffer_bits - 1, base="buf")
-    return _T(name, min(x.vb, buffer_bits - 1), x.frac, x.scales, x.unsigned, x.shape)
+    return _T(name, vb, x.frac, x.scales, x.unsigned, x.shape)
 
 
 def _finish(b, layer, x):
@@ -241,6 +403,9 @@ def _input_quantizer(b, layer, x_name, shape):
     lo = 0.0 if not layer.signed else -(2.0 ** layer.value_bits)
     v = b.node("Clip", [v, b.const(np.array(lo)), b.const(np.array(2.0 ** layer.value_bits - 1))],
                "xc")
+    if layer.value_bits <= 24:  # a float32 carrier (exact)
+        v = b.node("Cast", [v], "xq", to=TensorProto.FLOAT)
+        return _T(v, layer.value_bits, frac, None, not layer.signed, shape, "float32")
     v = b.node("Cast", [v], "xq", to=TensorProto.INT64)
     return _T(v, layer.value_bits, frac, None, not layer.signed, shape)
 
@@ -250,8 +415,17 @@ def align(b, x):
     if x.frac.size == 1:
         return x
     target = float(x.frac.max())
-    name = b.shift(x.name, target - x.frac, "expand")
     vb = min(max(x.vb + int(target - x.frac.min()), x.vb), MAX_VALUE_BITS)
+    if x.dtype != "int64":  # left shifts: a Mul by powers of two, exact in the carrier
+        bound = x.bound * 2.0 ** float(target - x.frac.min())
+        dtype = _carrier(bound)
+        if dtype is not None:
+            x = as_float(b, x, dtype)
+            name = b.node("Mul", [x.name, _fconst(b, np.power(2.0, target - x.frac), dtype)],
+                          "expand")
+            return _T(name, vb, target, None, x.unsigned, x.shape, dtype, bound)
+        x = as_int64(b, x)
+    name = b.shift(x.name, target - x.frac, "expand")
     return _T(name, vb, target, None, x.unsigned, x.shape)
 
 
@@ -267,16 +441,76 @@ def add_bias(b, layer, acc, channels):
     acc = clip_to_buffer(b, acc, layer.buffer_bitwidth)
     if layer.use_bias:
         frac, scales, shape = acc.frac, acc.scales, acc.shape
-        grid_scales = tf.ones_like(layer.bias) if scales is None else tf.constant(scales)
-        frac_t = tf.constant(np.broadcast_to(frac, (channels,)).astype(np.float32)
-                             if np.size(frac) > 1 else np.float32(np.reshape(frac, ())))
-        grid = QFloat(FixedPoint(tf.zeros((1, channels)), acc.vb, frac_t), grid_scales)
-        qbias = layer.bias_quantizer(layer.bias, grid)
-        bias_values = _np(qbias.values).astype(np.int64)
+        bias_values, bias_bits = _quantized_bias(layer, acc, channels)
         name = b.node("Add", [acc.name, b.i64(bias_values)], "bias")
-        acc = _T(name, max(acc.vb, qbias.value_bits) + 1, frac, scales, False, shape)
+        acc = _T(name, max(acc.vb, bias_bits) + 1, frac, scales, False, shape)
         acc = clip_to_buffer(b, acc, layer.buffer_bitwidth)
     return acc
+
+
+def _quantized_bias(layer, acc, channels):
+    """The bias of ``layer`` quantized on the grid of the (buffer-clipped) accumulator ``acc``
+    by the layer's AlignedWeightQuantizer: its int64 values and value bits."""
+    frac, scales = acc.frac, acc.scales
+    grid_scales = tf.ones_like(layer.bias) if scales is None else tf.constant(scales)
+    frac_t = tf.constant(np.broadcast_to(frac, (channels,)).astype(np.float32)
+                         if np.size(frac) > 1 else np.float32(np.reshape(frac, ())))
+    grid = QFloat(FixedPoint(tf.zeros((1, channels)), acc.vb, frac_t), grid_scales)
+    qbias = layer.bias_quantizer(layer.bias, grid)
+    return _np(qbias.values).astype(np.int64), qbias.value_bits
+
+
+def _split_weights(x, w_float, bound):
+    """The weights ``w = hi * 2^k + lo`` (``hi = round(w / 2^k)``, ``|lo| <= 2^(k-1)``, both
+    integers) for the smallest ``k`` with which both float32 reductions ``sum |hi| * bound(x)``
+    and ``sum |lo| * bound(x)`` stay <= 2^24 (exact; their combination ``hi * 2^k + lo`` is
+    exact in float64 while the total ``bound`` <= 2^53): (k, hi, lo) or None."""
+    w = np.asarray(w_float, np.float64)
+    rows = w.reshape(w.shape[0], -1)
+    if bound > 2.0 ** 53:
+        return None
+    for k in range(1, 24):
+        hi = np.round(rows / 2.0 ** k)
+        lo = rows - hi * 2.0 ** k
+        if max(np.abs(hi).sum(axis=1).max(), np.abs(lo).sum(axis=1).max()) * x.bound \
+                <= 2.0 ** 24:
+            return k, hi.reshape(w.shape), lo.reshape(w.shape)
+    return None
+
+
+def _align_shifts(x):
+    """align's metadata without its nodes: (the aligned ``_T``'s vb and frac on ``x``'s name,
+    the per-channel left shifts ``target - frac`` or None when ``x`` is per-tensor). A float
+    reduction folds the shifts into its weights (``w * 2^shift`` per input channel, exact)."""
+    if x.frac.size == 1:
+        return x, None
+    target = float(x.frac.max())
+    vb = min(max(x.vb + int(target - x.frac.min()), x.vb), MAX_VALUE_BITS)
+    return _T(x.name, vb, target, None, x.unsigned, x.shape, x.dtype, x.bound), \
+        (target - x.frac).reshape(-1)
+
+
+def _float_reduction(layer, x, onnx_w, acc_vb, frac, scales, channels, bits=24):
+    """Whether the reduction of the carrier-able input ``x`` with the int8 kernel ``onnx_w``
+    (output channels first), plus the quantized bias, is exact in float32: every partial sum
+    (in any order) is an integer of magnitude <= ``sum |w| * bound(x) + |bias|`` per output
+    channel, which must be <= 2^24 and within the buffer (so that its clips are identities).
+    Returns (bias values or None, bound, value bits after add_bias) or None."""
+    if x.dtype == "int64" and x.bound > 2.0 ** 24 or x.bound > 2.0 ** bits:
+        return None
+    w_abs = np.abs(np.asarray(onnx_w, np.float64)).reshape(onnx_w.shape[0], -1).sum(axis=1)
+    bound = float(w_abs.max()) * x.bound
+    hi = 2 ** (layer.buffer_bitwidth - 1) - 1
+    vb = min(acc_vb, layer.buffer_bitwidth - 1)
+    bias = None
+    if layer.use_bias:
+        grid = _T("", vb, frac, scales, False, None)
+        bias, bias_bits = _quantized_bias(layer, grid, channels)
+        bound = float((w_abs * x.bound + np.abs(bias.astype(np.float64))).max())
+        vb = min(max(vb, bias_bits) + 1, layer.buffer_bitwidth - 1)
+    if bound > 2.0 ** bits or bound > hi:
+        return None
+    return bias, bound, vb
 
 
 def _finalize(b, layer, acc):
@@ -327,7 +561,7 @@ def _conv(b, layer, x, depthwise=False):
         group = channels
     else:
         _check_qfloat_input(layer, x)
-        xin = align(b, x)
+        xin, in_shift = _align_shifts(x)  # folded into float weights, or aligned below
         wq = layer.weight_quantizer(layer.kernel)
         wfp = wq.fp if isinstance(wq, QFloat) else wq
         w_int = _int8_weights(layer, wfp)
@@ -337,9 +571,56 @@ def _conv(b, layer, x, depthwise=False):
         x_scales = x.scales
         group = layer.groups  # ConvInteger's group: kernel (K, C / group, kh, kw)
         terms = kh * kw * c // group
+    if depthwise or in_shift is None:
+        w_float = onnx_w
+    else:  # output channel k reads the inputs of its group: g = k // (K / group)
+        per_group = np.power(2.0, in_shift).reshape(group, -1)
+        rows = per_group[np.arange(out_channels) // (out_channels // group)]
+        w_float = onnx_w * rows[:, :, None, None]
     scales = _fold_scales(x_scales, getattr(wq, "scales", None))
     ph = _pad_amounts(h, kh, sh, dh, layer.padding)
     pw = _pad_amounts(w_, kw, sw, dw, layer.padding)
+    out_h = (h + sum(ph) - ((kh - 1) * dh + 1)) // sh + 1
+    out_w = (w_ + sum(pw) - ((kw - 1) * dw + 1)) // sw + 1
+    acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
+    fast = None
+    if w_float is not None:
+        fast = _float_reduction(layer, x, w_float, acc_vb, frac, scales, out_channels)
+    if fast is not None:  # a float32 Conv (bias included), exact: see _float_reduction
+        bias, bound, vb = fast
+        xv = as_float(b, x, "float32").name
+        xv = b.node("Transpose", [xv], "nchw", perm=[0, 3, 1, 2])
+        inputs = [xv, b.const(np.asarray(w_float, np.float32), "w")]
+        if bias is not None:
+            inputs.append(b.const(bias.astype(np.float32), "b"))
+        acc = b.node("Conv", inputs, "conv", strides=[sh, sw], dilations=[dh, dw],
+                     group=group, pads=[ph[0], pw[0], ph[1], pw[1]])
+        acc = b.node("Transpose", [acc], "nhwc", perm=[0, 2, 3, 1])
+        t = _T(acc, vb, frac, scales, False, (out_h, out_w, out_channels), "float32", bound)
+        return _finalize(b, layer, t)
+    wide = None if w_float is None else \
+        _float_reduction(layer, x, w_float, acc_vb, frac, scales, out_channels, bits=53)
+    split = None if wide is None or x.bound > 2.0 ** 24 else _split_weights(x, w_float, wide[1])
+    if split is not None:  # two float32 Convs (high and low weights), combined in float64
+        (k, w_hi, w_lo), (bias, bound, vb) = split, wide
+        xv = as_float(b, x, "float32").name
+        xv = b.node("Transpose", [xv], "nchw", perm=[0, 3, 1, 2])
+        parts = []
+        for w_part in (w_hi, w_lo):
+            part = b.node("Conv", [xv, b.const(w_part.astype(np.float32), "w")], "conv",
+                          strides=[sh, sw], dilations=[dh, dw], group=group,
+                          pads=[ph[0], pw[0], ph[1], pw[1]])
+            parts.append(b.node("Cast", [part], "conv64", to=TensorProto.DOUBLE))
+        high = b.node("Mul", [parts[0], b.const(np.array(2.0 ** k))], "conv_hi")
+        acc = b.node("Add", [high, parts[1]], "conv_sum")
+        acc = b.node("Transpose", [acc], "nhwc", perm=[0, 2, 3, 1])
+        if bias is not None:
+            acc = b.node("Add", [acc, b.const(bias.astype(np.float64), "b")], "bias")
+        t = _T(acc, vb, frac, scales, False, (out_h, out_w, out_channels), "float64", bound)
+        return _finalize(b, layer, t)
+    if not depthwise:
+        xin = align(b, x)
+    xin = as_int64(b, xin)
     xv = xin.name
     if any(ph) or any(pw):
         xv = b.node("Pad", [xv, b.i64([0, ph[0], pw[0], 0, 0, ph[1], pw[1], 0])], "pad")
@@ -353,29 +634,40 @@ def _conv(b, layer, x, depthwise=False):
                       group=group)
     acc = exact_reduction(b, padded, make_op, terms)
     acc = b.node("Transpose", [acc], "nhwc", perm=[0, 2, 3, 1])
-    out_h = (h + sum(ph) - ((kh - 1) * dh + 1)) // sh + 1
-    out_w = (w_ + sum(pw) - ((kw - 1) * dw + 1)) // sw + 1
-    acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
     return _reduction_output(b, layer, acc, acc_vb, frac, scales, out_channels,
                               (out_h, out_w, out_channels))
 
 
 def _dense(b, layer, x):
     _check_qfloat_input(layer, x)
-    xin = align(b, x)
+    xin, in_shift = _align_shifts(x)
     wq = layer.weight_quantizer(layer.kernel)
     wfp = wq.fp if isinstance(wq, QFloat) else wq
     w_int = _int8_weights(layer, wfp)
-    wname = b.const(w_int, "w")
-
-    def make_op(u, zp):
-        return b.node("MatMulInteger", [u, wname] + ([zp] if zp else []), "matmul")
+    w_float = w_int if in_shift is None else w_int * np.power(2.0, in_shift)[:, None]
     terms = w_int.shape[0]
-    acc = exact_reduction(b, xin, make_op, terms)
     frac = xin.frac + _np(wfp.frac_bits).astype(np.float64)
     scales = _fold_scales(x.scales, getattr(wq, "scales", None))
     acc_vb = min(bits_for(terms * 2.0 ** (xin.vb + wfp.value_bits)), MAX_VALUE_BITS)
     shape = tuple(x.shape[:-1]) + (w_int.shape[1],)
+    for dtype in ("float32", "float64"):  # a float MatMul (and bias), exact: _float_reduction
+        bits = _CARRIERS[dtype][2]
+        fast = _float_reduction(layer, x, w_float.T, acc_vb, frac, scales, w_int.shape[1], bits)
+        if fast is None:
+            continue
+        bias, bound, vb = fast
+        ftype = _CARRIERS[dtype][1]
+        acc = b.node("MatMul", [as_float(b, x, dtype).name,
+                                b.const(np.asarray(w_float, ftype), "w")], "matmul")
+        if bias is not None:
+            acc = b.node("Add", [acc, b.const(bias.astype(ftype), "b")], "bias")
+        return _finalize(b, layer, _T(acc, vb, frac, scales, False, shape, dtype, bound))
+    xin = as_int64(b, align(b, x))
+    wname = b.const(w_int, "w")
+
+    def make_op(u, zp):
+        return b.node("MatMulInteger", [u, wname] + ([zp] if zp else []), "matmul")
+    acc = exact_reduction(b, xin, make_op, terms)
     return _reduction_output(b, layer, acc, acc_vb, frac, scales, w_int.shape[1], shape)
 
 
@@ -386,34 +678,76 @@ def _relu(b, layer, x):
     it is capped at ``2^vb`` (values never reach it: the ``Min`` is then a no-op, as in Keras);
     a NaN or negative bound raises.
     """
+    if x.dtype != "int64":
+        out = _relu_float(b, layer, x)
+        if out is not None:
+            return out
+        x = as_int64(b, x)
     if x.scales is not None:
         x = qfloat_to_fixed_point(b, x, layer.scale_bits)
     v = b.node("Max", [x.name, b.i64(0)], "relu")
     if layer.max_value is not None:
-        dtype = np.float32 if x.vb <= 23 else np.float64
-        with np.errstate(over="ignore"):
-            max_int = np.floor(dtype(float(layer.max_value))
-                               * np.power(dtype(2.0), x.frac.astype(dtype)))
-        if np.any(np.isnan(max_int)) or np.any(max_int < 0):
-            raise ValueError(f"export expected a ReLU max_value >= 0 for {layer.name}. "
-                             f"Received: max_value={layer.max_value}")
-        # |x| < 2^vb <= 2^52: a bound above cannot clip, and its int64 would overflow
-        max_int = np.minimum(max_int.astype(np.float64), 2.0 ** x.vb)
-        v = b.node("Min", [v, b.i64(max_int.astype(np.int64))], "relu_max")
+        max_int = _relu_max(layer, x)
+        v = b.node("Min", [v, b.i64(max_int)], "relu_max")
     return _finish(b, layer, _T(v, x.vb, x.frac, None, True, x.shape))
+
+
+def _relu_max(layer, x):
+    """``floor(max_value * 2^f)`` of the FixedPoint ``x`` as int64 (capped at ``2^vb``)."""
+    dtype = np.float32 if x.vb <= 23 else np.float64
+    with np.errstate(over="ignore"):
+        max_int = np.floor(dtype(float(layer.max_value))
+                           * np.power(dtype(2.0), x.frac.astype(dtype)))
+    if np.any(np.isnan(max_int)) or np.any(max_int < 0):
+        raise ValueError(f"export expected a ReLU max_value >= 0 for {layer.name}. "
+                         f"Received: max_value={layer.max_value}")
+    # |x| < 2^vb <= 2^52: a bound above cannot clip, and its int64 would overflow
+    return np.minimum(max_int.astype(np.float64), 2.0 ** x.vb).astype(np.int64)
+
+
+def _relu_float(b, layer, x):
+    """QuantizedReLU on a float carrier: with an output quantizer, the ReLU clip merged into
+    the requantization (:func:`_requantize_float`); else the QFloat product and one clip.
+    None when no carrier holds it exactly."""
+    if layer.out_quantizer is not None:
+        frac = x.frac
+        if x.scales is not None:
+            qs = QFloat.quantize_scales(tf.constant(x.scales), layer.scale_bits)
+            frac = x.frac + _np(qs.frac_bits).astype(np.float64)
+            vb = min(x.vb + qs.value_bits + 1, MAX_VALUE_BITS)
+        else:
+            vb = x.vb
+        relu_max = False
+        if layer.max_value is not None:
+            relu_max = _relu_max(layer, _T("", vb, frac))
+        return _requantize_float(b, x, layer.out_quantizer, layer.scale_bits, relu_max)
+    x = qfloat_to_fixed_point(b, x, layer.scale_bits)
+    if x.dtype == "int64":
+        return None
+    hi, bound = x.bound, x.bound
+    if layer.max_value is not None:
+        hi = _relu_max(layer, x)
+        bound = min(bound, float(np.max(hi)))
+    v = _clip_values(b, x, 0, hi, "relu")
+    return _finish(b, layer, _T(v, x.vb, x.frac, None, True, x.shape, x.dtype, bound))
 
 
 def _gap(b, layer, x):
     if x.shape is None or len(x.shape) != 3 or layer.data_format != "channels_last":
         raise ValueError(f"export expected channels_last 4D inputs for {layer.name}.")
     h, w_, c = x.shape
+    bound = x.bound * h * w_
+    if x.dtype != "int64":  # the sum in the carrier that holds its bound (else int64)
+        dtype = _carrier(bound)
+        x = as_int64(b, x) if dtype is None else as_float(b, x, dtype)
     total = b.node("ReduceSum", [x.name, b.i64([1, 2])], "gap", keepdims=int(layer.keepdims))
     vb = min(bits_for(h * w_ * 2.0 ** x.vb), MAX_VALUE_BITS)
     scales = tf.constant(1.0 / (h * w_), tf.float32)
     if x.scales is not None:
         scales = tf.constant(x.scales) * scales
     shape = (1, 1, c) if layer.keepdims else (c,)
-    t = _T(total, vb, x.frac, _np(scales), x.unsigned, shape)
+    t = _T(total, vb, x.frac, _np(scales), x.unsigned, shape, x.dtype,
+           None if x.dtype == "int64" else bound)
     t = clip_to_buffer(b, t, layer.buffer_bitwidth)
     return _finish(b, layer, t)
 
@@ -421,6 +755,11 @@ def _gap(b, layer, x):
 def _add(b, layer, xs):
     fps = [qfloat_to_fixed_point(b, x, layer.scale_bits) for x in xs]
     frac = np.maximum(fps[0].frac, fps[1].frac)
+    if all(fp.dtype != "int64" for fp in fps):
+        out = _add_float(b, layer, fps, frac)
+        if out is not None:
+            return out
+    fps = [as_int64(b, fp) for fp in fps]
     names, vbs = [], []
     for fp in fps:
         shift = frac - fp.frac
@@ -430,6 +769,30 @@ def _add(b, layer, xs):
     if layer.average:
         frac = frac + 1.0
     t = _T(total, max(vbs) + 1, frac, None, all(x.unsigned for x in fps), fps[0].shape)
+    t = clip_to_buffer(b, t, layer.buffer_bitwidth)
+    return _finish(b, layer, t)
+
+
+def _add_float(b, layer, fps, frac):
+    """QuantizedAdd on float carriers: the left shifts are Muls by powers of two, the sum is
+    exact in the carrier that holds the sum of the bounds (None when none does)."""
+    ups = [np.power(2.0, frac - fp.frac) for fp in fps]
+    bound = sum(fp.bound * float(np.max(up)) for fp, up in zip(fps, ups))
+    dtype = _carrier(bound)
+    if dtype is None:
+        return None
+    names, vbs = [], []
+    for fp, up in zip(fps, ups):
+        v = as_float(b, fp, dtype).name
+        if np.any(up != 1):
+            v = b.node("Mul", [v, _fconst(b, up, dtype)], "align")
+        names.append(v)
+        vbs.append(fp.vb + int(max(0, (frac - fp.frac).max())))
+    total = b.node("Add", names, "add")
+    if layer.average:
+        frac = frac + 1.0
+    t = _T(total, max(vbs) + 1, frac, None, all(x.unsigned for x in fps), fps[0].shape, dtype,
+           bound)
     t = clip_to_buffer(b, t, layer.buffer_bitwidth)
     return _finish(b, layer, t)
 
@@ -477,7 +840,9 @@ def _aligned_merge(op, unsigned):
 def _maxpool(b, layer, x):
     if x.scales is not None:
         raise ValueError(f"export expected FixedPoint inputs for {layer.name} (MaxPool).")
-    v = b.node("Cast", [x.name], "mp64", to=TensorProto.DOUBLE)
+    v = x.name
+    if x.dtype == "int64":
+        v = b.node("Cast", [v], "mp64", to=TensorProto.DOUBLE)
     v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
     h, w_, c = x.shape
     ph = _pad_amounts(h, layer.pool_size[0], layer.strides[0], 1, layer.padding)
@@ -485,10 +850,11 @@ def _maxpool(b, layer, x):
     v = b.node("MaxPool", [v], "maxpool", kernel_shape=list(layer.pool_size),
                strides=list(layer.strides), pads=[ph[0], pw[0], ph[1], pw[1]])
     v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
-    v = b.node("Cast", [v], "mp", to=TensorProto.INT64)
+    if x.dtype == "int64":
+        v = b.node("Cast", [v], "mp", to=TensorProto.INT64)
     out_h = (h + sum(ph) - layer.pool_size[0]) // layer.strides[0] + 1
     out_w = (w_ + sum(pw) - layer.pool_size[1]) // layer.strides[1] + 1
-    return _finish(b, layer, _T(v, x.vb, x.frac, None, x.unsigned, (out_h, out_w, c)))
+    return _finish(b, layer, _like(x, v, shape=(out_h, out_w, c)))
 
 
 def _average_pool(b, layer, x):
@@ -537,11 +903,18 @@ def _reshape(b, layer, x, target):
     if not x.per_tensor and target[-1] != x.shape[-1]:
         raise ValueError(f"export expected per-tensor inputs for {layer.name}.")
     v = b.node("Reshape", [x.name, b.i64([-1] + list(target))], "reshape")
-    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, tuple(target)))
+    return _finish(b, layer, _like(x, v, shape=tuple(target)))
 
 
 def _dequantize(b, x):
-    v = b.node("Cast", [x.name], "dq64", to=TensorProto.DOUBLE)
+    """The float output ``x * 2^-f * scales`` (float64, rounded once to float32). A float
+    carrier ``x`` becomes int64 in place (one ``Cast``): the model's integer outputs are
+    int64."""
+    v = x.name
+    if x.dtype != "float64":
+        v = b.node("Cast", [v], "dq64", to=TensorProto.DOUBLE)
+    if x.dtype != "int64":
+        x.name, x.dtype = as_int64(b, x).name, "int64"
     v = b.node("Mul", [v, b.const(np.power(2.0, -x.frac))], "dq_f")
     if x.scales is not None:
         v = b.node("Mul", [v, b.const(x.scales.astype(np.float64))], "dq_s")
@@ -601,10 +974,11 @@ def _zero_pad(b, layer, x):
     """QuantizedZeroPadding2D: an int64 ``Pad`` with the constant 0 (exact on every grid)."""
     h, w_, c = _static_shape(layer, x)
     (top, bottom), (left, right) = layer.padding
-    v = b.node("Pad", [x.name, b.i64([0, top, left, 0, 0, bottom, right, 0]), b.i64(0)],
+    zero = b.i64(0) if x.dtype == "int64" else _fconst(b, 0, x.dtype)
+    v = b.node("Pad", [x.name, b.i64([0, top, left, 0, 0, bottom, right, 0]), zero],
                "zero_pad", mode="constant")
     shape = (h + top + bottom, w_ + left + right, c)
-    return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
+    return _finish(b, layer, _like(x, v, shape=shape))
 
 
 def _crop(b, layer, x):
@@ -761,6 +1135,13 @@ from .transformer import EMITTERS as _TRANSFORMER_EMITTERS  # noqa: E402
 
 EMITTERS.update(_CONVOLUTION_EMITTERS)
 EMITTERS.update(_TRANSFORMER_EMITTERS)
+#: The emitters that take float carriers (``_T.dtype`` "float32"/"float64"); the others get
+#: their inputs cast to int64.
+_FLOAT_CARRIER_EMITTERS = ("conv", "depthwise_conv", "dense", "relu", "global_average_pool",
+                           "add", "max_pool", "flatten", "reshape", "identity", "zero_pad")
+for _key, (_emit, _refuses) in list(EMITTERS.items()):
+    if _key not in _FLOAT_CARRIER_EMITTERS:
+        EMITTERS[_key] = (_int64_inputs(_emit), _refuses)
 
 
 # ---- float layers: the float preprocessing head, float islands and the float tail ---------

@@ -66,8 +66,9 @@ def test_export_average_pool_bit_exact(pool, oq):
 @pytest.mark.parametrize("groups, per_tensor", [(2, False), (4, False), (2, True)],
                          ids=["g2-per-axis-act", "g4-per-axis-act", "g2-per-tensor-act"])
 def test_export_grouped_conv_bit_exact(groups, per_tensor):
-    """Grouped convolutions ('same' strides 2, 'valid' dilated) export to ConvInteger with its
-    group attribute; per-axis activations reach them aligned on one fractional bit."""
+    """Grouped convolutions ('same' strides 2, 'valid' dilated) export to a float Conv or
+    ConvInteger with its group attribute; per-axis activations reach them aligned on one
+    fractional bit."""
     inputs = keras.Input((8, 8, 4), name="inp")
     x = L.Conv2D(8, 3, padding="same", name="c1")(inputs)
     x = L.ReLU(name="r1")(x)
@@ -79,7 +80,7 @@ def test_export_grouped_conv_bit_exact(groups, per_tensor):
     qparams = QuantizationParams(per_tensor_activations=per_tensor)
     qmodel = quantize(model, qparams=qparams, samples=samples)
     proto = _check_bit_exact(qmodel, samples)
-    groups_seen = [a.i for n in proto.graph.node if n.op_type == "ConvInteger"
+    groups_seen = [a.i for n in proto.graph.node if n.op_type in ("Conv", "ConvInteger")
                    for a in n.attribute if a.name == "group"]
     assert groups in groups_seen, groups_seen
 

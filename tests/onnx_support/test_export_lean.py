@@ -1,0 +1,110 @@
+"""The lean exact form: requantization on float carriers (``Mul``, ``Add 0.5``, ``Floor``, one
+clip) equals the integer rounded shift ``floor((n + 2^(s-1)) / 2^s)`` bit for bit, ties
+(values exactly at .5 after the shift) included, in float32 and float64 carriers; and a
+convolution whose static bound exceeds 2^24 (split weights) stays bit-exact."""
+import types
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tf_keras as keras
+from onnx import TensorProto
+from onnx import helper as oh
+
+from quantizeml.models import quantize
+from quantizeml.onnx_support import export
+from quantizeml.onnx_support.export import _Builder, _requantize_float, _split_weights, _T
+
+from .references import rescale
+
+
+def _run(b, x_name, out_name, x_dtype, x):
+    graph = oh.make_graph(b.nodes, "g", [oh.make_tensor_value_info(x_name, x_dtype, [None, None])],
+                          [oh.make_tensor_value_info(out_name, TensorProto.FLOAT, [None, None])],
+                          initializer=b.inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {x_name: x})[0]
+
+
+def _quantizer(frac, value_bits=7, signed=True):
+    return types.SimpleNamespace(frac_bits=np.asarray(frac, np.float32), value_bits=value_bits,
+                                 signed=signed, scale_bits=8)
+
+
+@pytest.mark.parametrize("value_bits", [10, 23])
+def test_requantize_float_ties(value_bits):
+    """Every tie ``n = (2k + 1) 2^(s-1)`` and its neighbours, per channel right shifts of 1 to
+    4 bits, one left shift and one none, near the top of the carrier (float32 at 10 bits,
+    float64 at 23: ``2 (bound + d) > 2^24``); against the numpy int64 reference."""
+    shifts = np.array([1, 2, 3, 4, -1, 0])  # right shifts (negative: left)
+    rng = np.random.default_rng(0)
+    top = 2 ** value_bits
+    ties = [(2 * k + 1) * 2 ** (s - 1) for s in range(1, 5) for k in range(-9, 9)]
+    ties += [top - 8, -top, top]  # the extremes of the bound
+    n = np.array(ties + [t + 1 for t in ties] + [t - 1 for t in ties])
+    n = np.clip(np.concatenate([n, rng.integers(-top, top + 1, 64)]), -top, top)
+    x = np.repeat(n[:, None], shifts.size, axis=1).astype(np.float32)
+    frac_in = np.full(shifts.size, 6.0)
+    quantizer = _quantizer(frac_in - shifts, value_bits=value_bits + 1)
+    b = _Builder()
+    t = _T("x", value_bits, frac_in, None, False, (shifts.size,), "float32", float(top))
+    out = _requantize_float(b, t, quantizer)
+    assert out is not None
+    got = _run(b, "x", out.name, TensorProto.FLOAT, x)
+    up = np.left_shift(1, np.maximum(-shifts, 0))
+    expected = rescale(n[:, None] * up, 1, np.maximum(shifts, 0))
+    expected = np.clip(expected, -(2 ** (value_bits + 1)), 2 ** (value_bits + 1) - 1)
+    ops = [node.op_type for node in b.nodes]
+    assert ("Cast" in ops) == (value_bits == 23), ops  # float64 only when needed
+    assert ops.count("Clip") + ops.count("Min") <= 1, ops
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_requantize_float_relu_merged_ties():
+    """The ReLU clip merged into the requantization (``clip(q(n), 0, q(M))``) with per-channel
+    maxima whose shifted value is itself a tie; signed output quantizer."""
+    shifts = np.array([1, 2, 3])
+    relu_max = np.array([5, 6, 20])  # q(M): 3 (2.5 up), 2 (1.5 up), 3 (2.5 up)
+    n = np.arange(-40, 41)
+    x = np.repeat(n[:, None], 3, axis=1).astype(np.float32)
+    b = _Builder()
+    t = _T("x", 8, np.full(3, 4.0), None, False, (3,), "float32")
+    out = _requantize_float(b, t, _quantizer(4.0 - shifts), relu_max=relu_max)
+    got = _run(b, "x", out.name, TensorProto.FLOAT, x)
+    clipped = np.clip(n[:, None], 0, relu_max)
+    expected = np.clip(rescale(clipped, 1, shifts), -128, 127)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_split_weights_exact():
+    """``w = hi * 2^k + lo`` exactly, both halves within the float32 bound."""
+    w = np.random.default_rng(1).integers(-128, 128, (4, 512, 3, 3)).astype(np.float64)
+    x = _T("x", 8, 0.0, bound=255.0)
+    k, hi, lo = _split_weights(x, w, float(np.abs(w).reshape(4, -1).sum(1).max() * 255))
+    np.testing.assert_array_equal(hi * 2.0 ** k + lo, w)
+    for part in (hi, lo):
+        assert np.abs(part).reshape(4, -1).sum(1).max() * 255 <= 2 ** 24
+
+
+def test_export_wide_conv_bit_exact():
+    """A 3x3 convolution over 384 channels: ``sum |w| * 255`` exceeds 2^24, so the float32
+    Conv is split in two (high and low weights) and combined in float64; bit-exact."""
+    inputs = keras.Input((4, 4, 384), name="inp")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="wide",
+                            kernel_initializer="ones", bias_initializer="ones")(inputs)
+    x = keras.layers.ReLU(name="r")(x)
+    model = keras.Model(inputs, x)
+    samples = np.abs(np.random.default_rng(0).normal(size=(8, 4, 4, 384))).astype(np.float32)
+    qmodel = quantize(model, samples=samples)
+    proto = export(qmodel)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [n.op_type for n in proto.graph.node].count("Conv") == 2
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    floats, integers = session.run(None, {"inp": samples})
+    keras_int = keras.Model(qmodel.inputs, qmodel.layers[-1].input)(samples).values.numpy()
+    np.testing.assert_array_equal(integers, keras_int.astype(np.int64))
+    np.testing.assert_array_equal(floats, qmodel(samples).numpy())
