@@ -20,6 +20,19 @@ Keras layout) that reproduce the integer maths of the Keras layer exactly:
   strided ``Slice``s times the integer table ``L / count`` (scale ``1 / L``), Add an aligned
   int64 sum; grouped convolutions use ``ConvInteger``'s ``group``.
 
+**Float carriers (the lean form).** Where a static bound proves it exact, an integer tensor is
+carried as float32 (or float64) holding the same integers (``_T.dtype``, ``_T.bound``): the
+InputQuantizer writes float32; a Conv2D/DepthwiseConv2D/Dense whose partial sums are bounded by
+``sum |w| * bound(x) + |bias| <= 2^24`` per output channel (computed from the int8 weights at
+export time, the per-channel alignment shifts folded into the weights) is a float32
+``Conv``/``MatMul`` with the bias as its ``B`` input (any summation order is exact: every
+partial sum is an integer below 2^24); above that, two float32 ``Conv`` of the high and low
+weights (``w = hi * 2^k + lo``) combined in float64, or a float64 ``MatMul``; the buffer clips
+are dropped where the bound is within the buffer; requantization is one ``Mul`` by
+``s * 2^-r``, ``Add 0.5``, ``Floor`` and one clip (the ReLU's merged in), exact in the carrier
+chosen from the bound (proof in :func:`_requantize_float`). The other layers get int64 inputs
+(``_int64_inputs``) and keep the integer recipes below; every model integer output is int64.
+
 The transposed and separable convolutions (:mod:`.convolutions`) and the transformer layers
 (:mod:`.transformer`: shiftmax, attention, layer normalizations, tokens) have their emitters in
 their own modules, merged into ``EMITTERS``.
