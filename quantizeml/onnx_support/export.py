@@ -258,6 +258,13 @@ def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
     commutes with the shift: ``q(clip(n, 0, M)) = clip(q(n), q(0), q(M))`` for the
     non-decreasing ``q`` with ``q(0) = 0``, so the two clips merge into one, with ``q(M)``
     computed here in Python integers.
+
+    When the product needs float64 but the output range is small, the clip is done first,
+    in float64, on ``z = n / d``: ``clip(floor(z + 0.5), lo, hi) = floor(clip(z, lo - 0.5,
+    hi - 0.5) + 0.5)`` (``floor`` is non-decreasing and fixes the integers ``lo``, ``hi``),
+    and the clipped ``z`` (a multiple of ``1 / d`` of magnitude <= ``top + 1``) is exact in
+    float32 when ``(top + 1) * 2d <= 2^24``: the ``Cast``, ``Add 0.5``, ``Floor`` and the
+    per-channel ReLU bound (``Min``, exact on integers) then run in float32.
     """
     s_int = np.ones((), np.int64)
     if x.scales is not None:
@@ -290,15 +297,32 @@ def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
     x = as_float(b, x, dtype)
     v = x.name
     mult = s_int.astype(np.float64) * np.power(2.0, shift.astype(np.float64))
+    top = max(abs(lo), int(np.max(hi)))
+    if dtype == "float64" and np.any(down != 1) and (top + 1) * 2.0 * float(np.max(down)) \
+            <= 2.0 ** 24:  # the float64 clip, then the rounding in float32
+        v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul") if np.any(mult != 1) else v
+        v = b.node("Clip", [v, _fconst(b, lo - 0.5, dtype),
+                            _fconst(b, float(np.max(hi)) - 0.5, dtype)], "oq")
+        v = b.node("Cast", [v], "rq_f32", to=TensorProto.FLOAT)
+        v = b.node("Add", [v, _fconst(b, 0.5, "float32")], "rq_half")
+        v = b.node("Floor", [v], "rq_floor")
+        if np.asarray(hi).size > 1:
+            v = b.node("Min", [v, _fconst(b, hi, "float32")], "oq_hi")
+        return _T(v, quantizer.value_bits, frac, None, not quantizer.signed, x.shape,
+                  "float32", float(top))
     if np.any(mult != 1):
         v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul")
     if np.any(down != 1):
         v = b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
         v = b.node("Floor", [v], "rq_floor")
-    v = _clip_values(b, _like(x, v), lo, hi, "oq")
+    per_channel = np.asarray(hi).size > 1 and dtype == "float64" and top <= 2 ** 24
+    v = _clip_values(b, _like(x, v), lo, np.max(hi) if per_channel else hi, "oq")
     out = _T(v, quantizer.value_bits, frac, None, not quantizer.signed, x.shape, dtype,
-             float(max(abs(lo), int(np.max(hi)))))
-    return as_float(b, out, "float32") if out.bound <= 2.0 ** 24 else out
+             float(top))
+    out = as_float(b, out, "float32") if out.bound <= 2.0 ** 24 else out
+    if per_channel:  # the per-channel ReLU bound after the Cast, on float32 integers
+        out.name = b.node("Min", [out.name, _fconst(b, hi, "float32")], "oq_hi")
+    return out
 
 
 def _limbs(b, x):

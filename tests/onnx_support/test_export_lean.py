@@ -35,11 +35,12 @@ def _quantizer(frac, value_bits=7, signed=True):
                                  signed=signed, scale_bits=8)
 
 
-@pytest.mark.parametrize("value_bits", [10, 23])
-def test_requantize_float_ties(value_bits):
+@pytest.mark.parametrize("value_bits, out_bits", [(10, 11), (23, 24), (23, 7)])
+def test_requantize_float_ties(value_bits, out_bits):
     """Every tie ``n = (2k + 1) 2^(s-1)`` and its neighbours, per channel right shifts of 1 to
     4 bits, one left shift and one none, near the top of the carrier (float32 at 10 bits,
-    float64 at 23: ``2 (bound + d) > 2^24``); against the numpy int64 reference."""
+    float64 at 23: ``2 (bound + d) > 2^24``; with 7 output bits, the float64 clip then the
+    rounding in float32); against the numpy int64 reference."""
     shifts = np.array([1, 2, 3, 4, -1, 0])  # right shifts (negative: left)
     rng = np.random.default_rng(0)
     top = 2 ** value_bits
@@ -49,7 +50,7 @@ def test_requantize_float_ties(value_bits):
     n = np.clip(np.concatenate([n, rng.integers(-top, top + 1, 64)]), -top, top)
     x = np.repeat(n[:, None], shifts.size, axis=1).astype(np.float32)
     frac_in = np.full(shifts.size, 6.0)
-    quantizer = _quantizer(frac_in - shifts, value_bits=value_bits + 1)
+    quantizer = _quantizer(frac_in - shifts, value_bits=out_bits)
     b = _Builder()
     t = _T("x", value_bits, frac_in, None, False, (shifts.size,), "float32", float(top))
     out = _requantize_float(b, t, quantizer)
@@ -57,26 +58,32 @@ def test_requantize_float_ties(value_bits):
     got = _run(b, "x", out.name, TensorProto.FLOAT, x)
     up = np.left_shift(1, np.maximum(-shifts, 0))
     expected = rescale(n[:, None] * up, 1, np.maximum(shifts, 0))
-    expected = np.clip(expected, -(2 ** (value_bits + 1)), 2 ** (value_bits + 1) - 1)
+    expected = np.clip(expected, -(2 ** out_bits), 2 ** out_bits - 1)
     ops = [node.op_type for node in b.nodes]
     assert ("Cast" in ops) == (value_bits == 23), ops  # float64 only when needed
     assert ops.count("Clip") + ops.count("Min") <= 1, ops
     np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
-def test_requantize_float_relu_merged_ties():
+@pytest.mark.parametrize("shifts", [(1, 2, 3), (17, 18, 19)],
+                         ids=["round-in-float32", "round-in-float64"])
+def test_requantize_float_relu_merged_ties(shifts):
     """The ReLU clip merged into the requantization (``clip(q(n), 0, q(M))``) with per-channel
-    maxima whose shifted value is itself a tie; signed output quantizer."""
-    shifts = np.array([1, 2, 3])
-    relu_max = np.array([5, 6, 20])  # q(M): 3 (2.5 up), 2 (1.5 up), 3 (2.5 up)
-    n = np.arange(-40, 41)
-    x = np.repeat(n[:, None], 3, axis=1).astype(np.float32)
+    maxima that are themselves ties (``q(M) = 3, 2, 4``), inputs at every tie and its
+    neighbours; signed output quantizer; the float64 product clipped then rounded in float32
+    (small shifts), or rounded in float64, then the per-channel bound in float32 (large
+    shifts)."""
+    shifts = np.array(shifts)
+    half = 2 ** (shifts - 1)
+    relu_max = np.array([5, 3, 7]) * half
+    ties = (2 * np.arange(-10, 11)[:, None] + 1) * half
+    n = np.concatenate([ties - 1, ties, ties + 1])
     b = _Builder()
-    t = _T("x", 8, np.full(3, 4.0), None, False, (3,), "float32")
-    out = _requantize_float(b, t, _quantizer(4.0 - shifts), relu_max=relu_max)
-    got = _run(b, "x", out.name, TensorProto.FLOAT, x)
-    clipped = np.clip(n[:, None], 0, relu_max)
-    expected = np.clip(rescale(clipped, 1, shifts), -128, 127)
+    t = _T("x", 23, np.full(3, 20.0), None, False, (3,), "float32")
+    out = _requantize_float(b, t, _quantizer(20.0 - shifts), relu_max=relu_max)
+    got = _run(b, "x", out.name, TensorProto.FLOAT, n.astype(np.float32))
+    expected = np.clip(rescale(np.clip(n, 0, relu_max), 1, shifts), -128, 127)
+    np.testing.assert_array_equal(expected.max(axis=0), [3, 2, 4])
     np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
