@@ -76,7 +76,7 @@ def test_dependency_direction_and_module_level_imports(path):
 
 
 #: parts that use the tensors through their public API only (``quantizeml.tensors``)
-PUBLIC_TENSORS_ONLY = {"layers", "models", "analysis", "cli", "demo"}
+PUBLIC_TENSORS_ONLY = {"layers", "models", "onnx_support", "analysis", "cli", "demo"}
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -87,3 +87,36 @@ def test_layers_and_models_use_the_public_tensors_api(path):
     for name, _ in _imports(path):
         assert not name.startswith("quantizeml.tensors."), \
             f"{path.relative_to(PACKAGE)} imports {name}: use quantizeml.tensors"
+
+
+def test_no_import_cycle():
+    """No cycle among the package's modules (module-level imports; a package's __init__
+    re-exporting its submodules is not an edge back)."""
+    modules = {}
+    for path in _modules():
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for target, _ in _imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and modules[target].name != "__init__.py":
+                deps.add(target)
+        graph[name] = deps
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in graph[node]:
+            if state.get(dep) == "open":
+                raise AssertionError(" -> ".join(stack[stack.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

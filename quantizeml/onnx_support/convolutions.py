@@ -15,12 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from ..layers.convolution import deconv_length
-from ..tensors import QFloat
-from ..tensors.carrier import MAX_VALUE_BITS
-from ..tensors.dispatch.common import bits_for
-from .export import (_T, _check_qfloat_input, _fold_scales, _int8_weights, _np,
-                     _one_input, _pad_amounts, _reduction_output, align, clip_to_buffer,
-                     exact_reduction)
+from ..tensors import MAX_VALUE_BITS, QFloat, bits_for
+from .exact import (_T, _check_qfloat_input, _fold_scales, _int8_weights, _np, _one_input,
+                    _pad_amounts, _reduction_output, align, clip_to_buffer, exact_reduction,
+                    register_emitters)
 
 __all__ = ["EMITTERS"]
 
@@ -190,3 +188,4 @@ EMITTERS = {
     "depthwise_conv_transpose": (_one_input(_depthwise_conv_transpose), None),
     "separable_conv": (_one_input(_separable_conv), None),
 }
+register_emitters(EMITTERS)

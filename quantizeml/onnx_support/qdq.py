@@ -36,7 +36,7 @@ rounded shifts (Add, ReLU, pooling) break their ties up as quantizeml does
 (``_tie_break``).
 
 Everything else falls back (listed in the model's ``metadata_props`` under
-``FALLBACKS_KEY``): the layer is written by the exact form's emitter (``export.EMITTERS``)
+``FALLBACKS_KEY``): the layer is written by the exact form's emitter (``exact.EMITTERS``)
 on int64 values cast from the uint8 ones, and its result is cast back to uint8 when it is
 an 8-bit FixedPoint (else later layers fall back too); float layers use ``FLOAT_EMITTERS``.
 Per-axis activations stay QDQ (per-axis ``QuantizeLinear``) but onnxruntime only fuses
@@ -53,9 +53,8 @@ from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.registry import twin_spec
 from ..models.graph import Graph
 from ..tensors import FixedPoint, QFloat
-# the exact form's module (its builder and emitters are the fallbacks); imported as a module
-# because export.py imports this one
-from . import export as exact
+# the exact form's module: its builder and emitters are the fallbacks
+from . import exact
 
 __all__ = ["export_qdq", "FALLBACKS_KEY"]
 

@@ -37,10 +37,9 @@ import tensorflow as tf
 from onnx import TensorProto
 
 from ..layers.attention import _sqrt_shift
-from ..tensors import FixedPoint, QFloat
-from ..tensors.carrier import MAX_VALUE_BITS
-from ..tensors.dispatch.common import bits_for
-from .export import _T, _finish, _np, _one_input, align, clip_to_buffer, qfloat_to_fixed_point
+from ..tensors import MAX_VALUE_BITS, FixedPoint, QFloat, bits_for
+from .exact import (_T, _finish, _np, _one_input, align, clip_to_buffer, qfloat_to_fixed_point,
+                    register_emitters)
 
 __all__ = ["EMITTERS"]
 
@@ -414,3 +413,4 @@ EMITTERS = {
     "add_position_embs": (_one_input(_add_position_embs), None),
     "extract_token": (_one_input(_extract_token), None),
 }
+register_emitters(EMITTERS)

@@ -14,7 +14,7 @@ from onnx import helper as oh
 
 from quantizeml.models import quantize
 from quantizeml.onnx_support import export
-from quantizeml.onnx_support.export import _Builder, _requantize_float, _split_weights, _T
+from quantizeml.onnx_support.exact import _Builder, _requantize_float, _split_weights, _T
 
 from .references import rescale
 

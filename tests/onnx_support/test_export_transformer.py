@@ -22,7 +22,7 @@ from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
 from quantizeml.layers.tokens import (QuantizedAddPositionEmbs, QuantizedClassToken,
                                       QuantizedExtractToken)
 from quantizeml.models.zoo_vit import digits_vit
-from quantizeml.onnx_support.export import EMITTERS, OPSET, _Builder, _T
+from quantizeml.onnx_support.exact import EMITTERS, OPSET, _Builder, _T
 from quantizeml.tensors import FixedPoint, QFloat
 
 from .test_export_coverage import _check, _check_outputs, _quantize, _samples
