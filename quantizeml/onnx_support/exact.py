@@ -239,12 +239,145 @@ def _shift_rounded(n, up, down):
     return np.asarray(out, object).reshape(n.shape)
 
 
+def _grid_bits(mult):
+    """Per channel, the ``g`` such that every ``n * mult`` (``n`` integer) is a multiple of
+    ``2^-g`` (``mult = odd * 2^-g``; ``g <= 0`` when the products are integers)."""
+    mult = np.asarray(mult, np.float64)
+    grid = np.zeros(mult.shape, np.int64)
+    for index, value in np.ndenumerate(mult):
+        bits = 0
+        while value != np.floor(value):  # mult * 2^bits an integer (mult is dyadic)
+            value, bits = value * 2.0, bits + 1
+        grid[index] = bits
+    return grid
+
+
+def _rounds_in_float32(mult, lo, hi):
+    """Whether ``clip(floor(acc * mult + 0.5), lo, hi)`` is exact for every float32 integer
+    ``acc`` with the float32 ``Mul``/``Add``/``Floor``/clip (proof in
+    :func:`_requantize_float`): each ``mult > 0`` exact in float32 and ``max(|lo|, |lo + 1/2|,
+    |hi|, |hi + 1/2|) * 2^max(g, 1) <= 2^24`` (``g`` of :func:`_grid_bits`)."""
+    mult = np.asarray(mult, np.float64)
+    if np.any(mult <= 0) or np.any(mult.astype(np.float32).astype(np.float64) != mult) \
+            or float(np.max(mult)) * 2.0 ** 25 > 2.0 ** 126:
+        return False
+    grid = max(int(np.max(_grid_bits(mult))), 1)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    top = max(float(np.max(np.abs(v))) for v in (lo, lo + 0.5, hi, hi + 0.5))
+    return grid <= 60 and top * 2.0 ** grid <= 2.0 ** 24
+
+
+def _accumulator_clip(mult, lo, hi, bound):
+    """The clip of the accumulator before the requantization ``q_c(a) = floor(a * mult_c +
+    1/2)`` (exact rationals): ``(a_lo, a_hi)`` such that every channel saturates below
+    ``a_lo`` (``q_c(a) <= lo``) and above ``a_hi`` (``q_c(a) >= hi_c``), within
+    ``[-floor(bound), floor(bound)]``; and whether the output clips are still needed below
+    and above (``q_c(a_lo) < lo`` or ``q_c(a_hi) > hi_c`` for some channel)."""
+    from fractions import Fraction
+    mult = np.asarray(mult, np.float64)
+    his = np.broadcast_to(np.asarray(hi, np.int64), mult.shape).reshape(-1)
+    ms = [Fraction(float(m)) for m in mult.reshape(-1)]
+    if len(his) != len(ms):  # a per-channel bound on a per-tensor scale
+        ms = ms * len(his)
+    half = Fraction(1, 2)
+
+    def q(a, m):
+        return (a * m + half).__floor__()
+
+    def ceil(f):
+        return -((-f).__floor__())
+    a_lo = min(ceil((lo + half) / m) - 1 for m in ms)
+    a_hi = max(ceil((int(h) - half) / m) for m, h in zip(ms, his))
+    top = int(np.floor(bound))
+    a_lo, a_hi = max(a_lo, -top), min(a_hi, top)
+    need_lo = any(q(a_lo, m) < lo for m in ms)
+    need_hi = any(q(a_hi, m) > int(h) for m, h in zip(ms, his))
+    return a_lo, a_hi, need_lo, need_hi
+
+
+def _scale_half(b, x, v, mult, dtype):
+    """``v * mult + 1/2`` in the carrier ``dtype`` for the ``_T`` ``x`` named ``v``: one
+    ``BatchNormalization`` (scale ``mult``, bias 1/2, mean 0, variance 1, epsilon 0: ``y = v *
+    mult + 1/2``, rounded once or twice, both non-decreasing in ``v`` and exact wherever ``v *
+    mult`` and ``v * mult + 1/2`` are, see :func:`_requantize_float`) over the channels of an
+    NHWC (through ``Transpose``s, which onnxruntime cancels against those of the ``Conv``) or
+    (N, C) tensor, where onnxruntime runs it inside its blocked convolution layout; else ``Mul``
+    and ``Add``."""
+    shape = x.shape
+    if shape is None or len(shape) not in (1, 3) or shape[-1] is None:
+        v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul")
+        return b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
+    channels = int(shape[-1])
+    scale = np.broadcast_to(np.asarray(mult, np.float64).reshape(-1), (channels,))
+    params = [_fconst(b, scale, dtype, "rq_scale"), _fconst(b, np.full(channels, 0.5), dtype),
+              _fconst(b, np.zeros(channels), dtype), _fconst(b, np.ones(channels), dtype)]
+    if len(shape) == 3:
+        v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
+    v = b.node("BatchNormalization", [v] + params, "rq_scale_half", epsilon=0.0)
+    if len(shape) == 3:
+        v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
+    return v
+
+
+def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
+    """The float32 requantization of :func:`_requantize_float` (``_rounds_in_float32``): the
+    accumulator clip (``_accumulator_clip``), ``Mul``, ``Add 0.5``, ``Floor``, then the output
+    clips that the accumulator clip leaves needed."""
+    a_lo, a_hi, need_lo, need_hi = _accumulator_clip(mult, lo, hi, x.bound)
+    v = x.name
+    if a_lo > -x.bound or a_hi < x.bound or np.any(mult != 1):
+        v = b.node("Clip", [v, _fconst(b, a_lo, "float32"), _fconst(b, a_hi, "float32")],
+                   "rq_acc")
+    if np.any(_grid_bits(mult) > 0):
+        v = b.node("Floor", [_scale_half(b, x, v, mult, "float32")], "rq_floor")
+    elif np.any(mult != 1):
+        v = b.node("Mul", [v, _fconst(b, mult, "float32")], "rq_mul")
+    hi_c = np.asarray(hi)
+    if need_lo and need_hi:
+        v = _clip_values(b, _like(x, v), lo, hi, "oq")
+    elif need_lo:
+        v = b.node("Max", [v, _fconst(b, lo, "float32")], "oq_lo")
+    elif need_hi:
+        v = b.node("Min", [v, _fconst(b, hi_c, "float32")], "oq_hi")
+    top = max(abs(lo), int(np.max(hi_c)))
+    return _T(v, quantizer.value_bits, frac, None, not quantizer.signed, x.shape, "float32",
+              float(top))
+
+
+def _requantize_float64(b, x, mult, lo, hi, quantizer, frac):
+    """The requantization of :func:`_requantize_float` of a float32 carrier whose product
+    needs float64: the accumulator clip in float32 (``_accumulator_clip``: it fuses into a
+    preceding ``Conv``), the ``Cast`` to float64, ``x * m + 1/2`` (``_scale_half``) and the
+    ``Floor`` in float64, the ``Cast`` back to float32 and the output clips still needed
+    (exact on integers below 2^24; in float64 before the ``Cast`` when they are larger)."""
+    a_lo, a_hi, need_lo, need_hi = _accumulator_clip(mult, lo, hi, x.bound)
+    v = b.node("Clip", [x.name, _fconst(b, a_lo, "float32"), _fconst(b, a_hi, "float32")],
+               "rq_acc")
+    v = b.node("Cast", [v], "to_float64", to=TensorProto.DOUBLE)
+    v = b.node("Floor", [_scale_half(b, x, v, mult, "float64")], "rq_floor")
+    hi_c = np.asarray(hi)
+    reach = float(max(abs(a_lo), abs(a_hi))) * float(np.max(mult)) + 1.0
+    top = max(abs(lo), int(np.max(hi_c)))
+    if reach > 2.0 ** 24 and (need_lo or need_hi):  # clip the large values in float64
+        v = _clip_values(b, _like(x, v, dtype="float64"), lo, np.max(hi_c), "oq")
+        need_lo, need_hi = False, hi_c.size > 1
+    v = b.node("Cast", [v], "rq_f32", to=TensorProto.FLOAT)
+    if need_lo and need_hi:
+        v = _clip_values(b, _like(x, v), lo, hi, "oq")
+    elif need_lo:
+        v = b.node("Max", [v, _fconst(b, lo, "float32")], "oq_lo")
+    elif need_hi:
+        v = b.node("Min", [v, _fconst(b, hi_c, "float32")], "oq_hi")
+    return _T(v, quantizer.value_bits, frac, None, not quantizer.signed, x.shape, "float32",
+              float(top))
+
+
 def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
     """recipes.requantize (qfloat_to_fixed_point, then the rounded shift and the clip) of a
     float carrier ``x``, optionally after a ReLU ``clip(v, 0, relu_max)`` of the FixedPoint
-    ``v``, in at most five nodes: ``Mul``, ``Add``, ``Floor``, ``Clip`` (two for per-channel
-    bounds) and a ``Cast`` back to float32. Returns None (nothing emitted) when no carrier
-    holds it exactly.
+    ``v``: at most ``Clip``, ``Mul``, ``Add``, ``Floor`` and one output clip in float32 (below),
+    else in the carrier that holds ``n``, then a ``Cast`` back to float32. Returns None
+    (nothing emitted) when no carrier holds it exactly.
 
     Exactness. Let ``n = x * s * 2^u`` (``s`` the integer scales, ``u >= 0`` the left shift of a
     channel, ``d = 2^r`` its right shift, one of ``u``, ``r`` zero): the integer path computes
@@ -257,6 +390,26 @@ def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
     commutes with the shift: ``q(clip(n, 0, M)) = clip(q(n), q(0), q(M))`` for the
     non-decreasing ``q`` with ``q(0) = 0``, so the two clips merge into one, with ``q(M)``
     computed here in Python integers.
+
+    **Float32 rounding (beyond the float32 product).** When ``x`` is a float32 carrier, each
+    ``m = s * 2^u / d`` is exact in float32 and ``W = 2^(24 - G)`` bounds ``|lo|, |hi|,
+    |lo + 1/2|, |hi + 1/2|`` (``G >= 1``: every ``z = x * m`` is a multiple of ``2^-G``,
+    :func:`_grid_bits`), the whole requantization runs in float32 even though ``n = x * s *
+    2^u`` does not fit its significand (:func:`_requantize_float32`, :func:`_rounds_in_float32`):
+    ``p = fl(x * m)``, ``floor(fl(p + 1/2))``, clipped. Proof, per channel, for the exact
+    ``z = x * m``: the multiples of ``2^-G`` of magnitude ``<= W`` are float32 numbers, and
+    float32 rounding is non-decreasing and fixes them. (i) ``lo <= z <= hi``: ``z`` and ``z +
+    1/2`` are such multiples, so ``p = z`` and ``floor(p + 1/2) = floor(z + 1/2)`` exactly.
+    (ii) ``z > hi``: ``p >= hi``, ``fl(p + 1/2) >= hi + 1/2``, the floor is ``>= hi`` and the
+    clip gives ``hi``, as the integer path (``floor(z + 1/2) >= hi``). (iii) ``z < lo``:
+    likewise ``<= lo``, clipped to ``lo``. Before the ``Mul``, the accumulator is clipped to
+    integers ``[a_lo, a_hi]`` (:func:`_accumulator_clip`, computed here on exact rationals)
+    beyond which every channel saturates: the result is unchanged, the output clips that it
+    makes redundant (``q_c(a_lo) >= lo`` and ``q_c(a_hi) <= hi_c`` for every channel, ``q_c``
+    non-decreasing) are left out, and it keeps onnxruntime from folding the ``Mul`` into the
+    weights of a preceding ``Conv`` (``ConvMulFusion`` would round the partial sums); it fuses
+    into that ``Conv`` as its activation instead. Unsigned 8-bit outputs take up to 16 bits of
+    right shift this way, signed 7-bit ones up to 17 (tests: every tie and its nearest values).
 
     When the product needs float64 but the output range is small, the clip is done first,
     in float64, on ``z = n / d``: ``clip(floor(z + 0.5), lo, hi) = floor(clip(z, lo - 0.5,
@@ -293,10 +446,14 @@ def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
             hi = np.minimum(np.asarray(q_max, object), hi).astype(np.int64)
             if np.all(hi == hi.reshape(-1)[0]):
                 hi = np.int64(hi.reshape(-1)[0])
-    x = as_float(b, x, dtype)
-    v = x.name
     mult = s_int.astype(np.float64) * np.power(2.0, shift.astype(np.float64))
     top = max(abs(lo), int(np.max(hi)))
+    if x.dtype == "float32" and _rounds_in_float32(mult, lo, hi):  # see the docstring
+        return _requantize_float32(b, x, mult, lo, hi, quantizer, frac)
+    if x.dtype == "float32" and dtype == "float64" and np.any(down != 1):
+        return _requantize_float64(b, x, mult, lo, hi, quantizer, frac)
+    x = as_float(b, x, dtype)
+    v = x.name
     if dtype == "float64" and np.any(down != 1) and (top + 1) * 2.0 * float(np.max(down)) \
             <= 2.0 ** 24:  # the float64 clip, then the rounding in float32
         v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul") if np.any(mult != 1) else v

@@ -38,9 +38,9 @@ def _quantizer(frac, value_bits=7, signed=True):
 @pytest.mark.parametrize("value_bits, out_bits", [(10, 11), (23, 24), (23, 7)])
 def test_requantize_float_ties(value_bits, out_bits):
     """Every tie ``n = (2k + 1) 2^(s-1)`` and its neighbours, per channel right shifts of 1 to
-    4 bits, one left shift and one none, near the top of the carrier (float32 at 10 bits,
-    float64 at 23: ``2 (bound + d) > 2^24``; with 7 output bits, the float64 clip then the
-    rounding in float32); against the numpy int64 reference."""
+    4 bits, one left shift and one none, near the top of the carrier (float32 at 10 bits;
+    float64 at 23 bits with 24 output bits: ``(top + 1) 2^4 > 2^24``; with 7 output bits the
+    rounding in float32 over the whole bound); against the numpy int64 reference."""
     shifts = np.array([1, 2, 3, 4, -1, 0])  # right shifts (negative: left)
     rng = np.random.default_rng(0)
     top = 2 ** value_bits
@@ -60,8 +60,8 @@ def test_requantize_float_ties(value_bits, out_bits):
     expected = rescale(n[:, None] * up, 1, np.maximum(shifts, 0))
     expected = np.clip(expected, -(2 ** out_bits), 2 ** out_bits - 1)
     ops = [node.op_type for node in b.nodes]
-    assert ("Cast" in ops) == (value_bits == 23), ops  # float64 only when needed
-    assert ops.count("Clip") + ops.count("Min") <= 1, ops
+    assert ("Cast" in ops) == (out_bits == 24), ops  # float64 only when needed
+    assert ops.count("Clip") + ops.count("Min") + ops.count("Max") <= 2, ops
     np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
@@ -115,3 +115,65 @@ def test_export_wide_conv_bit_exact():
     keras_int = keras.Model(qmodel.inputs, qmodel.layers[-1].input)(samples).values.numpy()
     np.testing.assert_array_equal(integers, keras_int.astype(np.int64))
     np.testing.assert_array_equal(floats, qmodel(samples).numpy())
+
+
+@pytest.mark.parametrize("shift, signed, relu, float32", [
+    (16, False, True, True), (17, False, True, False), (14, True, False, True),
+    (17, True, False, True), (18, True, False, False)],
+    ids=["relu-16", "relu-17-float64", "signed-14", "signed-17", "signed-18-float64"])
+def test_requantize_float32_product_ties(shift, signed, relu, float32):
+    """A QFloat accumulator up to 2^24 (``acc * s`` far beyond float32) requantized by a
+    right shift of ``shift`` bits: every ``acc`` with ``acc * s = (j + 1/2) 2^shift + delta``,
+    ``|delta| <= 3`` (the ties and the values nearest to them, ``2^-shift`` apart after the
+    shift), the two ends of the output range, the extremes of the bound and random values,
+    per channel (odd and even 8-bit scales, one channel with a ReLU bound of 6); the
+    float32 ``Mul``/``Add``/``Floor`` path while ``max(|lo|, hi + 1/2) 2^shift <= 2^24``
+    (8-bit unsigned outputs up to 16 bits of shift, 7-bit signed ones up to 17), float64
+    beyond; against the numpy int64 reference."""
+    from quantizeml.tensors import QFloat
+    # 8-bit scales 129, 131, 169 (odd: the values nearest to a tie are 2^-shift away from
+    # it), 192 and 214 (even), over 2^8
+    scales = np.array([129, 131, 169, 192, 214], np.float32) / 256
+    qs = QFloat.quantize_scales(scales, 8)
+    s_int = qs.values.numpy().astype(np.int64)
+    assert np.any(s_int % 2 == 1) and np.any(s_int % 2 == 0)
+    frac_in = np.full(scales.size, 30.0)
+    frac_out = frac_in + qs.frac_bits.numpy() - shift
+    out_bits = 8 if not signed else 7
+    lo, hi = (-(2 ** out_bits), 2 ** out_bits - 1) if signed else (0, 2 ** out_bits - 1)
+    top = 2 ** 24
+    accs = [np.array([-top, -top + 1, top - 1, top])]
+    for k in (lo, hi):  # the ends of the output range
+        centre = np.round((k + 0.5) * 2.0 ** shift / s_int).astype(np.int64)
+        accs.append((centre[None, :] + np.arange(-3, 4)[:, None]).reshape(-1))
+    for s in s_int:  # acc * s = (j + 1/2) 2^shift + delta: every tie and its nearest values
+        odd, bits = int(s), shift
+        while odd % 2 == 0:
+            odd, bits = odd // 2, bits - 1
+        for delta in range(-3, 4):
+            first = (2 ** (bits - 1) + delta) * pow(odd, -1, 2 ** bits) % 2 ** bits
+            accs.append(np.arange(first - top, top + 1, 2 ** bits))
+    accs.append(np.random.default_rng(2).integers(-top, top + 1, 256))
+    acc = np.unique(np.clip(np.concatenate(accs), -top, top))
+    x = np.repeat(acc[:, None], scales.size, axis=1)
+    relu_max = None
+    if relu:  # per channel: floor(6 * 2^f) on the FixedPoint grid
+        relu_max = np.floor(6.0 * 2.0 ** (frac_in + qs.frac_bits.numpy())).astype(np.int64)
+    b = _Builder()
+    t = _T("x", 24, frac_in, scales, False, (scales.size,), "float32", float(top))
+    quantizer = types.SimpleNamespace(frac_bits=frac_out.astype(np.float32),
+                                      value_bits=out_bits, signed=signed, scale_bits=8)
+    out = _requantize_float(b, t, quantizer, 8, relu_max)
+    ops = [node.op_type for node in b.nodes]
+    assert ("Cast" not in ops) == float32, ops
+    got = _run(b, "x", out.name, TensorProto.FLOAT, x.astype(np.float32))
+    n = x * s_int
+    if relu:
+        n = np.clip(x, 0, relu_max) * s_int
+    expected = np.clip(rescale(n, 1, shift), lo, hi)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # the inputs are adversarial: one float32 product, then Add/Floor, fails beyond the bound
+    mult = np.float32(s_int * 2.0 ** -shift)
+    naive = np.clip(np.floor(x.astype(np.float32) * mult + np.float32(0.5)), lo, hi)
+    assert not relu or np.all(relu_max > top)  # the ReLU bound of 6 clips no input here
+    assert np.array_equal(naive, expected) == float32
