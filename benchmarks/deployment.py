@@ -19,8 +19,10 @@ logits, seeded, BatchNormalization statistics re-estimated on the calibration in
 
 * ``nodes`` and ``export_s`` of the exact form (``export(qmodel)``) and of the QDQ form
   (``export(qmodel, format="qdq")``), the QDQ fallbacks (layers written by the exact
-  emitters) and the operators onnxruntime's default CPU session runs the QDQ model with
-  (``ort_ops``: its optimized graph, QLinearConv, QLinearAdd, QGemm...);
+  emitters), ``qdq_ties`` (``qdq.TIES_KEY``: the output channels of the fused unsigned
+  requantizations, those proven to round like quantizeml and those whose scale moved) and
+  the operators onnxruntime's default CPU session runs the QDQ model with (``ort_ops``: its
+  optimized graph, QLinearConv, QLinearAdd, QGemm...);
 * ``exact_bit_exact``: the exact form's ``integer_outputs`` equal the Keras integers and its
   float outputs the Keras ones, on the 32 evaluation samples;
 * ``qdq_match``: on the logits, ``within_one_step`` (the fraction of output values within one
@@ -30,11 +32,16 @@ logits, seeded, BatchNormalization statistics re-estimated on the calibration in
   ``keras_sqnr_db_vs_float``: the Keras quantized logits against the float ones); the same
   on the last 8-bit activation
   (``qdq_match_last_8bit``: the logits of a model without output quantizer are on the
-  accumulator grid, where one step of an input is up to ``max|w|`` output steps);
+  accumulator grid, where one step of an input is up to ``max|w|`` output steps); and the
+  same for the other QDQ forms (``QDQ_VARIANTS``: ``qdq_half_even_*``, onnxruntime's
+  rounding, the form before the ties were rounded up; ``qdq_float_depthwise_*``);
 * times (median of ``--repeats``, batch 32, after a warm-up): ``float_tf_s`` (the sanitized
   float model under ``tf.function``), ``float_onnx_s`` (that model converted by ``tf2onnx``,
-  when importable), ``exact_onnx_s``, ``qdq_onnx_s`` (onnxruntime, default CPU session), and
-  their ratios to ``float_tf_s``.
+  when importable), ``exact_onnx_s``, ``qdq_onnx_s`` and the other QDQ forms' (onnxruntime,
+  default CPU session), and their ratios to ``float_tf_s``. The float model and the QDQ
+  sessions are called in turn, each after a ``PAUSE_S`` pause (the same machine load on
+  each; an onnxruntime call right after TensorFlow's ran slower), and the QDQ ratios are to
+  that ``float_tf_s``.
 
 Results go to ``benchmarks/deployment.json`` (or ``--output``) and a Markdown table to stdout.
 """
@@ -57,6 +64,29 @@ VARIANTS = ("per-axis", "per-tensor")
 BATCH = 32
 CALIBRATION = 32
 TARGETS = {"ResNet50": 0.6, "MobileNetV2": 0.8}  # QDQ time / float TF time (issue 21)
+#: The QDQ forms measured besides the default one (``export(qmodel, format="qdq")``: int8
+#: depthwise convolutions, ties rounded up), as ``export_qdq`` options: ``qdq_half_even`` is
+#: the form before the ties were rounded up.
+QDQ_VARIANTS = {"qdq_float_depthwise": {"depthwise": "float"},
+                "qdq_half_even": {"ties": "half_even"}}
+PAUSE_S = 0.2  # before each timed call: TensorFlow's and onnxruntime's threads spin a while
+
+
+def _median_times(fns, repeats, warmup=1):
+    """The median times of several functions called in turn (the same load on each), with a
+    pause before each call: an onnxruntime call right after TensorFlow's (in the same
+    process) was measured 1.3x slower."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def _median_time(fn, repeats, warmup=1):
@@ -170,14 +200,14 @@ def _float_onnx(model, x, repeats):
             "max_abs_diff_vs_tf": float(np.max(np.abs(got - np.asarray(model(x)))))}
 
 
-def measure(name, variant, model, x_calib, x_eval, repeats, exact_repeats):
+def measure(name, variant, model, x_calib, x_eval, repeats, exact_repeats, float_fn):
     """Quantizes ``model`` and measures both ONNX forms (see the module docstring)."""
     import numpy as np
     import onnx
     import tensorflow as tf
     from quantizeml.models import QuantizationParams, quantize
     from quantizeml.onnx_support import export
-    from quantizeml.onnx_support.qdq import FALLBACKS_KEY
+    from quantizeml.onnx_support.qdq import FALLBACKS_KEY, TIES_KEY, export_qdq
 
     qparams = QuantizationParams(per_tensor_activations=variant == "per-tensor")
     result = {"architecture": name, "variant": variant, "input_shape": list(x_eval.shape[1:])}
@@ -202,14 +232,16 @@ def measure(name, variant, model, x_calib, x_eval, repeats, exact_repeats):
     result["exact_onnx_s"] = _median_time(lambda: session.run(None, feed), exact_repeats)
     del session
 
-    # the QDQ form
+    # the QDQ form: the default (float depthwise, ties half up) and, for comparison, the
+    # int8 depthwise layout and the form before (int8 depthwise, ties half to even)
     start = time.perf_counter()
     qdq = export(qmodel, format="qdq")
     result["qdq_export_s"] = round(time.perf_counter() - start, 3)
     result["qdq_nodes"] = len(qdq.graph.node)
     onnx.checker.check_model(qdq, full_check=True)
-    fallbacks = dict((p.key, p.value) for p in qdq.metadata_props)[FALLBACKS_KEY]
-    result["qdq_fallbacks"] = [f for f in fallbacks.split(",") if f]
+    props = dict((p.key, p.value) for p in qdq.metadata_props)
+    result["qdq_fallbacks"] = [f for f in props[FALLBACKS_KEY].split(",") if f]
+    result["qdq_ties"] = json.loads(props[TIES_KEY])
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
         session = _session(qdq, optimized)
@@ -218,16 +250,28 @@ def measure(name, variant, model, x_calib, x_eval, repeats, exact_repeats):
     feed = {session.get_inputs()[0].name: x_eval}
     got = session.run(None, feed)[0]
     result["qdq_match"] = _match(got, expected, step)
-    result["qdq_onnx_s"] = _median_time(lambda: session.run(None, feed), repeats)
-    del session
+    sessions = {"qdq": session}
+    for key, options in QDQ_VARIANTS.items():
+        proto = export_qdq(qmodel, **options)
+        onnx.checker.check_model(proto, full_check=True)
+        sessions[key] = _session(proto)
+        result[f"{key}_match"] = _match(sessions[key].run(None, feed)[0], expected, step)
+    fns = [float_fn] + [lambda s=s: s.run(None, feed) for s in sessions.values()]
+    times = _median_times(fns, repeats)
+    result["float_tf_s"] = times[0]
+    for key, seconds in zip(sessions, times[1:]):
+        result[f"{key}_onnx_s"] = seconds
+    del session, sessions
     last = _last_8bit_model(qmodel)
     if last is not None:
-        sub = _session(export(last, format="qdq"))
-        sub_got = sub.run(None, {sub.get_inputs()[0].name: x_eval})[0]
         sub_values, sub_step = _keras_integers(last, x_eval)
-        result["qdq_match_last_8bit"] = {
-            "layer": last.layers[-1].inbound_nodes[0].inbound_layers.name,
-            **_match(sub_got, np.asarray(last(x_eval)), sub_step, argmax=False)}
+        sub_expected = np.asarray(last(x_eval))
+        layer = last.layers[-1].inbound_nodes[0].inbound_layers.name
+        for key, options in [("qdq", {})] + list(QDQ_VARIANTS.items()):
+            sub = _session(export_qdq(last, **options))
+            sub_got = sub.run(None, {sub.get_inputs()[0].name: x_eval})[0]
+            result[f"{key}_match_last_8bit"] = {
+                "layer": layer, **_match(sub_got, sub_expected, sub_step, argmax=False)}
     tf.keras.backend.clear_session()
     return result
 
@@ -246,15 +290,21 @@ def run_architecture(name, variants, quick, repeats, exact_repeats):
     rows = []
     for variant in variants:
         try:
-            row = measure(name, variant, model, x_calib, x_eval, repeats, exact_repeats)
+            row = measure(name, variant, model, x_calib, x_eval, repeats, exact_repeats,
+                          lambda: np.asarray(fn(x_tensor)))
         except Exception as e:  # noqa: BLE001 - the benchmark records why a model fails
             row = {"architecture": name, "variant": variant,
                    "error": f"{type(e).__name__}: {str(e).strip()[:600]}"}
-        row["float_tf_s"] = float_tf_s
+        # the QDQ sessions are timed in turn with the float model; the rest against the
+        # float model timed first
+        row.setdefault("float_tf_s", float_tf_s)
         row["float_onnx"] = float_onnx
-        for key in ("exact_onnx_s", "qdq_onnx_s"):
+        for key in ("exact_onnx_s",):
             if key in row:
                 row[key.replace("_s", "_ratio")] = round(row[key] / float_tf_s, 3)
+        for key in ("qdq",) + tuple(QDQ_VARIANTS):
+            if f"{key}_onnx_s" in row:
+                row[f"{key}_onnx_ratio"] = round(row[f"{key}_onnx_s"] / row["float_tf_s"], 3)
         if "float_onnx_s" in float_onnx:
             row["float_onnx_ratio"] = round(float_onnx["float_onnx_s"] / float_tf_s, 3)
         if name in TARGETS and "qdq_onnx_ratio" in row:
@@ -269,33 +319,43 @@ def _pct(value):
     return "" if value is None else f"{100 * value:.2f}%"
 
 
+def _rates(match):
+    return f"{_pct(match.get('within_one_step'))} / {_pct(match.get('exact_match'))}"
+
+
 def format_table(rows):
     lines = ["| model | variant | nodes exact / QDQ | export s exact / QDQ | bit-exact | "
-             "QDQ within 1 step / exact (logits) | QDQ within 1 step / exact (last 8-bit) | "
-             "argmax | SQNR dB QDQ vs Keras (Keras vs float) | float TF ms | "
-             "float ONNX ms (x) | exact ONNX ms (x) | QDQ ms (x) | "
-             "QDQ fallbacks |",
-             "|" + " --- |" * 14]
+             "QDQ within 1 step / exact (logits): ties up (half even) | "
+             "QDQ within 1 step / exact (last 8-bit): ties up (half even) | "
+             "argmax | SQNR dB QDQ vs Keras (Keras vs float) | channels exact / moved / all | "
+             "float TF ms | float ONNX ms (x) | exact ONNX ms (x) | "
+             "QDQ ms (x): default / half even / float depthwise | QDQ fallbacks |",
+             "|" + " --- |" * 15]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['architecture']} | {r['variant']} | error: {r['error'][:120]} |"
-                         + " |" * 12)
+                         + " |" * 13)
             continue
         m = r["qdq_match"]
-        last = r.get("qdq_match_last_8bit", {})
         fo = r["float_onnx"]
         fo_text = f"{1e3 * fo['float_onnx_s']:.1f} ({r['float_onnx_ratio']:.2f})" \
             if "float_onnx_s" in fo else "n/a"
+        ties = r.get("qdq_ties", {})
+        qdq_times = " / ".join(
+            f"{1e3 * r[key + '_onnx_s']:.1f} ({r[key + '_onnx_ratio']:.2f})"
+            for key in ("qdq", "qdq_half_even", "qdq_float_depthwise") if key + "_onnx_s" in r)
         lines.append(
             f"| {r['architecture']} | {r['variant']} | {r['exact_nodes']} / {r['qdq_nodes']} | "
             f"{r['exact_export_s']:.2f} / {r['qdq_export_s']:.2f} | "
             f"{'yes' if r['exact_bit_exact'] else 'NO'} | "
-            f"{_pct(m['within_one_step'])} / {_pct(m['exact_match'])} | "
-            f"{_pct(last.get('within_one_step'))} / {_pct(last.get('exact_match'))} | "
+            f"{_rates(m)} ({_rates(r.get('qdq_half_even_match', {}))}) | "
+            f"{_rates(r.get('qdq_match_last_8bit', {}))} "
+            f"({_rates(r.get('qdq_half_even_match_last_8bit', {}))}) | "
             f"{_pct(m['argmax_agreement'])} | {m['sqnr_db_vs_keras']:.1f} "
-            f"({r['keras_sqnr_db_vs_float']:.1f}) | {1e3 * r['float_tf_s']:.1f} | {fo_text} | "
-            f"{1e3 * r['exact_onnx_s']:.1f} ({r['exact_onnx_ratio']:.2f}) | "
-            f"{1e3 * r['qdq_onnx_s']:.1f} ({r['qdq_onnx_ratio']:.2f}) | "
+            f"({r['keras_sqnr_db_vs_float']:.1f}) | "
+            f"{ties.get('exact', '')} / {ties.get('ties_up', '')} / {ties.get('channels', '')} | "
+            f"{1e3 * r['float_tf_s']:.1f} | {fo_text} | "
+            f"{1e3 * r['exact_onnx_s']:.1f} ({r['exact_onnx_ratio']:.2f}) | {qdq_times} | "
             f"{', '.join(r['qdq_fallbacks']) or '-'} |")
     return "\n".join(lines)
 

@@ -10,7 +10,9 @@ int8 kernels (``QLinearConv``, ``QLinearMatMul``, ``QLinearAdd``...). 4D tensors
 
 Mapping (the Keras quantized layer -> the QDQ group):
 
-* ``InputQuantizer`` (<= 8 bits): ``QuantizeLinear(x, 2^-f)`` of the float input;
+* ``InputQuantizer`` (<= 8 bits): ``Floor(x * 2^f + 1/2)`` then a ``QuantizeLinear`` of
+  scale 1 (the uint8 saturation) of the float input (``ties='half_even'``:
+  ``QuantizeLinear(x, 2^-f)``);
 * Conv2D / DepthwiseConv2D / Dense: int8 weights ``w_int`` as initializers, dequantized per
   output channel (axis 0; axis 1 for Dense) with the scale the Keras output quantizer applies,
   ``s_int * 2^-(s_frac + f_w)`` (the weight scales quantized on its ``scale_bits``), the
@@ -19,21 +21,45 @@ Mapping (the Keras quantized layer -> the QDQ group):
   Conv/Dense without an output quantizer followed by a QuantizedReLU that has one is fused
   with it (``Relu`` between the Conv and the QuantizeLinear, which onnxruntime drops for a
   uint8 zero point 0; a ReLU maximum becomes a ``Clip`` of the uint8 values); one followed
-  by the final Dequantizer gives float outputs (``values * 2^-f * scales``);
+  by the final Dequantizer gives float outputs (``values * 2^-f * scales``). With
+  ``depthwise='float'`` a DepthwiseConv2D is a float ``Conv`` instead (see ``export_qdq``);
 * QuantizedAdd (its own or its ReLU's output quantizer): ``Add`` of the dequantized inputs;
 * QuantizedReLU alone: ``Relu`` (and ``Min``) between a DequantizeLinear and a QuantizeLinear;
 * GlobalAveragePooling2D: ``ReduceSum`` times the quantized ``1 / (H * W)``, quantized;
 * MaxPool2D, ZeroPadding2D, Flatten, Reshape, Dropout: ``MaxPool``/``Pad`` (with the zero
   point)/``Reshape`` directly on the uint8 tensors.
 
-The rounding differs from quantizeml's in ties: onnxruntime requantizes the int32
-accumulator (``acc * x_scale * w_scale / y_scale``, the same multiplier as Keras, exact in
-float32) rounding half to even in float32 (the product itself rounded to float32), and the
-input ``QuantizeLinear`` rounds ``x * 2^f`` half to even, where quantizeml rounds half up
-exactly; so a value is at most one output step from the Keras one at each requantization
-(more after a deep chain where the differences propagate). The requantizations that are
-rounded shifts (Add, ReLU, pooling) break their ties up as quantizeml does
-(``_tie_break``).
+Rounding. quantizeml rounds half up exactly (``floor(v + 1/2)``); onnxruntime's int8
+kernels requantize the int32 accumulator as ``rint(fl32(float(acc) * M))`` with the float32
+multiplier ``M = x_scale * w_scale / y_scale = s_int * 2^-k`` (the Keras one, exact), half to
+even, and ``QuantizeLinear`` rounds ``x / scale`` half to even. With ``ties='half_up'`` (the
+default) the QDQ form rounds like quantizeml where it can:
+
+* the input quantization: explicitly (``Floor``), exact for every float input;
+* convolutions and Dense with unsigned (ReLU or unsigned quantizer) per-tensor outputs, fused
+  by onnxruntime: the weight scale of a channel is moved 1 or 2 float32 ulps up, so that
+  ``M' = M (1 + eps)`` with ``2^-24 < eps``: a tie ``T = n + 1/2`` lands above ``T`` after the
+  float32 rounding, while a value that is not a tie is at least ``2^(z - k)`` below the next
+  tie (the exact product ``acc * s_int`` is an integer multiple of ``2^z | s_int``) and stays
+  below it when ``eps * T + ulp(T) / 2`` is smaller, which holds for the small values and
+  fails only near the top of the 8-bit range when ``k >= 15``. Each channel is checked by
+  enumerating the accumulators around every tie of its output range (``_tie_mismatches``,
+  cached per ``(s_int, k, max)``): moved only when that leaves no more mismatching
+  accumulators than half to even (the ties break up, a few accumulators just below ties
+  near the top of the range may round up), and counted as exact when none mismatches; the
+  counts are in ``metadata_props`` under ``TIES_KEY``. The float depthwise form
+  (``depthwise='float'``) does the same with a ``QuantizeLinear`` scale moved 1 or 2 ulps
+  down (exact where its float Conv is, see ``export_qdq``);
+* the requantizations that are rounded shifts (Add, ReLU, pooling) break their ties up
+  (``_tie_break``, as before).
+
+Signed outputs of the fused kernels (a convolution without ReLU, zero point 128) keep
+onnxruntime's half-to-even ties: a scale moves positive and negative ties the same way, away
+from or towards zero, where quantizeml moves both up, and the int32 bias moves them by whole
+accumulator steps. Those ties (about ``2^-k`` of the values for odd ``s_int``) and the
+mismatches above leave each requantization within one output step of Keras; after many
+layers the differences propagate (``benchmarks/deployment.py`` measures the match rates at
+the outputs, before and after, with ``ties='half_even'``).
 
 Everything else falls back (listed in the model's ``metadata_props`` under
 ``FALLBACKS_KEY``): the layer is written by the exact form's emitter (``exact.EMITTERS``)
@@ -42,6 +68,8 @@ an 8-bit FixedPoint (else later layers fall back too); float layers use ``FLOAT_
 Per-axis activations stay QDQ (per-axis ``QuantizeLinear``) but onnxruntime only fuses
 per-tensor ones: the convolutions that read them run in float.
 """
+import json
+
 import numpy as np
 import onnx
 import tensorflow as tf
@@ -56,10 +84,22 @@ from ..tensors import FixedPoint, QFloat
 # the exact form's module: its builder and emitters are the fallbacks
 from . import exact
 
-__all__ = ["export_qdq", "FALLBACKS_KEY"]
+__all__ = ["export_qdq", "FALLBACKS_KEY", "TIES_KEY", "DEPTHWISE", "TIES"]
 
 #: ``metadata_props`` key listing the layers written by the exact or float fallbacks.
 FALLBACKS_KEY = "quantizeml.qdq_fallbacks"
+
+#: ``metadata_props`` key: the output channels of the convolutions and Dense layers with
+#: unsigned 8-bit outputs (JSON ``channels``), those whose requantization rounds like
+#: quantizeml's on every accumulator (``exact``, by enumeration around the ties) and those
+#: whose ties are broken up (``ties_up``).
+TIES_KEY = "quantizeml.qdq_ties"
+
+#: How ``export_qdq`` writes depthwise convolutions: int8 QDQ (default) or float Conv.
+DEPTHWISE = ("int8", "float")
+
+#: How ``export_qdq`` rounds ties: half up where proven exact (default), or half to even.
+TIES = ("half_up", "half_even")
 
 
 class _Q:
@@ -89,10 +129,11 @@ def _zero(unsigned):
 
 
 def _scale_zp(b, frac, unsigned, shrink=1.0):
-    """The scale ``2^-frac`` (times ``shrink``) and zero point 0 initializers (scalars, or
-    vectors per axis)."""
+    """The scale ``2^-frac`` (times ``shrink``, a scalar or one per channel) and zero point
+    initializers (scalars, or vectors per axis)."""
     frac = np.asarray(frac, np.float64)
-    scale = (np.power(2.0, -frac) * shrink).astype(np.float32)
+    scale = (np.power(2.0, -frac) * np.asarray(shrink, np.float64)).astype(np.float32)
+    frac = np.broadcast_to(frac, scale.shape)
     zp = np.full(frac.shape, _zero(unsigned), np.uint8)
     if frac.size == 1:
         return b.const(scale.reshape(()), "scale"), b.const(zp.reshape(()), "zp")
@@ -109,12 +150,17 @@ def _dq(b, q):
 
 def _quantize(b, x, frac, unsigned, shape, shrink=None):
     """QuantizeLinear of a float tensor (NCHW when 4D) on the grid ``2^-frac`` (its scale
-    times ``shrink`` when given, see ``_tie_break``; the consumers dequantize on the grid)."""
+    times ``shrink`` when given, a scalar or one per channel, see ``_tie_break`` and
+    ``_scale_ties_up``; the consumers dequantize on the grid)."""
     frac = np.asarray(frac, np.float64).reshape(-1)
     frac = np.asarray(frac[0]) if np.all(frac == frac[0]) else frac
+    if shrink is not None and np.size(shrink) > 1:
+        shrink = np.asarray(shrink, np.float64).reshape(-1)
+        shrink = shrink[0] if np.all(shrink == shrink[0]) else shrink
     scale, zp = _scale_zp(b, frac, unsigned, 1.0 if shrink is None else shrink)
     q = _Q(None, frac, unsigned, shape)
-    attrs = {} if q.per_tensor else {"axis": q.axis}
+    attrs = {} if q.per_tensor and np.size(shrink if shrink is not None else 1) == 1 \
+        else {"axis": q.axis}
     q.name = b.node("QuantizeLinear", [x, scale, zp], "q", **attrs)
     return q
 
@@ -228,28 +274,111 @@ def _tie_break(b, y, frac_in, frac_out, unsigned, fused, shape):
     return b.node("Add", [y, b.const(_channel_const(delta, shape))], "tie_up"), None
 
 
-def _requantized(b, y, oq, relu, frac_in, channels, shape, ties=None):
+def _relu_high(relu, oq, frac_in, frac_out):
+    """The largest output integer per channel: the rounded ReLU maximum taken on the input
+    grid ``2^-frac_in`` (as QuantizedReLU / qfloat_requantization do) or the quantizer's."""
+    top = 2.0 ** oq.value_bits - 1
+    if relu is None or relu.max_value is None:
+        return np.full(np.shape(frac_out), top)
+    max_int = np.floor(float(relu.max_value) * np.power(2.0, frac_in))
+    return np.minimum(np.floor(max_int * np.power(2.0, frac_out - frac_in) + 0.5), top)
+
+
+def _tie_mismatches(mode, s_int, k, high, factor):
+    """The accumulators on which onnxruntime's requantization differs from quantizeml's
+    ``min(floor(acc * s_int * 2^-k + 1/2), high)`` (``acc >= 0`` integers; negative values
+    clip to 0 either way), counted by enumeration around every tie.
+
+    ``mode`` is how onnxruntime computes (float32 operations, rounded to nearest, then
+    ``round_half_even``):
+
+    * ``'mul'``: a fused int8 kernel (``QLinearConv``, ``QGemm``: MLAS requantization),
+      ``float(acc) * M`` with the float32 multiplier ``M = x_scale * w_scale / y_scale``,
+      here ``fl32(s_int * 2^-k)`` moved ``factor`` float32 ulps up;
+    * ``'div'``: a ``QuantizeLinear`` of the exact float32 value ``acc * s_int * 2^-k``
+      (scaled by the output step) divided by its scale, here ``2^-f`` moved ``factor`` ulps
+      down.
+
+    Both computations deviate from the exact value ``v`` by less than
+    ``delta = v * (factor + 2) * 2^-23``, so only the accumulators within ``delta`` of a tie
+    ``T = n + 1/2`` can round differently: those, ``floor(T / M) +- window``, are enumerated
+    (``high + 1`` ties, a handful each). Returns the count, or None when the window would be
+    too wide (tiny multipliers).
+    """
+    m = s_int * 2.0 ** -k
+    delta = (high + 1.0) * (factor + 2) * 2.0 ** -23
+    window = int(np.ceil(delta / m)) + 2
+    if window > 64:
+        return None
+    ties = np.arange(high, dtype=np.float64) + 0.5
+    acc = np.floor(ties / m)[:, None] + np.arange(-window, window + 1)[None, :]
+    acc = np.unique(acc[acc >= 0]).astype(np.int64)
+    keras = np.minimum((acc * int(s_int) + (1 << int(k - 1))) >> int(k), high)
+    if mode == "mul":
+        mult = np.float32(m)
+        for _ in range(factor):
+            mult = np.nextafter(mult, np.float32(np.inf))
+        got = acc.astype(np.float32) * mult
+    else:
+        scale = np.float32(1.0)
+        for _ in range(factor):
+            scale = np.nextafter(scale, np.float32(0.0))
+        got = (acc * int(s_int)).astype(np.float32) * np.float32(2.0 ** -k) / scale
+    got = np.minimum(np.rint(got.astype(np.float32)), high)
+    return int(np.sum(got != keras))
+
+
+_MISMATCH_CACHE = {}
+
+
+def _tie_factors(mode, s_int, k, high):
+    """Per channel: how many float32 ulps (1 or 2, see ``_tie_mismatches``) to move the
+    requantization scale so that onnxruntime rounds ties up, with the fewest mismatching
+    accumulators, no more than its half-to-even rounding has (else 0, unchanged); and
+    whether the chosen rounding is exact (no mismatch at all)."""
+    s_int, k, high = (np.broadcast_to(np.asarray(v, np.float64), np.shape(s_int))
+                      for v in (s_int, k, high))
+    chosen = np.zeros(s_int.shape, np.int64)
+    exact_ = np.zeros(s_int.shape, bool)
+    for i, (s, kk, h) in enumerate(zip(s_int.tolist(), k.tolist(), high.tolist())):
+        if kk < 1 or s <= 0 or s != int(s) or h < 1:
+            exact_[i] = True  # no tie: the shift drops no bit (or nothing to round)
+            continue
+        counts = []
+        for factor in (0, 1, 2):
+            key = (mode, s, kk, h, factor)
+            if key not in _MISMATCH_CACHE:
+                _MISMATCH_CACHE[key] = _tie_mismatches(mode, s, kk, int(h), factor)
+            counts.append(_MISMATCH_CACHE[key])
+        if None in counts:
+            continue
+        best = 1 if counts[1] <= counts[2] else 2
+        if counts[best] <= counts[0]:
+            chosen[i] = best
+        exact_[i] = counts[chosen[i]] == 0
+    return chosen, exact_
+
+
+def _requantized(b, y, oq, relu, frac_in, channels, shape, ties=None, shrink=None):
     """``[Relu] -> QuantizeLinear(oq's grid) -> [Clip of the ReLU maximum]`` on the float
     result ``y`` (NCHW when 4D) whose Keras integers have frac bits ``frac_in`` (the rounded
     ReLU maximum is taken on that grid, as QuantizedReLU / qfloat_requantization do).
-    ``ties``: None (a multiplier requantization, whose ties are rare: left to
-    onnxruntime), 'fused' or 'float': the rounded shift's ties broken up (``_tie_break``),
-    keeping the fusion ('fused') where that is proven exact."""
+    ``ties``: None (a multiplier requantization, its ties broken by the caller: the scales
+    of ``_reduction``, or ``shrink``, the QuantizeLinear scale factors per channel), 'fused'
+    or 'float': the rounded shift's ties broken up (``_tie_break``), keeping the fusion
+    ('fused') where that is proven exact."""
     frac_out = np.broadcast_to(exact._np(oq.frac_bits).astype(np.float64), (channels,))
     if relu is not None:
         y = b.node("Relu", [y], "relu")
     high = None
     if relu is not None and relu.max_value is not None:
-        max_int = np.floor(float(relu.max_value) * np.power(2.0, frac_in))
-        high = np.floor(max_int * np.power(2.0, frac_out - frac_in) + 0.5)
-        high = np.minimum(high, 2.0 ** oq.value_bits - 1)
+        high = _relu_high(relu, oq, frac_in, frac_out)
         if np.all(high == high[0]) and high[0] >= 2.0 ** oq.value_bits - 1:
             high = None
         elif not np.all(high == high[0]):  # per-channel maxima: a float Min before the Q
             bound = high * np.power(2.0, -frac_out)
             y = b.node("Min", [y, b.const(_channel_const(bound, shape))], "relu_max")
             high = None
-    shrink = None
     if ties is not None:
         y, shrink = _tie_break(b, y, frac_in, frac_out, relu is not None or not oq.signed,
                                ties == "fused", shape)
@@ -298,7 +427,7 @@ def _bias_ints(layer, acc_frac, scales, channels):
     return np.clip(values, -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int32)
 
 
-def _reduction(b, graph, node, x, kind):
+def _reduction(b, graph, node, x, kind, options):
     """Conv2D, DepthwiseConv2D and Dense as a QDQ group; None when they cannot be mapped."""
     layer = node.layer
     if not isinstance(x, _Q) or getattr(layer, "padding_value", None) is not None:
@@ -324,18 +453,73 @@ def _reduction(b, graph, node, x, kind):
         s_mult, s_frac = (np.ones(out) if scales is None else scales.astype(np.float64)), 0.0
     else:
         s_mult, s_frac = _scale_ints(scales, oq.scale_bits, out)
+    relu = None if relu_node is None else relu_node.layer
+    frac_in = acc_frac + s_frac
     w_scale = (s_mult * np.power(2.0, -(s_frac + f_w))).astype(np.float32)
+    float_dw = kind == "depthwise_conv" and options["depthwise"] == "float" and not to_float
+    if float_dw:
+        # the input's steps 2^-f_c (per input channel; Keras aligns them on 2^-f_x) go in
+        # the float weights, in units of the accumulator step: 2^(f_x - f_c)
+        in_steps = np.broadcast_to(x.frac, (x.shape[-1],))
+        in_steps = np.repeat(np.power(2.0, f_x - in_steps), out // x.shape[-1])
+    bias = _bias_ints(layer, acc_frac, scales, out) if layer.use_bias else None
+    shrink = None
+    stats = options["tie_stats"]
+    unsigned_out = not to_float and (relu is not None or not oq.signed)
+    if unsigned_out and options["ties"] == "half_up":
+        frac_out = np.broadcast_to(exact._np(oq.frac_bits).astype(np.float64), (out,))
+        k = frac_in - frac_out
+        high = _relu_high(relu, oq, frac_in, frac_out)
+        if float_dw:
+            # a QuantizeLinear scale 1 or 2 ulps below 2^-frac_out breaks the ties up; exact
+            # where the float Conv is, when no partial sum can leave the float32 integers of
+            # the accumulator grid (each product x * w_int * s_int is one: |x| <= 255 steps),
+            # else only where the data keep them there
+            w_abs = np.abs(onnx_w.astype(np.float64)).reshape(out, -1).sum(axis=1)
+            bound = (w_abs * in_steps * 255.0 + (0.0 if bias is None else np.abs(bias))) \
+                * s_mult
+            ulps, proven = _tie_factors("div", s_mult, k, high)
+            proven &= bound < 2.0 ** 24
+            if ulps.any():
+                shrink = 1.0 - ulps * 2.0 ** -24
+            stats.append((layer.name, out, int(proven.sum()), int((ulps > 0).sum())))
+        elif x.per_tensor and frac_out.min() == frac_out.max():
+            # the fused kernel requantizes fl32(float(acc) * x_scale * w_scale / y_scale)
+            # (x_scale, y_scale powers of two): the weight scale 1 or 2 float32 ulps up
+            # moves the multiplier as many ulps up
+            ulps, proven = _tie_factors("mul", s_mult, k, high)
+            up = np.nextafter(w_scale, np.float32(np.inf))
+            w_scale = np.select([ulps == 1, ulps == 2],
+                                [up, np.nextafter(up, np.float32(np.inf))],
+                                w_scale).astype(np.float32)
+            stats.append((layer.name, out, int(proven.sum()), int((ulps > 0).sum())))
     w_axis = 1 if kind == "dense" else 0
-    w = b.node("DequantizeLinear", [b.const(onnx_w, "w"), b.const(w_scale, "w_scale"),
-                                    b.const(np.zeros(out, np.int8), "w_zp")], "w_dq",
-               axis=w_axis)
-    inputs = [_dq(b, x), w]
-    if layer.use_bias:
-        b_scale = (s_mult * np.power(2.0, -(s_frac + acc_frac))).astype(np.float32)
-        inputs.append(b.node("DequantizeLinear", [
-            b.const(_bias_ints(layer, acc_frac, scales, out), "bias"),
-            b.const(b_scale, "b_scale"), b.const(np.zeros(out, np.int32), "b_zp")],
-            "b_dq", axis=0))
+    if float_dw:
+        # float weights times the input steps on the uint8 values cast to float (no
+        # DequantizeLinear: onnxruntime would quantize the float weights of a Conv between a
+        # DequantizeLinear and a QuantizeLinear, WeightBiasQuantization, then fuse it)
+        w = b.const((onnx_w.astype(np.float64)
+                     * (w_scale * np.power(2.0, -f_x) * in_steps).reshape(-1, 1, 1, 1))
+                    .astype(np.float32), "w_float")
+        v = b.node("Cast", [x.name], "dw_in", to=TensorProto.FLOAT)
+        if not x.unsigned:
+            v = b.node("Sub", [v, b.const(np.float32(_zero(False)), "zp")], "dw_in_signed")
+        inputs = [v, w]
+    else:
+        w = b.node("DequantizeLinear", [b.const(onnx_w, "w"), b.const(w_scale, "w_scale"),
+                                        b.const(np.zeros(out, np.int8), "w_zp")], "w_dq",
+                   axis=w_axis)
+        inputs = [_dq(b, x), w]
+    if bias is not None:
+        # the bias scale x_scale * w_scale, computed in float32 as onnxruntime does
+        b_scale = (np.float32(2.0 ** -f_x) * w_scale).astype(np.float32)
+        if float_dw:
+            inputs.append(b.const((bias.astype(np.float64) * b_scale).astype(np.float32),
+                                  "b_float"))
+        else:
+            inputs.append(b.node("DequantizeLinear", [
+                b.const(bias, "bias"), b.const(b_scale, "b_scale"),
+                b.const(np.zeros(out, np.int32), "b_zp")], "b_dq", axis=0))
     if kind == "dense":
         y = b.node("Gemm", inputs, "gemm")
         shape = (out,)
@@ -352,9 +536,7 @@ def _reduction(b, graph, node, x, kind):
                  (w_ + sum(pw) - ((kw - 1) * dw + 1)) // sw + 1, out)
     if to_float:
         return out_node, (_to_nhwc(b, y) if len(shape) == 3 else y)
-    frac_in = acc_frac + s_frac
-    relu = None if relu_node is None else relu_node.layer
-    return out_node, _requantized(b, y, oq, relu, frac_in, out, shape)
+    return out_node, _requantized(b, y, oq, relu, frac_in, out, shape, shrink=shrink)
 
 
 def _add(b, graph, node, xs):
@@ -450,16 +632,44 @@ def _pass_through(b, node, x, kind):
 _PASS_THROUGH = ("identity", "max_pool", "zero_pad", "flatten", "reshape")
 
 
-def _emit(b, graph, node, args, fallbacks):
+def _input_quantizer(b, layer, x, ties):
+    """The InputQuantizer (<= 8 bits) of the float input ``x`` as uint8.
+
+    quantizeml rounds ``x * 2^f`` half up; ``QuantizeLinear(x, 2^-f)`` rounds half to even.
+    With ``ties='half_up'`` the rounding is explicit: ``Floor(x * 2^f + 1/2)`` in float32,
+    exact (``x * 2^f`` is exact, and so is adding 1/2 below ``2^22``, beyond which values
+    saturate anyway), then a ``QuantizeLinear`` of scale 1 that saturates the integers to the
+    uint8 range (consumers dequantize them on ``2^-f``).
+    """
+    shape = tuple(int(d) for d in layer.input_shape[1:])
+    frac = exact._np(layer.frac_bits).astype(np.float64)
+    unsigned = not layer.signed
+    if ties == "half_up":
+        v = b.node("Mul", [x, b.const(np.power(2.0, frac).astype(np.float32), "x_mult")], "xs")
+        v = b.node("Add", [v, b.const(np.float32(0.5), "half")], "xh")
+        v = b.node("Floor", [v], "xr")
+        v = _to_nchw(b, v) if len(shape) == 3 else v
+        q = _quantize(b, v, 0.0, unsigned, shape)
+        q.frac = np.asarray(frac.reshape(()) if frac.size == 1 else frac, np.float64)
+    else:
+        v = _to_nchw(b, x) if len(shape) == 3 else x
+        q = _quantize(b, v, frac, unsigned, shape)
+    if layer.bitwidth < 8:  # saturate to the quantizer's own range
+        zp = _zero(unsigned)
+        low = zp + (0 if unsigned else -2 ** layer.value_bits)
+        q.name = b.node("Clip", [q.name, b.const(np.array(low, np.uint8)),
+                                 b.const(np.array(zp + 2 ** layer.value_bits - 1, np.uint8))],
+                        "x_clip")
+    return q
+
+
+def _emit(b, graph, node, args, fallbacks, options):
     """Writes one node; returns ``(node whose output it computes, state)``."""
     layer = node.layer
     x = args[0]
     if isinstance(layer, InputQuantizer) and isinstance(x, str):
         if layer.bitwidth <= 8:
-            shape = tuple(int(d) for d in layer.input_shape[1:])
-            v = _to_nchw(b, x) if len(shape) == 3 else x
-            frac = exact._np(layer.frac_bits).astype(np.float64)
-            return node, _quantize(b, v, frac, not layer.signed, shape)
+            return node, _input_quantizer(b, layer, x, options["ties"])
         fallbacks.append(layer.name)
         shape = tuple(int(d) for d in layer.input_shape[1:])
         return node, _from_exact(b, exact._input_quantizer(b, layer, x, shape))
@@ -470,7 +680,7 @@ def _emit(b, graph, node, args, fallbacks):
     kind = _kind(layer)
     mapped = None
     if kind in ("conv", "depthwise_conv", "dense"):
-        mapped = _reduction(b, graph, node, x, kind)
+        mapped = _reduction(b, graph, node, x, kind, options)
     elif kind == "add":
         mapped = _add(b, graph, node, args)
     elif kind == "relu":
@@ -492,7 +702,7 @@ def _emit(b, graph, node, args, fallbacks):
     return node, _from_exact(b, exact._emitter(layer)[0](b, layer, xs))
 
 
-def export_qdq(qmodel, path=None):
+def export_qdq(qmodel, path=None, depthwise="int8", ties="half_up"):
     """Exports a quantized Keras model to the deployable int8 (QDQ) ONNX form.
 
     See the module docstring for the mapping. The graph's inputs are the float Keras inputs
@@ -504,15 +714,37 @@ def export_qdq(qmodel, path=None):
     Args:
         qmodel (keras.Model): a functional model from ``quantizeml.models.quantize``.
         path (str, optional): where to save the ONNX model. Defaults to None (not saved).
+        depthwise (str, optional): 'int8' (the default): int8 weights behind a
+            ``DequantizeLinear``, fused by onnxruntime into ``QLinearConv`` (``group=C``).
+            'float': a float ``Conv`` on the uint8 values cast to float, with float weights
+            (the int8 ones times their scales and the input step, no ``DequantizeLinear``:
+            onnxruntime would quantize float weights between a DequantizeLinear and a
+            QuantizeLinear and fuse them), then the ``QuantizeLinear``. It is not the
+            default because it measures slower: onnxruntime 1.32 runs the int8 convolutions
+            NHWC and the float ones NCHWc, and the transposes and reorders around each float
+            depthwise cost more than the int8 kernel (MobileNetV2(0.35) at 96x96, batch 32:
+            104 ms against 77 ms; an isolated 3x3 depthwise on 32x16x48x48: 2.5 ms float
+            against 2.0 ms int8; ``benchmarks/deployment.py``).
+        ties (str, optional): 'half_up' (the default) rounds ties up as quantizeml does where
+            that is proven exact (see the module docstring); 'half_even' leaves the input
+            quantization and the requantizations of the fused kernels to onnxruntime's
+            rounding (half to even), the form before that.
 
     Returns:
         onnx.ModelProto: the exported model.
 
     Raises:
-        ValueError: when the model has layers the exporter cannot export (all listed).
+        ValueError: when the model has layers the exporter cannot export (all listed), or
+            for an unknown ``depthwise`` or ``ties``.
     """
     if not isinstance(qmodel, keras.Model) or getattr(qmodel, "inputs", None) is None:
         raise ValueError(f"export expected a functional keras.Model. Received: {qmodel!r}")
+    if depthwise not in DEPTHWISE:
+        raise ValueError(f"export_qdq expected depthwise in {DEPTHWISE}. "
+                         f"Received: depthwise={depthwise!r}")
+    if ties not in TIES:
+        raise ValueError(f"export_qdq expected ties in {TIES}. Received: ties={ties!r}")
+    options = {"depthwise": depthwise, "ties": ties, "tie_stats": []}
     exact._check_supported(qmodel)
     b = exact._Builder()
     graph = Graph(qmodel)
@@ -530,7 +762,7 @@ def export_qdq(qmodel, path=None):
                 and not getattr(twin_spec(node.layer), "float_inputs", False):
             raise ValueError(f"export expected quantized inputs for {node.layer.name} "
                              f"({type(node.layer).__name__}).")
-        out_node, state = _emit(b, graph, node, args, fallbacks)
+        out_node, state = _emit(b, graph, node, args, fallbacks, options)
         done.add(out_node.index)
         states[out_node.outputs[0].key] = state
     outputs = []
@@ -547,7 +779,10 @@ def export_qdq(qmodel, path=None):
     model = oh.make_model(onnx_graph, opset_imports=[oh.make_opsetid("", exact.OPSET)],
                           producer_name="quantizeml")
     model.ir_version = 8
-    oh.set_model_props(model, {FALLBACKS_KEY: ",".join(fallbacks)})
+    stats = options["tie_stats"]
+    oh.set_model_props(model, {FALLBACKS_KEY: ",".join(fallbacks), TIES_KEY: json.dumps({
+        "ties": ties, "channels": sum(s[1] for s in stats),
+        "exact": sum(s[2] for s in stats), "ties_up": sum(s[3] for s in stats)})})
     if path is not None:
         onnx.save(model, path)
     return model
