@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from quantizeml.models import QuantizationParams, quantize
 from quantizeml.onnx_support import export
+from quantizeml.onnx_support import qdq
 from quantizeml.onnx_support.qdq import TIES_KEY, export_qdq
 
 
@@ -157,3 +158,24 @@ def test_bad_options(conv_qmodel):
         export_qdq(conv_qmodel, depthwise="fp16")
     with pytest.raises(ValueError, match=r"ties in \('half_up', 'half_even'\).*'up'"):
         export_qdq(conv_qmodel, ties="up")
+
+
+@pytest.mark.parametrize("mode", ["mul", "div"])
+def test_tie_mismatches_window_counts_every_accumulator(mode):
+    """The enumeration around the ties (``qdq._tie_mismatches``) counts the same mismatches as
+    all the accumulators of the output range, in onnxruntime's float32 arithmetic."""
+    for s_int, k, high in ((129, 13, 255), (200, 16, 255), (255, 15, 96), (131, 16, 200)):
+        acc = np.arange(0, int((high + 1) * 2.0 ** k / s_int) + 2, dtype=np.int64)
+        keras_ints = np.minimum((acc * s_int + (1 << (k - 1))) >> k, high)
+        for factor in (0, 1, 2):
+            if mode == "mul":
+                mult = np.float32(s_int * 2.0 ** -k)
+                for _ in range(factor):
+                    mult = np.nextafter(mult, np.float32(np.inf))
+                got = acc.astype(np.float32) * mult
+            else:
+                scale = np.float32(1.0 - factor * 2.0 ** -24)
+                got = (acc * s_int).astype(np.float32) * np.float32(2.0 ** -k) / scale
+            full = int(np.sum(np.minimum(np.rint(got), high) != keras_ints))
+            assert qdq._tie_mismatches(mode, s_int, k, high, factor) == full, \
+                (s_int, k, high, factor)
