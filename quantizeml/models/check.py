@@ -104,7 +104,16 @@ def _channel_issues(layer, attr_name, quantizer, weights, qw, requantizer):
     w = np.reshape(np.asarray(weights, np.float64), (-1, channels))
     dequantized = np.reshape(np.asarray(qw.to_float(), np.float64), (-1, channels))
     ranges = np.max(np.abs(w), axis=0)
-    errors = np.max(np.abs(dequantized - w), axis=0)
+    bound = np.abs(w)
+    if isinstance(qw, QFloat) and getattr(quantizer, "searches_ranges", False):
+        # clipped ranges (range_ratios): the weights beyond int_max * scales saturate by
+        # design; the representation is judged on the clipped range and the weights inside it
+        int_max = 2.0**quantizer.value_bits - 1
+        bound = np.reshape(np.broadcast_to(np.asarray(qw.scales, np.float64) * int_max,
+                                           np.shape(weights)), (-1, channels))
+        ranges = np.minimum(ranges, np.max(bound, axis=0))
+    inside = np.abs(w) <= bound
+    errors = np.max(np.where(inside, np.abs(dequantized - w), 0.0), axis=0)
     live = ranges > 0
     bad = np.all(dequantized == 0, axis=0)
     if not (quantizer.signed and quantizer.bitwidth == 1):  # binary: sign(w) * mean|w|

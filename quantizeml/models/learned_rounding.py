@@ -1,8 +1,9 @@
 """Learned rounding of quantized weights (AdaRound, Nagel et al., 2020).
 
-A quantized layer quantizes its float weights on the fly: ``scales = max|w| / int_max`` per
-output channel and ``w_int = round(w / scales)``. Rounding to the nearest integer is not the
-best choice for the layer's output: :func:`learn_rounding` learns, layer by layer, whether each
+A quantized layer quantizes its float weights on the fly: ``scales = ratio * max|w| / int_max``
+per output channel (``ratio`` the weight quantizer's ``range_ratios``, 1 at 8 bits, searched
+once by quantize() at 4 bits or less) and ``w_int = round(w / scales)``. Rounding to the
+nearest integer is not the best choice for the layer's output: :func:`learn_rounding` learns, layer by layer, whether each
 weight rounds down or up, so that the layer reconstructs the float layer's output on the
 calibration samples, and moves each float weight onto the grid point it should round to:
 
@@ -163,7 +164,7 @@ class _Grid:
         fraction (np.ndarray): ``w / scales - floor``.
         nearest (np.ndarray): the quantizer's rounding ``- floor`` (0 or 1).
         fixed (np.ndarray): True where the rounding is not learned (each channel's weights of
-            largest magnitude, which set the scales).
+            largest magnitude, which set the scales, and the weights that saturate either way).
     """
 
     def __init__(self, op):
@@ -178,8 +179,11 @@ class _Grid:
         self.nearest = q.fp.values.numpy() - self.floor
         axes = tuple(range(self.view.ndim - 1)) if op.quantizer.axis is not None else None
         self.max_abs = np.max(np.abs(self.view), axis=axes, keepdims=True)
-        self.fixed = np.abs(self.view) == self.max_abs
         self.int_max = 2.0**op.quantizer.value_bits - 1
+        # not learned: the weights of largest magnitude, and those beyond the (clipped) range
+        # whose two choices clip to the same integer (searched ranges: range_ratios < 1)
+        self.fixed = (np.abs(self.view) == self.max_abs) | (self.floor >= self.int_max) \
+            | (self.floor + 1 <= -self.int_max - 1)
 
     def weights(self, h):
         """The float kernel view whose nearest rounding is ``floor + h``."""
@@ -423,11 +427,12 @@ def learn_rounding(model, qmodel, samples, iterations=500, batch_size=32, reg=0.
         x, x_q = _layer_inputs(fmodel, qmodel, layer.name, arrays, asymmetric)
         target = _targets(_float_op(fmodel, layer.name, op), x)
         grid = _Grid(op)
-        before = _error(op, grid.weights(grid.nearest)[0], target, x_q)
+        # errors of the quantized kernels (scales * integers: clipped weights clipped)
+        before = _error(op, grid.scales * grid.weights(grid.nearest)[1], target, x_q)
         h = _learn(op, grid, target, x_q, iterations, batch_size, reg, tuple(beta),
                    learning_rate, seed)
         view, ints = grid.weights(h)
-        after = _error(op, view, target, x_q)
+        after = _error(op, grid.scales * ints, target, x_q)
         if after > before:  # never worse than the nearest rounding on the samples
             view, ints = grid.weights(grid.nearest)
             after = before

@@ -58,10 +58,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
+from ..layers import Dequantizer, InputQuantizer, OutputQuantizer, WeightQuantizer
 from ..layers.registry import ACTIVATION, BLOCK_END, QUANTIZATION_TARGETS, twin_spec
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
-from ..recipes.fast_paths import unfused
+from ..recipes.fast_paths import eager_layer_calls, unfused
 from .bias_correction import correct_biases
 from .calibrate import calibrate
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
@@ -468,12 +468,38 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         if layer.name in new_layers:
             _copy_weights(layer, new_layers[layer.name])
     qmodel = _append_dequantizers(qmodel)
+    _search_weight_ranges(qmodel, batches)
     calibrate(model, qmodel, batches=batches, verbose=verbose)
     if not requantize:
         correct_biases(model, qmodel, batches)
     if rounding_options is not None:
         qmodel = learn_rounding(model, qmodel, batches, verbose=verbose, **rounding_options)
     return qmodel
+
+
+def _search_weight_ranges(qmodel, batches):
+    """Sets the range ratios of the low-bit weight quantizers (``WeightQuantizer.search_ranges``)
+    on the float weights: one eager call of ``qmodel`` on one sample, in which each such
+    quantizer searches on the weights it is called with."""
+    quantizers = [m for m in qmodel.submodules
+                  if isinstance(m, WeightQuantizer) and m.searches_ranges]
+    if not quantizers:
+        return
+    for quantizer in quantizers:
+        quantizer.search_pending = True
+    try:
+        batch = next(iter(batches))
+        sample = [np.asarray(x)[:1] for x in batch]
+        with eager_layer_calls():
+            qmodel(sample if len(sample) > 1 else sample[0], training=False)
+    finally:
+        missed = [q.name for q in quantizers if q.search_pending]
+        for quantizer in quantizers:
+            quantizer.search_pending = False
+    if missed:
+        raise RuntimeError(f"quantize expected the weight quantizers {missed} to be called "
+                           "once on their weights (to search their ranges). Received: a model "
+                           "call that did not reach them (please report this)")
 
 
 #: The learn_rounding keyword arguments quantize(learned_rounding={...}) accepts.

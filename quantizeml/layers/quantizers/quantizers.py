@@ -51,15 +51,64 @@ def reduction_axes(rank, axis):
     return [a for a in range(rank) if a != axis]
 
 
+#: the clipping ratios of ``max|w|`` tried by :func:`search_ranges` (1 first: it wins ties)
+RANGE_RATIOS = tuple(round(1.0 - 0.04 * k, 2) for k in range(20))
+#: weight bitwidths up to which a WeightQuantizer searches its ranges (8 bits keep max|w|)
+RANGE_SEARCH_MAX_BITS = 4
+
+
+def search_ratios(inputs, axes, value_bits):
+    """The clipping ratios of ``max|w|`` of least squared quantization error, per range.
+
+    At 2 to 4 bits, ``max|w|`` wastes the few levels on the one largest weight of a channel
+    (at 2 bits every weight under half of it rounds to zero); clipping it, the MSE range
+    choice of TensorRT's and MQBench's weight observers, keeps the bulk of the distribution
+    resolved. For each ratio of :data:`RANGE_RATIOS` the weights are quantized exactly as
+    :meth:`QFloat.quantize` does with the ranges ``ratio * max|w|`` and the squared errors
+    summed in float64 over ``axes``; each range keeps the ratio of least error (the first on a
+    tie, so 1 when clipping does not help, e.g. a zero channel).
+
+    Args:
+        inputs (tf.Tensor): the float weights.
+        axes (list): the reduced axes (all for a per-tensor range).
+        value_bits (int): the quantization value bits.
+
+    Returns:
+        tf.Tensor: the float32 ratios, shaped as the ranges (the inputs reduced over ``axes``).
+    """
+    inputs = tf.stop_gradient(tf.convert_to_tensor(inputs, tf.float32))
+    ranges = tf.reduce_max(tf.abs(inputs), axis=axes)
+    best_ratios, best_errors = tf.ones_like(ranges), None
+    for ratio in RANGE_RATIOS:
+        scales = QFloat.optimal_scales(ranges * ratio, value_bits)
+        for axis in sorted(axes):
+            scales = tf.expand_dims(scales, axis)
+        quantized = QFloat.quantize(inputs, value_bits, scales).to_float()
+        errors = tf.reduce_sum(tf.square(tf.cast(inputs, tf.float64)
+                                         - tf.cast(quantized, tf.float64)), axis=axes)
+        if best_errors is None:
+            best_errors = errors
+            continue
+        better = errors < best_errors
+        best_ratios = tf.where(better, tf.constant(ratio, tf.float32), best_ratios)
+        best_errors = tf.where(better, errors, best_errors)
+    return best_ratios
+
+
 @register_keras
 class WeightQuantizer(Quantizer):
     """A uniform quantizer that converts a float Tensor to a QFloat representation.
 
     In order, the WeightQuantizer evaluates the scales that align the values on the optimal
-    range ``[-int_max, int_max]`` (``scales = max|w| / int_max``, per axis or per tensor) and
-    quantizes the rescaled tensor as a FixedPoint: ``w_int = round(w / scales)``. With
-    ``fp_quantizer=True`` it returns a FixedPoint with power-of-two (per-axis) fractional bits
-    instead. The rounding has a straight-through gradient (identity inside the range), and the
+    range ``[-int_max, int_max]`` (``scales = ranges / int_max``, per axis or per tensor) and
+    quantizes the rescaled tensor as a FixedPoint: ``w_int = round(w / scales)``, clipped to
+    ``[-int_max - 1, int_max]``. The ranges are ``max|w|``; at 2 to 4 bits (QFloat weights) they
+    are ``range_ratios * max|w|``, with ``range_ratios`` (a non-trainable weight of the
+    quantizer, 1 until set) the clipping ratios of least squared error that
+    :meth:`search_ranges` finds on the float weights: quantize() searches them once, so a
+    2-bit channel does not spend its levels on its one largest weight; QAT and learned
+    rounding keep them. With ``fp_quantizer=True`` it returns a FixedPoint with power-of-two
+    (per-axis) fractional bits of ``max|w|`` instead. The rounding has a straight-through gradient (identity inside the range), and the
     scales are constants of the step (``tf.stop_gradient``, as TF-MOT's weight ranges and Larq's
     magnitude-aware scales): the gradient of the dequantized weights ``scales * w_int`` is
     exactly the incoming gradient, as for the float weights.
@@ -86,9 +135,44 @@ class WeightQuantizer(Quantizer):
         self.fp_quantizer = bool(fp_quantizer)
         self.qweights = QFloatRecorder(self.name + "/qweights")
 
+    @property
+    def searches_ranges(self):
+        """bool: whether the ranges are ``range_ratios * max|w|`` (QFloat weights of 2 to
+        ``RANGE_SEARCH_MAX_BITS`` bits), the ratios set by :meth:`search_ranges`."""
+        return (not self.fp_quantizer and self.bitwidth <= RANGE_SEARCH_MAX_BITS
+                and not (self.signed and self.bitwidth == 1))
+
+    def build(self, input_shape):
+        if self.searches_ranges:
+            shape = () if self.axis is None else (input_shape[self.axis],)
+            # a weight of the layer (saved and reloaded with it), not trained: the ratios the
+            # search chose for the float weights stay while QAT or learn_rounding move them
+            self.range_ratios = self.add_weight(name="range_ratios", shape=shape,
+                                                initializer="ones", trainable=False)
+        super().build(input_shape)
+
+    def search_ranges(self, inputs):
+        """Sets ``range_ratios`` to the clipping ratios of least squared error on ``inputs``
+        (:func:`search_ratios`): quantize() calls it once on the float weights.
+
+        Args:
+            inputs (tf.Tensor): the float weights this quantizer quantizes.
+        """
+        if not self.searches_ranges:
+            return
+        inputs = tf.convert_to_tensor(inputs, tf.float32)
+        if not self.built:
+            self.build(inputs.shape)
+        axes = reduction_axes(len(inputs.shape), self.axis)
+        self.range_ratios.assign(search_ratios(inputs, axes, self.value_bits))
+
     def _ranges(self, inputs):
         axes = reduction_axes(len(inputs.shape), self.axis)
-        return tf.reduce_max(tf.abs(inputs), axis=axes)
+        ranges = tf.reduce_max(tf.abs(inputs), axis=axes)
+        ratios = getattr(self, "range_ratios", None)  # None before build: max|w|
+        if self.searches_ranges and ratios is not None:
+            ranges = ranges * tf.cast(ratios, tf.float32)
+        return ranges
 
     def quantize(self, inputs):
         """The quantization itself (no recording): float tensor -> QFloat/FixedPoint."""
@@ -121,6 +205,9 @@ class WeightQuantizer(Quantizer):
         Returns:
             QFloat: the quantized tensor (FixedPoint with fp_quantizer).
         """
+        if getattr(self, "search_pending", False) and tf.executing_eagerly():
+            self.search_pending = False
+            self.search_ranges(inputs)
         return self.qweights(lambda: self.quantize(inputs), training)
 
     def get_config(self):

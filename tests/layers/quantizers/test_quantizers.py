@@ -19,17 +19,65 @@ def np_round(x):
 @pytest.mark.parametrize("axis", [-1, None], ids=["per-axis", "per-tensor"])
 def test_weight_quantizer_matches_numpy(bitwidth, axis):
     w = np.random.uniform(-2, 2, (3, 3, 4, 5)).astype(np.float32)
-    q = WeightQuantizer(bitwidth=bitwidth, axis=axis)(w)
+    quantizer = WeightQuantizer(bitwidth=bitwidth, axis=axis)
+    quantizer.search_ranges(w)  # as quantize() does: a no-op at 8 bits
+    q = quantizer(w)
     assert isinstance(q, QFloat)
     int_max = 2.0**(bitwidth - 1) - 1
-    ranges = np.max(np.abs(w), axis=(0, 1, 2)) if axis == -1 else np.max(np.abs(w))
+    axes = (0, 1, 2) if axis == -1 else None
+    ranges = np.max(np.abs(w), axis=axes)
+    if bitwidth <= 4:
+        ranges = np_search_ranges(w, ranges, axes, int_max)
     scales = (ranges / int_max).astype(np.float32)
     expected = np.clip(np_round(w / scales), -int_max - 1, int_max)
     np.testing.assert_array_equal(q.values.numpy(), expected)
     np.testing.assert_allclose(q.scales.numpy(), scales, rtol=1e-6)
-    # error bound: half a quantization step per weight
     err = np.abs(q.to_float().numpy() - w)
-    assert np.all(err <= scales / 2 * (1 + 1e-5) + 1e-7)
+    if bitwidth > 4:
+        # error bound: half a quantization step per weight
+        assert np.all(err <= scales / 2 * (1 + 1e-5) + 1e-7)
+    else:
+        # the searched range has a lower squared error than max|w| (clipping pays)
+        max_scales = np.max(np.abs(w), axis=axes) / int_max
+        max_err = w - np.clip(np_round(w / max_scales), -int_max - 1, int_max) * max_scales
+        assert np.sum(err**2) < np.sum(max_err**2)
+
+
+def test_weight_quantizer_ranges_default_to_max():
+    """Without a search (a quantizer built outside quantize()), the ranges are max|w|."""
+    w = np.random.uniform(-2, 2, (3, 3, 4, 5)).astype(np.float32)
+    q = WeightQuantizer(bitwidth=2)(w)
+    np.testing.assert_allclose(q.scales.numpy(), np.max(np.abs(w), axis=(0, 1, 2)), rtol=1e-6)
+
+
+def test_weight_quantizer_search_pending_searches_once():
+    """quantize()'s eager pass: a pending search runs on the call's weights, then stops."""
+    w = np.random.normal(size=(6, 4)).astype(np.float32)
+    quantizer = WeightQuantizer(bitwidth=2)
+    quantizer.search_pending = True
+    quantizer(w)
+    ratios = quantizer.range_ratios.numpy()
+    assert not quantizer.search_pending and np.all(ratios < 1)
+    np.testing.assert_allclose(ratios, np_search_ranges(w, np.max(np.abs(w), axis=0), 0, 1.0)
+                               / np.max(np.abs(w), axis=0), rtol=1e-6)
+    quantizer(w * 0.5)
+    np.testing.assert_array_equal(quantizer.range_ratios.numpy(), ratios)
+
+
+def np_search_ranges(w, ranges, axes, int_max):
+    """numpy oracle of the low-bit range search: the ratio of max|w| of least squared error."""
+    best, best_err = ranges, None
+    for k in range(20):
+        candidate = ranges * (1.0 - 0.04 * k)
+        scales = (candidate.astype(np.float64) / int_max).astype(np.float32)
+        deq = np.clip(np_round(w / scales), -int_max - 1, int_max) * scales
+        err = np.sum((w.astype(np.float64) - deq) ** 2, axis=axes)
+        if best_err is None:
+            best_err = err
+            continue
+        best = np.where(err < best_err, candidate, best)
+        best_err = np.where(err < best_err, err, best_err)
+    return best
 
 
 def test_weight_quantizer_fixed_point():
