@@ -179,3 +179,23 @@ def test_tie_mismatches_window_counts_every_accumulator(mode):
             full = int(np.sum(np.minimum(np.rint(got), high) != keras_ints))
             assert qdq._tie_mismatches(mode, s_int, k, high, factor) == full, \
                 (s_int, k, high, factor)
+
+
+def test_signed_add_fused_and_exact(tmp_path):
+    """A signed Add without ReLU runs fused (QLinearAdd, on the values + 128 through lowered
+    input zero points) and equals the Keras one, its many ties included."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Add()([keras.layers.Conv2D(8, 1)(inputs), keras.layers.Conv2D(8, 1)(inputs)])
+    x = keras.layers.ReLU()(keras.layers.Conv2D(4, 1)(x))
+    model = keras.Model(inputs, x)
+    rng = np.random.default_rng(2)
+    qmodel = quantize(model, qparams=QuantizationParams(per_tensor_activations=True),
+                      samples=rng.uniform(-1, 1, (32, 6, 6, 3)).astype(np.float32),
+                      batch_size=32)
+    x = rng.uniform(-1, 1, (64, 6, 6, 3)).astype(np.float32)
+    proto = export(qmodel, format="qdq")
+    onnx.checker.check_model(proto, full_check=True)
+    ops = _fused_ops(proto, tmp_path)
+    assert "QLinearAdd" in ops, ops
+    np.testing.assert_array_equal(_run(proto, x), qmodel(x).numpy())
