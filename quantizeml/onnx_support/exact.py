@@ -30,9 +30,11 @@ export time, the per-channel alignment shifts folded into the weights) is a floa
 ``Conv``/``MatMul`` with the bias as its ``B`` input (any summation order is exact: every
 partial sum is an integer below 2^24); above that, two float32 ``Conv`` of the high and low
 weights (``w = hi * 2^k + lo``) combined in float64, or a float64 ``MatMul``; the buffer clips
-are dropped where the bound is within the buffer; requantization is one ``Mul`` by
-``s * 2^-r``, ``Add 0.5``, ``Floor`` and one clip (the ReLU's merged in), exact in the carrier
-chosen from the bound (proof in :func:`_requantize_float`). The other layers get int64 inputs
+are dropped where the bound is within the buffer; requantization is ``floor(x * s * 2^-r +
+1/2)`` then the clip (the ReLU's merged in): in float32 when the output range and the shift
+fit its significand, even where the product does not (a clip of the accumulator that fuses
+into the ``Conv``, one or two ``BatchNormalization``s as per-channel affine maps, ``Floor``),
+else in float64 (proofs in :func:`_requantize_float`). The other layers get int64 inputs
 (``_int64_inputs``) and keep the integer recipes below; every model integer output is int64.
 
 The transposed and separable convolutions (:mod:`.convolutions`) and the transformer layers
@@ -295,28 +297,41 @@ def _accumulator_clip(mult, lo, hi, bound):
     return a_lo, a_hi, need_lo, need_hi
 
 
-def _scale_half(b, x, v, mult, dtype):
-    """``v * mult + 1/2`` in the carrier ``dtype`` for the ``_T`` ``x`` named ``v``: one
-    ``BatchNormalization`` (scale ``mult``, bias 1/2, mean 0, variance 1, epsilon 0: ``y = v *
-    mult + 1/2``, rounded once or twice, both non-decreasing in ``v`` and exact wherever ``v *
-    mult`` and ``v * mult + 1/2`` are, see :func:`_requantize_float`) over the channels of an
-    NHWC (through ``Transpose``s, which onnxruntime cancels against those of the ``Conv``) or
-    (N, C) tensor, where onnxruntime runs it inside its blocked convolution layout; else ``Mul``
-    and ``Add``."""
+def _channels(x):
+    """The channels of an NHWC or (N, C) ``_T`` (the axis a ``BatchNormalization`` scales
+    through :func:`_channel_affine`), or None."""
     shape = x.shape
     if shape is None or len(shape) not in (1, 3) or shape[-1] is None:
-        v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul")
-        return b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
-    channels = int(shape[-1])
-    scale = np.broadcast_to(np.asarray(mult, np.float64).reshape(-1), (channels,))
-    params = [_fconst(b, scale, dtype, "rq_scale"), _fconst(b, np.full(channels, 0.5), dtype),
-              _fconst(b, np.zeros(channels), dtype), _fconst(b, np.ones(channels), dtype)]
-    if len(shape) == 3:
+        return None
+    return int(shape[-1])
+
+
+def _channel_affine(b, x, v, scale, bias, dtype):
+    """``v * scale + bias`` per channel of the NHWC or (N, C) ``_T`` ``x`` (named ``v``): one
+    ``BatchNormalization`` (mean 0, variance 1, epsilon 0), through ``Transpose``s to NCHW for
+    NHWC (onnxruntime cancels them against those of the ``Conv``s, and runs the
+    ``BatchNormalization`` inside its blocked convolution layout). Rounded once or twice (the
+    product, the sum), non-decreasing in ``v``, exact where the product and the sum are."""
+    channels = _channels(x)
+    params = [np.broadcast_to(np.asarray(p, np.float64).reshape(-1), (channels,))
+              for p in (scale, bias, 0.0, 1.0)]
+    names = [_fconst(b, p, dtype, "bn_param") for p in params]
+    if len(x.shape) == 3:
         v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
-    v = b.node("BatchNormalization", [v] + params, "rq_scale_half", epsilon=0.0)
-    if len(shape) == 3:
+    v = b.node("BatchNormalization", [v] + names, "rq_bn", epsilon=0.0)
+    if len(x.shape) == 3:
         v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
     return v
+
+
+def _scale_half(b, x, v, mult, dtype):
+    """``v * mult + 1/2`` in the carrier ``dtype`` for the ``_T`` ``x`` named ``v``: one
+    ``BatchNormalization`` (:func:`_channel_affine`) for NHWC or (N, C) tensors, else ``Mul`` and
+    ``Add``."""
+    if _channels(x) is None:
+        v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul")
+        return b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
+    return _channel_affine(b, x, v, mult, 0.5, dtype)
 
 
 def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
@@ -328,7 +343,14 @@ def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
     if a_lo > -x.bound or a_hi < x.bound or np.any(mult != 1):
         v = b.node("Clip", [v, _fconst(b, a_lo, "float32"), _fconst(b, a_hi, "float32")],
                    "rq_acc")
-    if np.any(_grid_bits(mult) > 0):
+    if np.any(_grid_bits(mult) > 0) and need_hi and not need_lo and _channels(x) is not None:
+        # min(z, hi) + 1/2 = hi + 1/2 - relu(hi - z), z = v * mult: two BatchNormalizations
+        hi_c = np.broadcast_to(np.asarray(hi, np.float64).reshape(-1), (_channels(x),))
+        v = _channel_affine(b, x, v, -np.asarray(mult, np.float64), hi_c, "float32")
+        v = _channel_affine(b, x, b.node("Relu", [v], "rq_relu"), -1.0, hi_c + 0.5, "float32")
+        v = b.node("Floor", [v], "rq_floor")
+        need_hi = False
+    elif np.any(_grid_bits(mult) > 0):
         v = b.node("Floor", [_scale_half(b, x, v, mult, "float32")], "rq_floor")
     elif np.any(mult != 1):
         v = b.node("Mul", [v, _fconst(b, mult, "float32")], "rq_mul")
@@ -396,20 +418,31 @@ def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
     |lo + 1/2|, |hi + 1/2|`` (``G >= 1``: every ``z = x * m`` is a multiple of ``2^-G``,
     :func:`_grid_bits`), the whole requantization runs in float32 even though ``n = x * s *
     2^u`` does not fit its significand (:func:`_requantize_float32`, :func:`_rounds_in_float32`):
-    ``p = fl(x * m)``, ``floor(fl(p + 1/2))``, clipped. Proof, per channel, for the exact
-    ``z = x * m``: the multiples of ``2^-G`` of magnitude ``<= W`` are float32 numbers, and
-    float32 rounding is non-decreasing and fixes them. (i) ``lo <= z <= hi``: ``z`` and ``z +
-    1/2`` are such multiples, so ``p = z`` and ``floor(p + 1/2) = floor(z + 1/2)`` exactly.
-    (ii) ``z > hi``: ``p >= hi``, ``fl(p + 1/2) >= hi + 1/2``, the floor is ``>= hi`` and the
-    clip gives ``hi``, as the integer path (``floor(z + 1/2) >= hi``). (iii) ``z < lo``:
-    likewise ``<= lo``, clipped to ``lo``. Before the ``Mul``, the accumulator is clipped to
-    integers ``[a_lo, a_hi]`` (:func:`_accumulator_clip`, computed here on exact rationals)
-    beyond which every channel saturates: the result is unchanged, the output clips that it
-    makes redundant (``q_c(a_lo) >= lo`` and ``q_c(a_hi) <= hi_c`` for every channel, ``q_c``
-    non-decreasing) are left out, and it keeps onnxruntime from folding the ``Mul`` into the
-    weights of a preceding ``Conv`` (``ConvMulFusion`` would round the partial sums); it fuses
-    into that ``Conv`` as its activation instead. Unsigned 8-bit outputs take up to 16 bits of
+    ``y = x * m + 1/2`` (one ``BatchNormalization``, :func:`_channel_affine`, rounded once or
+    twice), ``floor(y)``, clipped. Proof, per channel, for the exact ``z = x * m``: the
+    multiples of ``2^-G`` of magnitude ``<= W`` are float32 numbers, and float32 rounding is
+    non-decreasing and fixes them. (i) ``lo <= z <= hi``: ``z`` and ``z + 1/2`` are such
+    multiples, so ``y = z + 1/2`` exactly and ``floor(y) = floor(z + 1/2)``. (ii) ``z > hi``:
+    ``y >= hi + 1/2``, the floor is ``>= hi`` and the clip gives ``hi``, as the integer path
+    (``floor(z + 1/2) >= hi``). (iii) ``z < lo``: likewise ``<= lo``, clipped to ``lo``.
+    Before that, the accumulator is clipped to integers ``[a_lo, a_hi]``
+    (:func:`_accumulator_clip`, computed here on exact rationals) beyond which every channel
+    saturates: the result is unchanged, the output clips that it makes redundant
+    (``q_c(a_lo) >= lo`` and ``q_c(a_hi) <= hi_c`` for every channel, ``q_c`` non-decreasing)
+    are left out, and it keeps onnxruntime from folding the scale into the weights of a
+    preceding ``Conv`` (``ConvMulFusion``/``ConvBNFusion`` would round the partial sums): it
+    fuses into that ``Conv`` as its activation instead. When only the upper clip remains (the
+    ReLU outputs: ``a_lo >= 0``, so ``z >= 0``), it is merged before the ``Floor``: ``t = hi -
+    x * m`` (a ``BatchNormalization`` of scale ``-m`` and bias ``hi``), ``Relu``, ``y = hi +
+    1/2 - relu(t)`` (a second one), ``floor(y) = min(floor(z + 1/2), hi)``: for ``0 <= z <= hi``,
+    ``t = hi - z`` and ``y = z + 1/2`` exactly (multiples of ``2^-G`` within ``W``); for ``z >
+    hi``, ``t <= 0`` and ``y = hi + 1/2``. onnxruntime runs these ``BatchNormalization``s and
+    the ``Relu`` inside its blocked (NCHWc) convolution layout, so the ``Floor`` is the only
+    operator of the requantization outside it. Unsigned 8-bit outputs take up to 16 bits of
     right shift this way, signed 7-bit ones up to 17 (tests: every tie and its nearest values).
+    Beyond, a float32 ``x`` is clipped the same way, then ``y`` and its ``Floor`` are computed
+    in float64 (exact: ``n`` fits it) and cast back to float32 before the remaining clips
+    (:func:`_requantize_float64`).
 
     When the product needs float64 but the output range is small, the clip is done first,
     in float64, on ``z = n / d``: ``clip(floor(z + 0.5), lo, hi) = floor(clip(z, lo - 0.5,

@@ -157,7 +157,7 @@ def test_requantize_float32_product_ties(shift, signed, relu, float32):
     acc = np.unique(np.clip(np.concatenate(accs), -top, top))
     x = np.repeat(acc[:, None], scales.size, axis=1)
     relu_max = None
-    if relu:  # per channel: floor(6 * 2^f) on the FixedPoint grid
+    if relu:  # per channel: floor(6 * 2^f) on the grid of acc * s
         relu_max = np.floor(6.0 * 2.0 ** (frac_in + qs.frac_bits.numpy())).astype(np.int64)
     b = _Builder()
     t = _T("x", 24, frac_in, scales, False, (scales.size,), "float32", float(top))
@@ -168,12 +168,65 @@ def test_requantize_float32_product_ties(shift, signed, relu, float32):
     assert ("Cast" not in ops) == float32, ops
     got = _run(b, "x", out.name, TensorProto.FLOAT, x.astype(np.float32))
     n = x * s_int
-    if relu:
-        n = np.clip(x, 0, relu_max) * s_int
+    if relu:  # the ReLU bound is on the grid of acc * s
+        n = np.clip(n, 0, relu_max)
     expected = np.clip(rescale(n, 1, shift), lo, hi)
     np.testing.assert_array_equal(got, expected.astype(np.float32))
     # the inputs are adversarial: one float32 product, then Add/Floor, fails beyond the bound
     mult = np.float32(s_int * 2.0 ** -shift)
     naive = np.clip(np.floor(x.astype(np.float32) * mult + np.float32(0.5)), lo, hi)
-    assert not relu or np.all(relu_max > top)  # the ReLU bound of 6 clips no input here
+    assert not relu or np.all(relu_max > top * 255)  # the ReLU bound of 6 clips no input
     assert np.array_equal(naive, expected) == float32
+
+
+@pytest.mark.parametrize("shift, signed", [(16, False), (17, True)], ids=["relu6-16", "signed-17"])
+def test_requantize_float_after_conv_ties(shift, signed):
+    """The float32 requantization behind a ``Conv`` (16 channels, 1x1 identity kernel: its
+    outputs are the accumulators fed in), in a default onnxruntime session (all graph
+    optimizations: the accumulator clip fused into the ``Conv``, the ``BatchNormalization``s in
+    the blocked layout), on every accumulator ``acc * s = (j + 1/2) 2^shift + delta``, ``|delta|
+    <= 3``, per channel (16 odd and even 8-bit scales; a per-channel ReLU bound for the unsigned
+    output); against the numpy int64 reference."""
+    from quantizeml.tensors import QFloat
+    scales = (np.arange(129, 256, 8, dtype=np.float32) + np.arange(16) % 2) / 256
+    qs = QFloat.quantize_scales(scales, 8)
+    s_int = qs.values.numpy().astype(np.int64)
+    frac_in = np.full(16, 30.0)
+    frac_out = frac_in + qs.frac_bits.numpy() - shift
+    lo, hi = (-128, 127) if signed else (0, 255)
+    top = 2 ** 24
+    accs = [np.array([-top, top])]
+    for s in s_int:
+        odd, bits = int(s), shift
+        while odd % 2 == 0:
+            odd, bits = odd // 2, bits - 1
+        for delta in range(-3, 4):
+            first = (2 ** (bits - 1) + delta) * pow(odd, -1, 2 ** bits) % 2 ** bits
+            accs.append(np.arange(first - top, top + 1, 2 ** bits))
+    acc = np.unique(np.concatenate(accs))
+    x = np.repeat(acc[:, None], 16, axis=1)
+    relu_max = None
+    if not signed:  # a ReLU bound below the top of the output range in some channels
+        relu_max = (np.arange(16) * 16 + 40) * 2 ** shift  # on the grid of acc * s
+    b = _Builder()
+    v = b.node("Transpose", ["x"], "nchw", perm=[0, 3, 1, 2])
+    v = b.node("Conv", [v, b.const(np.eye(16, dtype=np.float32)[:, :, None, None])], "conv")
+    v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
+    t = _T(v, 24, frac_in, scales, False, (len(acc), 1, 16), "float32", float(top))
+    quantizer = types.SimpleNamespace(frac_bits=frac_out.astype(np.float32),
+                                      value_bits=8 if not signed else 7, signed=signed,
+                                      scale_bits=8)
+    out = _requantize_float(b, t, quantizer, 8, relu_max)
+    assert "Cast" not in [node.op_type for node in b.nodes]
+    graph = oh.make_graph(b.nodes, "g", [oh.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, len(acc), 1, 16])], [oh.make_tensor_value_info(
+            out.name, TensorProto.FLOAT, [1, len(acc), 1, 16])], initializer=b.inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.astype(np.float32)[None, :, None, :]})[0][0, :, 0]
+    n = x * s_int if relu_max is None else np.clip(x * s_int, 0, relu_max)
+    expected = np.clip(rescale(n, 1, shift), lo, hi)
+    assert signed or len(np.unique(expected.max(axis=0))) > 1  # the ReLU bounds bind
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
