@@ -334,6 +334,11 @@ def _scale_half(b, x, v, mult, dtype):
     return _channel_affine(b, x, v, mult, 0.5, dtype)
 
 
+#: ``1.5 * 2^23``: ``fl(w + _ROUNDING) - _ROUNDING`` is ``w`` rounded to the nearest integer
+#: (ties to even) for ``|w| < 2^22`` (the float32 sums there are integers).
+_ROUNDING = 1.5 * 2.0 ** 23
+
+
 def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
     """The float32 requantization of :func:`_requantize_float` (``_rounds_in_float32``): the
     accumulator clip (``_accumulator_clip``), ``Mul``, ``Add 0.5``, ``Floor``, then the output
@@ -343,13 +348,22 @@ def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
     if a_lo > -x.bound or a_hi < x.bound or np.any(mult != 1):
         v = b.node("Clip", [v, _fconst(b, a_lo, "float32"), _fconst(b, a_hi, "float32")],
                    "rq_acc")
-    if np.any(_grid_bits(mult) > 0) and need_hi and not need_lo and _channels(x) is not None:
-        # min(z, hi) + 1/2 = hi + 1/2 - relu(hi - z), z = v * mult: two BatchNormalizations
+    grid = int(np.max(_grid_bits(mult)))
+    if grid > 0 and lo == 0 and _channels(x) is not None:
+        # min(z, hi) + 1/2 = hi + 1/2 - relu(hi - z), z = v * mult (z >= 0: a_lo >= 0)
         hi_c = np.broadcast_to(np.asarray(hi, np.float64).reshape(-1), (_channels(x),))
         v = _channel_affine(b, x, v, -np.asarray(mult, np.float64), hi_c, "float32")
-        v = _channel_affine(b, x, b.node("Relu", [v], "rq_relu"), -1.0, hi_c + 0.5, "float32")
-        v = b.node("Floor", [v], "rq_floor")
-        need_hi = False
+        v = b.node("Relu", [v], "rq_relu")
+        half = int(hi_c.max()).bit_length()
+        if len(x.shape) == 3 and half + grid <= 24:  # the rounding in the blocked layout
+            centre, eps = 2.0 ** (half - 1), 2.0 ** -(grid + 1)
+            v = _channel_affine(b, x, v, -1.0, hi_c - centre + eps, "float32")
+            v = _channel_affine(b, x, v, 1.0, _ROUNDING, "float32")
+            v = _channel_affine(b, x, v, 1.0, centre - _ROUNDING, "float32")
+        else:
+            v = _channel_affine(b, x, v, -1.0, hi_c + 0.5, "float32")
+            v = b.node("Floor", [v], "rq_floor")
+        need_lo = need_hi = False
     elif np.any(_grid_bits(mult) > 0):
         v = b.node("Floor", [_scale_half(b, x, v, mult, "float32")], "rq_floor")
     elif np.any(mult != 1):
@@ -436,9 +450,17 @@ def _requantize_float(b, x, quantizer, scale_bits=None, relu_max=None):
     x * m`` (a ``BatchNormalization`` of scale ``-m`` and bias ``hi``), ``Relu``, ``y = hi +
     1/2 - relu(t)`` (a second one), ``floor(y) = min(floor(z + 1/2), hi)``: for ``0 <= z <= hi``,
     ``t = hi - z`` and ``y = z + 1/2`` exactly (multiples of ``2^-G`` within ``W``); for ``z >
-    hi``, ``t <= 0`` and ``y = hi + 1/2``. onnxruntime runs these ``BatchNormalization``s and
-    the ``Relu`` inside its blocked (NCHWc) convolution layout, so the ``Floor`` is the only
-    operator of the requantization outside it. Unsigned 8-bit outputs take up to 16 bits of
+    hi``, ``t <= 0`` and ``y = hi + 1/2``. For NHWC tensors with ``hi < 2^K`` and ``K + G <=
+    24``, the ``Floor`` goes too: ``w = hi - c + eps - relu(t)`` (``c = 2^(K-1)``, ``eps =
+    2^-(G+1)``, a ``BatchNormalization``) is ``min(z, hi) - c + eps`` exactly (a multiple of
+    ``2^-(G+1)`` of magnitude below ``2^(K-1)``) and never a half-integer (an odd multiple of
+    ``2^-(G+1)``); ``fl(w + R)``, ``R = 1.5 * 2^23`` (another), is ``R + round(w)`` (float32
+    numbers in ``[2^23, 2^24)`` are the integers, the sum is rounded to the nearest and has no
+    tie), ``round(w) = floor(w + 1/2) = floor(min(z, hi) + 1/2) - c`` (``eps < 2^-G``), and a
+    last one subtracts ``R - c`` exactly. onnxruntime runs these ``BatchNormalization``s and
+    the ``Relu`` inside its blocked (NCHWc) convolution layout, the accumulator clip fused into
+    the ``Conv``: the requantization of a ReLU output adds no layout reorder and no
+    element-wise pass outside that layout. Unsigned 8-bit outputs take up to 16 bits of
     right shift this way, signed 7-bit ones up to 17 (tests: every tie and its nearest values).
     Beyond, a float32 ``x`` is clipped the same way, then ``y`` and its ``Floor`` are computed
     in float64 (exact: ``n`` fits it) and cast back to float32 before the remaining clips
