@@ -306,32 +306,40 @@ def _channels(x):
     return int(shape[-1])
 
 
-def _channel_affine(b, x, v, scale, bias, dtype):
-    """``v * scale + bias`` per channel of the NHWC or (N, C) ``_T`` ``x`` (named ``v``): one
-    ``BatchNormalization`` (mean 0, variance 1, epsilon 0), through ``Transpose``s to NCHW for
-    NHWC (onnxruntime cancels them against those of the ``Conv``s, and runs the
-    ``BatchNormalization`` inside its blocked convolution layout). Rounded once or twice (the
-    product, the sum), non-decreasing in ``v``, exact where the product and the sum are."""
+def _channel_affine(b, x, v, steps, dtype, floor=False):
+    """``v * scale + bias`` per channel of the NHWC or (N, C) ``_T`` ``x`` (named ``v``), for
+    each ``(scale, bias, relu)`` of ``steps`` in turn, a ``Relu`` after those with ``relu``,
+    then a ``Floor`` if ``floor``. Each step is one ``BatchNormalization`` (mean 0, variance
+    1, epsilon 0), rounded once or twice (the product, the sum), non-decreasing in ``v`` (for
+    ``scale > 0``), exact where the product and the sum are. An NHWC ``x`` goes through one
+    ``Transpose`` to NCHW and back (onnxruntime cancels them against those of the ``Conv``s,
+    and runs the ``BatchNormalization``s and ``Relu``s inside its blocked layout)."""
     channels = _channels(x)
-    params = [np.broadcast_to(np.asarray(p, np.float64).reshape(-1), (channels,))
-              for p in (scale, bias, 0.0, 1.0)]
-    names = [_fconst(b, p, dtype, "bn_param") for p in params]
     if len(x.shape) == 3:
         v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
-    v = b.node("BatchNormalization", [v] + names, "rq_bn", epsilon=0.0)
+    for scale, bias, relu in steps:
+        params = [np.broadcast_to(np.asarray(p, np.float64).reshape(-1), (channels,))
+                  for p in (scale, bias, 0.0, 1.0)]
+        names = [_fconst(b, p, dtype, "bn_param") for p in params]
+        v = b.node("BatchNormalization", [v] + names, "rq_bn", epsilon=0.0)
+        if relu:
+            v = b.node("Relu", [v], "rq_relu")
+    if floor:
+        v = b.node("Floor", [v], "rq_floor")
     if len(x.shape) == 3:
         v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
     return v
 
 
-def _scale_half(b, x, v, mult, dtype):
-    """``v * mult + 1/2`` in the carrier ``dtype`` for the ``_T`` ``x`` named ``v``: one
-    ``BatchNormalization`` (:func:`_channel_affine`) for NHWC or (N, C) tensors, else ``Mul`` and
-    ``Add``."""
+def _scale_half_floor(b, x, v, mult, dtype):
+    """``floor(v * mult + 1/2)`` in the carrier ``dtype`` for the ``_T`` ``x`` named ``v``:
+    one ``BatchNormalization`` and the ``Floor`` (:func:`_channel_affine`) for NHWC or (N, C)
+    tensors, else ``Mul``, ``Add`` and ``Floor``."""
     if _channels(x) is None:
         v = b.node("Mul", [v, _fconst(b, mult, dtype)], "rq_mul")
-        return b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
-    return _channel_affine(b, x, v, mult, 0.5, dtype)
+        v = b.node("Add", [v, _fconst(b, 0.5, dtype)], "rq_half")
+        return b.node("Floor", [v], "rq_floor")
+    return _channel_affine(b, x, v, [(mult, 0.5, False)], dtype, floor=True)
 
 
 #: ``1.5 * 2^23``: ``fl(w + _ROUNDING) - _ROUNDING`` is ``w`` rounded to the nearest integer
@@ -352,20 +360,18 @@ def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
     if grid > 0 and lo == 0 and _channels(x) is not None:
         # min(z, hi) + 1/2 = hi + 1/2 - relu(hi - z), z = v * mult (z >= 0: a_lo >= 0)
         hi_c = np.broadcast_to(np.asarray(hi, np.float64).reshape(-1), (_channels(x),))
-        v = _channel_affine(b, x, v, -np.asarray(mult, np.float64), hi_c, "float32")
-        v = b.node("Relu", [v], "rq_relu")
+        first = (-np.asarray(mult, np.float64), hi_c, True)
         half = int(hi_c.max()).bit_length()
         if len(x.shape) == 3 and half + grid <= 24:  # the rounding in the blocked layout
             centre, eps = 2.0 ** (half - 1), 2.0 ** -(grid + 1)
-            v = _channel_affine(b, x, v, -1.0, hi_c - centre + eps, "float32")
-            v = _channel_affine(b, x, v, 1.0, _ROUNDING, "float32")
-            v = _channel_affine(b, x, v, 1.0, centre - _ROUNDING, "float32")
+            steps = [first, (-1.0, hi_c - centre + eps, False), (1.0, _ROUNDING, False),
+                     (1.0, centre - _ROUNDING, False)]
+            v = _channel_affine(b, x, v, steps, "float32")
         else:
-            v = _channel_affine(b, x, v, -1.0, hi_c + 0.5, "float32")
-            v = b.node("Floor", [v], "rq_floor")
+            v = _channel_affine(b, x, v, [first, (-1.0, hi_c + 0.5, False)], "float32", True)
         need_lo = need_hi = False
     elif np.any(_grid_bits(mult) > 0):
-        v = b.node("Floor", [_scale_half(b, x, v, mult, "float32")], "rq_floor")
+        v = _scale_half_floor(b, x, v, mult, "float32")
     elif np.any(mult != 1):
         v = b.node("Mul", [v, _fconst(b, mult, "float32")], "rq_mul")
     hi_c = np.asarray(hi)
@@ -383,14 +389,14 @@ def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
 def _requantize_float64(b, x, mult, lo, hi, quantizer, frac):
     """The requantization of :func:`_requantize_float` of a float32 carrier whose product
     needs float64: the accumulator clip in float32 (``_accumulator_clip``: it fuses into a
-    preceding ``Conv``), the ``Cast`` to float64, ``x * m + 1/2`` (``_scale_half``) and the
-    ``Floor`` in float64, the ``Cast`` back to float32 and the output clips still needed
+    preceding ``Conv``), the ``Cast`` to float64, ``floor(x * m + 1/2)`` (``_scale_half_floor``)
+    in float64, the ``Cast`` back to float32 and the output clips still needed
     (exact on integers below 2^24; in float64 before the ``Cast`` when they are larger)."""
     a_lo, a_hi, need_lo, need_hi = _accumulator_clip(mult, lo, hi, x.bound)
     v = b.node("Clip", [x.name, _fconst(b, a_lo, "float32"), _fconst(b, a_hi, "float32")],
                "rq_acc")
     v = b.node("Cast", [v], "to_float64", to=TensorProto.DOUBLE)
-    v = b.node("Floor", [_scale_half(b, x, v, mult, "float64")], "rq_floor")
+    v = _scale_half_floor(b, x, v, mult, "float64")
     hi_c = np.asarray(hi)
     reach = float(max(abs(a_lo), abs(a_hi))) * float(np.max(mult)) + 1.0
     top = max(abs(lo), int(np.max(hi_c)))
