@@ -17,8 +17,9 @@ quantized at 8/8 on 32 uniform [-1, 1] samples, as ``deployment.py`` builds them
 exporter: ``nodes`` (by op type), ``export_s``, ``bit_exact`` (``integer_outputs`` equal the
 Keras integers and the float outputs the Keras ones on 32 inputs), ``onnx_s`` (onnxruntime
 default CPU session, batch 32, median of ``--repeats`` after a warm-up, the two exporters'
-sessions timed alternately), ``float_tf_s`` (the float model under ``tf.function``) and
-``ratio`` (``onnx_s / float_tf_s``).
+sessions and the float model timed in turn, the order rotating, 0.2 s of pause before each
+call), ``float_tf_s`` (the float model under ``tf.function``) and ``ratio`` (``onnx_s /
+float_tf_s``).
 """
 import argparse
 import importlib.util
@@ -50,15 +51,24 @@ def _load_before(checkout):
     return sys.modules["quantizeml._onnx_before.export"].export
 
 
-def _alternate_times(fns, repeats):
-    """Median seconds of each function, called in turn (one warm-up each)."""
+#: Seconds of pause before each timed call: onnxruntime's intra-op threads spin for a while
+#: after a run, and on a few cores they would slow down whichever call comes next.
+PAUSE_S = 0.2
+
+
+def _alternate_times(fns, repeats, pause=PAUSE_S):
+    """Median seconds of each function, called in turn (one warm-up each), each call after a
+    pause of ``pause`` seconds; the order rotates from one repeat to the next (on a loaded
+    machine the first call of a round tends to be the fastest)."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for repeat in range(repeats):
+        for step in range(len(fns)):
+            i = (repeat + step) % len(fns)
+            time.sleep(pause)
             start = time.perf_counter()
-            fn()
+            fns[i]()
             times[i].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 

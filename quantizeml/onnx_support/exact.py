@@ -362,7 +362,7 @@ def _requantize_float32(b, x, mult, lo, hi, quantizer, frac):
         hi_c = np.broadcast_to(np.asarray(hi, np.float64).reshape(-1), (_channels(x),))
         first = (-np.asarray(mult, np.float64), hi_c, True)
         half = int(hi_c.max()).bit_length()
-        if len(x.shape) == 3 and half + grid <= 24:  # the rounding in the blocked layout
+        if len(x.shape) == 3 and 1 <= half <= 24 - grid:  # rounding in the blocked layout
             centre, eps = 2.0 ** (half - 1), 2.0 ** -(grid + 1)
             steps = [first, (-1.0, hi_c - centre + eps, False), (1.0, _ROUNDING, False),
                      (1.0, centre - _ROUNDING, False)]

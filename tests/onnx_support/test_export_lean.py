@@ -118,9 +118,9 @@ def test_export_wide_conv_bit_exact():
 
 
 @pytest.mark.parametrize("shift, signed, relu, float32", [
-    (16, False, True, True), (17, False, True, False), (14, True, False, True),
+    (16, False, True, True), (17, False, True, False), (15, True, False, True),
     (17, True, False, True), (18, True, False, False)],
-    ids=["relu-16", "relu-17-float64", "signed-14", "signed-17", "signed-18-float64"])
+    ids=["relu-16", "relu-17-float64", "signed-15", "signed-17", "signed-18-float64"])
 def test_requantize_float32_product_ties(shift, signed, relu, float32):
     """A QFloat accumulator up to 2^24 (``acc * s`` far beyond float32) requantized by a
     right shift of ``shift`` bits: every ``acc`` with ``acc * s = (j + 1/2) 2^shift + delta``,
@@ -179,14 +179,16 @@ def test_requantize_float32_product_ties(shift, signed, relu, float32):
     assert np.array_equal(naive, expected) == float32
 
 
-@pytest.mark.parametrize("shift, signed", [(16, False), (17, True)], ids=["relu6-16", "signed-17"])
-def test_requantize_float_after_conv_ties(shift, signed):
+@pytest.mark.parametrize("shift, signed, bounds", [
+    (16, False, np.arange(16) * 16 + 40), (17, True, None), (15, False, np.arange(16) % 2),
+    (15, False, np.zeros(16, np.int64))], ids=["relu6-16", "signed-17", "relu-01", "relu-0"])
+def test_requantize_float_after_conv_ties(shift, signed, bounds):
     """The float32 requantization behind a ``Conv`` (16 channels, 1x1 identity kernel: its
     outputs are the accumulators fed in), in a default onnxruntime session (all graph
     optimizations: the accumulator clip fused into the ``Conv``, the ``BatchNormalization``s in
     the blocked layout), on every accumulator ``acc * s = (j + 1/2) 2^shift + delta``, ``|delta|
-    <= 3``, per channel (16 odd and even 8-bit scales; a per-channel ReLU bound for the unsigned
-    output); against the numpy int64 reference."""
+    <= 3``, per channel (16 odd and even 8-bit scales; per-channel ReLU bounds for the unsigned
+    outputs, down to 0 and 1); against the numpy int64 reference."""
     from quantizeml.tensors import QFloat
     scales = (np.arange(129, 256, 8, dtype=np.float32) + np.arange(16) % 2) / 256
     qs = QFloat.quantize_scales(scales, 8)
@@ -206,8 +208,8 @@ def test_requantize_float_after_conv_ties(shift, signed):
     acc = np.unique(np.concatenate(accs))
     x = np.repeat(acc[:, None], 16, axis=1)
     relu_max = None
-    if not signed:  # a ReLU bound below the top of the output range in some channels
-        relu_max = (np.arange(16) * 16 + 40) * 2 ** shift  # on the grid of acc * s
+    if bounds is not None:  # ReLU bounds (on the grid of acc * s) below the output's top
+        relu_max = bounds * 2 ** shift
     b = _Builder()
     v = b.node("Transpose", ["x"], "nchw", perm=[0, 3, 1, 2])
     v = b.node("Conv", [v, b.const(np.eye(16, dtype=np.float32)[:, :, None, None])], "conv")
@@ -228,5 +230,5 @@ def test_requantize_float_after_conv_ties(shift, signed):
     got = session.run(None, {"x": x.astype(np.float32)[None, :, None, :]})[0][0, :, 0]
     n = x * s_int if relu_max is None else np.clip(x * s_int, 0, relu_max)
     expected = np.clip(rescale(n, 1, shift), lo, hi)
-    assert signed or len(np.unique(expected.max(axis=0))) > 1  # the ReLU bounds bind
+    assert bounds is None or np.array_equal(expected.max(axis=0), np.minimum(bounds, hi))
     np.testing.assert_array_equal(got, expected.astype(np.float32))
