@@ -1092,11 +1092,18 @@ def _aligned_merge(op, unsigned):
 
 
 def _maxpool(b, layer, x):
-    if x.scales is not None:
-        raise ValueError(f"export expected FixedPoint inputs for {layer.name} (MaxPool).")
+    """QuantizedMaxPool2D: the window maxima of the values (ONNX ``MaxPool`` pads as TF's
+    'same', ignoring the padding). A QFloat keeps its per-channel scales; where a scale is
+    negative the real maximum is the minimum of the values, taken as Keras does: the values
+    times the scales' signs (exact: ±1), the maxima, times the signs again."""
     v = x.name
     if x.dtype == "int64":
         v = b.node("Cast", [v], "mp64", to=TensorProto.DOUBLE)
+    carrier = "float64" if x.dtype in ("int64", "float64") else "float32"
+    signs = None
+    if x.scales is not None and np.any(np.asarray(x.scales) < 0):
+        signs = b.const(np.where(np.asarray(x.scales) < 0, -1.0, 1.0).astype(carrier), "sign")
+        v = b.node("Mul", [v, signs], "signed")
     v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
     h, w_, c = x.shape
     ph = _pad_amounts(h, layer.pool_size[0], layer.strides[0], 1, layer.padding)
@@ -1104,6 +1111,8 @@ def _maxpool(b, layer, x):
     v = b.node("MaxPool", [v], "maxpool", kernel_shape=list(layer.pool_size),
                strides=list(layer.strides), pads=[ph[0], pw[0], ph[1], pw[1]])
     v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
+    if signs is not None:
+        v = b.node("Mul", [v, signs], "unsigned")
     if x.dtype == "int64":
         v = b.node("Cast", [v], "mp", to=TensorProto.INT64)
     out_h = (h + sum(ph) - layer.pool_size[0]) // layer.strides[0] + 1
