@@ -3,19 +3,18 @@
 A few builders that cover the architectures issue's layers — table activations (hard-swish,
 hard-sigmoid), squeeze-and-excite Multiply, grouped convolutions, ZeroPadding2D, depthwise and
 pooling — built with ``weights=None`` at 32x32, quantized at 8/8 and exported: onnxruntime's
-outputs equal the Keras quantized model's bit for bit, and the graph passes the full checker.
+outputs (integers and floats) equal the Keras quantized model's bit for bit, and the graph
+passes the full checker.
 ``benchmarks/deployment.py`` and ``benchmarks/export_speed.py`` time the larger ones.
 """
 import importlib.util
 import os
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
 from quantizeml.models import quantize
-from quantizeml.onnx_support import export
+from tests.onnx_support.test_export_merging import check_export_bit_exact
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "architectures.py")
 _SPEC = importlib.util.spec_from_file_location("architectures_benchmark", _PATH)
@@ -38,9 +37,4 @@ def test_application_exports_bit_exact(name):
     architectures._reestimate_batchnorm(model, x)
     qmodel = quantize(model, samples=x, batch_size=8)
 
-    onnx_model = export(qmodel)
-    onnx.checker.check_model(onnx_model, full_check=True)
-    session = ort.InferenceSession(onnx_model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
-    np.testing.assert_array_equal(got, np.asarray(qmodel(x)))
+    check_export_bit_exact(qmodel, x)

@@ -1,4 +1,4 @@
-"""MaxPool on QFloat inputs (per-channel scales, some negative) exports bit-exactly.
+"""MaxPool on QFloat inputs (per-channel scales) exports bit-exactly.
 
 ResNetV2's stem (Conv2D, ZeroPadding2D, MaxPool2D, then a pre-activation BatchNormalization
 with positive gammas) quantizes with the BatchNormalization moved before the MaxPool: the
@@ -6,14 +6,12 @@ QuantizedBatchNormalization's QFloat output (per-channel scales) feeds the Quant
 (the export raised on it before).
 """
 import numpy as np
-import onnx
-import onnxruntime as ort
 import tf_keras as keras
 
 from quantizeml.layers import QuantizedMaxPool2D
 from quantizeml.models import quantize
-from quantizeml.onnx_support import export
 from quantizeml.tensors import QFloat
+from tests.onnx_support.test_export_merging import check_export_bit_exact
 
 
 def _stem():
@@ -33,15 +31,6 @@ def _stem():
     return model
 
 
-def _check_export(qmodel, x):
-    onnx_model = export(qmodel)
-    onnx.checker.check_model(onnx_model, full_check=True)
-    session = ort.InferenceSession(onnx_model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
-    np.testing.assert_array_equal(got, np.asarray(qmodel(x)))
-
-
 def test_maxpool_of_qfloat_exports_bit_exact():
     model = _stem()
     x = np.random.default_rng(0).uniform(-1, 1, (16, 12, 12, 3)).astype(np.float32)
@@ -50,5 +39,5 @@ def test_maxpool_of_qfloat_exports_bit_exact():
     probe = keras.Model(qmodel.inputs, pool.input)
     fed = probe(x[:2])
     assert isinstance(fed, QFloat) and np.all(fed.scales.numpy() > 0)
-    _check_export(qmodel, x)
+    check_export_bit_exact(qmodel, x)
 

@@ -76,7 +76,7 @@ def check_export_bit_exact(qmodel, samples):
     onnx.checker.check_model(proto, full_check=True)
     session = ort.InferenceSession(proto.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    floats, integers = session.run(None, {"inp": samples})
+    floats, integers = session.run(None, {session.get_inputs()[0].name: samples})
     last = qmodel.layers[-1]
     assert isinstance(last, Dequantizer)
     keras_int = keras.Model(qmodel.inputs, last.input)(samples).values.numpy()
