@@ -146,6 +146,30 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     return qmodel
 
 
+#: The first calibration batches of each pass of the range calibration run eagerly (layer by
+#: layer); a pass compiles itself only after this many. Tracing and optimising a graph that
+#: returns every block output costs about as much time as 30 eager batches (NASNetMobile, 566
+#: layers: ~40 s), and its memory stays resident during the calibration (+600 MiB there): eager
+#: passes make quantize() both faster and lighter for the usual calibration sets, and long runs
+#: still get the per-batch saving of a compiled graph.
+EAGER_CALIBRATION_BATCHES = 32
+
+
+class _Pass:
+    """Calls ``fn`` eagerly for the first ``EAGER_CALIBRATION_BATCHES`` batches, then compiled."""
+
+    def __init__(self, fn):
+        self.fn, self.calls, self.compiled = fn, 0, None
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls <= EAGER_CALIBRATION_BATCHES:
+            return self.fn(x)
+        if self.compiled is None:
+            self.compiled = tf.function(self.fn, reduce_retracing=True)
+        return self.compiled(x)
+
+
 def _calibrate_ranges(model, qmodel, batches, verbose):
     """The two passes of the module docstring: observers, then the range search."""
     targets = output_quantizers(qmodel)
@@ -161,7 +185,10 @@ def _calibrate_ranges(model, qmodel, batches, verbose):
     observer_model = keras.Model(model.inputs, [obs(t) for obs, t in zip(observers, refs)])
     ref_model = keras.Model(model.inputs, refs)
 
-    observe = tf.function(lambda x: observer_model(x, training=False), reduce_retracing=True)
+    def observe(x):
+        # Returns nothing: the observers keep their statistics in variables.
+        observer_model(x, training=False)
+    observe = _Pass(observe)
     progress = keras.utils.Progbar(2 * len(batches) if hasattr(batches, "__len__") else None,
                                    verbose=1 if verbose else 0, unit_name="batch")
     for batch in batches:
@@ -175,12 +202,12 @@ def _calibrate_ranges(model, qmodel, batches, verbose):
         f0.append(tf.constant(
             oq.value_bits - np.ceil(np.log2(peak.numpy())), tf.float32))
 
-    @tf.function(reduce_retracing=True)
     def search(x):
         outs = ref_model(x, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         return [_candidate_errors(tf.cast(o, tf.float32), targets[n], f)
                 for o, n, f in zip(outs, names, f0)]
+    search = _Pass(search)
 
     totals = None
     for batch in batches:
