@@ -48,11 +48,17 @@ named ``integer_outputs`` (one per model output: ``integer_outputs``, ``integer_
 The float layers quantize() leaves in a quantized model (the float preprocessing head before an
 InputQuantizer ``<layer>_quantizer``, float islands between a Dequantizer and such an
 InputQuantizer, the float tail after the last Dequantizer, e.g. a softmax) are written as
-float32 ONNX operators (``FLOAT_EMITTERS``, keyed by Keras class). Element-wise exact ones
-(Rescaling, ReLU, reshapes, merges, dropout) match TensorFlow bit for bit; transcendental ones
-(Softmax, Sigmoid, Tanh, Exp...) and a float Dense may differ in the last float bits, so the
-float outputs after a float tail match to a few ulps while ``integer_outputs`` (taken before
-the tail's Dequantizer) stay bit-exact.
+float32 ONNX operators (``FLOAT_EMITTERS``, keyed by Keras class): activations, ReLU,
+LeakyReLU, Rescaling, Flatten, Reshape, Permute, Dense, the merges, Concatenate and dropouts
+here; Conv2D, DepthwiseConv2D, SeparableConv2D, BatchNormalization, LayerNormalization, the
+global and windowed poolings, ZeroPadding2D, Cropping2D and UpSampling2D (nearest) in
+:mod:`.float_layers` (NHWC, a ``Transpose`` pair around ``Conv``/``MaxPool``/``AveragePool``,
+TensorFlow's 'same' pads explicit). Exact ones (Rescaling, ReLU, reshapes, merges, dropout,
+padding, cropping, upsampling, max poolings) match TensorFlow bit for bit; transcendental ones
+(Softmax, Sigmoid, Tanh, Exp...), the convolutions, Dense, the normalizations and the averages
+may differ in the last float bits, so the float outputs after a float tail match closely (a
+few ulps; within 1e-5 for the convolutions and normalizations in the tests) while
+``integer_outputs`` (taken before the tail's Dequantizer) stay bit-exact.
 """
 import numpy as np
 import onnx
@@ -1571,6 +1577,10 @@ FLOAT_EMITTERS = {
     keras.layers.GaussianNoise: (_float_identity, None),
     keras.layers.GaussianDropout: (_float_identity, None),
 }
+# the convolutions, normalizations, poolings, padding, cropping and upsampling (their module
+# imports the helpers above)
+from .float_layers import SPATIAL_FLOAT_EMITTERS  # noqa: E402
+FLOAT_EMITTERS.update(SPATIAL_FLOAT_EMITTERS)
 
 
 def _float_emitter(layer):

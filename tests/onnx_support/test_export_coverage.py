@@ -175,6 +175,130 @@ def test_export_float_island_activations(activation):
     np.testing.assert_allclose(floats, qmodel(x).numpy(), rtol=0.05, atol=0.05)
 
 
+def _check_close(qmodel, x, max_mismatch=0.01, rtol=1e-3, atol=0.05):
+    """Exports and runs ``qmodel`` whose float layers compute in float32 in another order than
+    TensorFlow (convolutions, normalizations, averages): their results may differ in the last
+    float bits, so at most ``max_mismatch`` of the integer outputs (requantized after a float
+    island) may differ, by one rounding step, and the float outputs are close. Returns the
+    ONNX op types."""
+    proto, session = _session(qmodel)
+    floats, integers = session.run(None, {session.get_inputs()[0].name: x})
+    source = [layer for layer in qmodel.layers if isinstance(layer, Dequantizer)][-1]
+    keras_int = keras.Model(qmodel.inputs, source.input)(x).values.numpy().astype(np.int64)
+    assert integers.shape == keras_int.shape
+    mismatch = np.mean(integers != keras_int)
+    assert mismatch <= max_mismatch, mismatch
+    assert np.abs(integers - keras_int).max() <= 1
+    keras_float = qmodel(x).numpy()
+    assert floats.shape == keras_float.shape
+    np.testing.assert_allclose(floats, keras_float, rtol=rtol, atol=atol)
+    return {node.op_type for node in proto.graph.node}
+
+
+def _random(stddev=1.0):
+    return keras.initializers.RandomNormal(stddev=stddev, seed=1)
+
+
+def _batchnorm_after_relu():
+    """A ReLU then the BatchNormalization (not folded into a convolution), random statistics."""
+    bn = L.BatchNormalization(gamma_initializer=_random(), beta_initializer=_random(),
+                              moving_mean_initializer=_random(0.5),
+                              moving_variance_initializer=keras.initializers.RandomUniform(
+                                  0.2, 3.0, seed=2), epsilon=0.01, name="island")
+    return lambda t: bn(L.ReLU(name="pre")(t))
+
+
+#: float spatial and normalization layers kept float -> (island factory, dense head, exact):
+#: exact ones (copies, maxima) are compared bit for bit, the others with ``_check_close``; the
+#: island's input is 4x4x4 (the 'same' ones with stride 2 pad one row/column at the end only).
+SPATIAL_ISLANDS = {
+    "conv_same_s2": (lambda: L.Conv2D(5, 3, strides=2, padding="same", activation="relu",
+                                      bias_initializer=_random(), name="island"), False, False),
+    "conv_groups_dilated": (lambda: L.Conv2D(6, 2, dilation_rate=2, groups=2, padding="same",
+                                             bias_initializer=_random(), name="island"),
+                            False, False),
+    "conv_valid_nobias": (lambda: L.Conv2D(3, (3, 2), use_bias=False, name="island"),
+                          False, False),
+    "depthwise": (lambda: L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                                            bias_initializer=_random(), name="island"),
+                  False, False),
+    "separable": (lambda: L.SeparableConv2D(5, 3, padding="same", depth_multiplier=2,
+                                            activation="tanh", bias_initializer=_random(),
+                                            name="island"), False, False),
+    "batchnorm": (_batchnorm_after_relu, False, False),
+    "layernorm": (lambda: L.LayerNormalization(gamma_initializer=_random(),
+                                               beta_initializer=_random(), name="island"),
+                  False, False),
+    "layernorm_hwc": (lambda: L.LayerNormalization(axis=[1, 2, 3], center=False, epsilon=0.1,
+                                                   gamma_initializer=_random(), name="island"),
+                      False, False),
+    "gap": (lambda: L.GlobalAveragePooling2D(name="island"), True, False),
+    "gap_keepdims": (lambda: L.GlobalAveragePooling2D(keepdims=True, name="island"),
+                     False, False),
+    "gmp_keepdims": (lambda: L.GlobalMaxPooling2D(keepdims=True, name="island"), False, True),
+    "gmp": (lambda: L.GlobalMaxPooling2D(name="island"), True, True),
+    "maxpool_same": (lambda: L.MaxPooling2D(3, 2, padding="same", name="island"), False, True),
+    "maxpool_valid": (lambda: L.MaxPooling2D(name="island"), False, True),
+    "avgpool_same": (lambda: L.AveragePooling2D(3, 2, padding="same", name="island"),
+                     False, False),
+    "avgpool_valid": (lambda: L.AveragePooling2D((2, 1), name="island"), False, False),
+    "zero_pad": (lambda: L.ZeroPadding2D(((1, 0), (0, 2)), name="island"), False, True),
+    "crop": (lambda: L.Cropping2D(((1, 0), (0, 2)), name="island"), False, True),
+    "upsample": (lambda: L.UpSampling2D((2, 3), name="island"), False, True),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPATIAL_ISLANDS), ids=list(SPATIAL_ISLANDS))
+def test_export_float_island_spatial(kind):
+    """A float convolution, normalization, pooling, padding, cropping or upsampling kept float
+    (q_config {name: "float"}) between quantized Conv2Ds (NHWC tensors, NCHW ``Conv``/pools);
+    then the same layer as the float tail after a Conv2D, whose float outputs are the layer's
+    own: equal for the exact ones, within 1e-5 for the others."""
+    make_layer, dense, exact = SPATIAL_ISLANDS[kind]
+    x = _samples((6, 6, 3))
+    qmodel = _quantize(_island_model(make_layer, dense=dense), x, q_config={"island": "float"})
+    assert type(qmodel.get_layer("island")) in FLOAT_EMITTERS
+    assert isinstance(qmodel.get_layer("island_quantizer"), InputQuantizer)
+    if exact:
+        _check(qmodel, x)
+    else:
+        _check_close(qmodel, x)
+    inputs = keras.Input((6, 6, 3), name="inp")
+    y = make_layer()(L.Conv2D(4, 3, bias_initializer="random_normal", name="a")(inputs))
+    qmodel = _quantize(keras.Model(inputs, y), x, q_config={"island": "float"})
+    if exact:
+        _check(qmodel, x)
+    else:
+        _check_close(qmodel, x, max_mismatch=0, rtol=1e-5, atol=1e-5)
+
+
+def test_export_float_tail_gap_dense():
+    """Conv2D, then GlobalAveragePooling2D and Dense kept float: the float tail after the last
+    Dequantizer (integer outputs bit-exact, float outputs close)."""
+    inputs = keras.Input((6, 6, 3), name="inp")
+    y = L.Conv2D(4, 3, bias_initializer="random_normal", name="conv")(inputs)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    y = L.Dense(3, bias_initializer="random_normal", name="d")(y)
+    x = _samples((6, 6, 3))
+    qmodel = _quantize(keras.Model(inputs, y), x, q_config={"gap": "float", "d": "float"})
+    assert type(qmodel.get_layer("gap")) is L.GlobalAveragePooling2D
+    assert isinstance(qmodel.get_layer("gap_dequantizer"), Dequantizer)
+    proto, session = _session(qmodel)
+    floats, integers = session.run(None, {"inp": x})
+    keras_int = keras.Model(qmodel.inputs, qmodel.get_layer("gap_dequantizer").input)(x)
+    np.testing.assert_array_equal(integers, keras_int.values.numpy().astype(np.int64))
+    np.testing.assert_allclose(floats, qmodel(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_export_float_island_bilinear_refused():
+    """A bilinear UpSampling2D kept float is listed by the export error (nearest only)."""
+    model = _island_model(lambda: L.UpSampling2D(interpolation="bilinear", name="island"))
+    x = _samples((6, 6, 3), n=4)
+    qmodel = _quantize(model, x, q_config={"island": "float"})
+    with pytest.raises(ValueError, match=r"island \(UpSampling2D\)"):
+        export(qmodel)
+
+
 def test_export_unsupported_float_layer_listed():
     """A float-tail layer without a float emitter is reported by name and class."""
     inputs = keras.Input((6, 6, 3), name="inp")
@@ -193,6 +317,24 @@ def test_float_emitters_refuse():
     assert FLOAT_EMITTERS[L.ReLU][1](L.ReLU(threshold=0.5)) is not None
     assert FLOAT_EMITTERS[L.Activation][1](L.Activation("gelu")) is not None
     assert FLOAT_EMITTERS[L.Activation][1](L.Activation("tanh")) is None
+    inputs = keras.Input((6, 6, 4))
+    refused = [L.Conv2D(3, 3, data_format="channels_first"),
+               L.Conv2D(3, 3, activation="gelu"),
+               L.MaxPooling2D(data_format="channels_first"),
+               L.UpSampling2D(interpolation="bilinear"),
+               L.BatchNormalization(axis=1),
+               L.LayerNormalization(axis=[1, 3])]
+    for layer in refused:
+        layer(inputs)
+        assert FLOAT_EMITTERS[type(layer)][1](layer) is not None, layer
+    for layer in (L.Conv2D(3, 3, padding="same"), L.UpSampling2D(), L.BatchNormalization(),
+                  L.LayerNormalization(axis=[2, 3])):
+        layer(inputs)
+        assert FLOAT_EMITTERS[type(layer)][1](layer) is None, layer
+    dynamic = keras.Input((None, None, 4))
+    layer = L.Conv2D(3, 3, padding="same")
+    layer(dynamic)
+    assert "dynamic" in FLOAT_EMITTERS[L.Conv2D][1](layer)
 
 
 @pytest.mark.slow
