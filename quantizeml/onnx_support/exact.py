@@ -50,15 +50,16 @@ InputQuantizer ``<layer>_quantizer``, float islands between a Dequantizer and su
 InputQuantizer, the float tail after the last Dequantizer, e.g. a softmax) are written as
 float32 ONNX operators (``FLOAT_EMITTERS``, keyed by Keras class): activations, ReLU,
 LeakyReLU, Rescaling, Flatten, Reshape, Permute, Dense, the merges, Concatenate and dropouts
-here; Conv2D, DepthwiseConv2D, SeparableConv2D, BatchNormalization, LayerNormalization, the
-global and windowed poolings, ZeroPadding2D, Cropping2D and UpSampling2D (nearest) in
-:mod:`.float_layers` (NHWC, a ``Transpose`` pair around ``Conv``/``MaxPool``/``AveragePool``,
-TensorFlow's 'same' pads explicit). Exact ones (Rescaling, ReLU, reshapes, merges, dropout,
-padding, cropping, upsampling, max poolings) match TensorFlow bit for bit; transcendental ones
-(Softmax, Sigmoid, Tanh, Exp...), the convolutions, Dense, the normalizations and the averages
-may differ in the last float bits, so the float outputs after a float tail match closely (a
-few ulps; within 1e-5 for the convolutions and normalizations in the tests) while
-``integer_outputs`` (taken before the tail's Dequantizer) stay bit-exact.
+here; Conv2D, DepthwiseConv2D, SeparableConv2D, Conv1D, BatchNormalization,
+LayerNormalization, the global and windowed 2D/1D poolings, ZeroPadding2D, Cropping2D and
+UpSampling2D (nearest) in :mod:`.float_layers` (NHWC, a ``Transpose`` pair around
+``Conv``/``MaxPool``/``AveragePool``, TensorFlow's 'same' pads explicit). Exact ones
+(Rescaling, ReLU, reshapes, merges, dropout, padding, cropping, upsampling, max poolings) match
+TensorFlow bit for bit; transcendental ones (Softmax, Sigmoid, Tanh, Exp...), the
+convolutions, Dense, the normalizations and the averages may differ in the last float bits, so
+the float outputs after a float tail match closely (a few ulps; within 1e-5 for the
+convolutions and normalizations in the tests) while ``integer_outputs`` (taken before the
+tail's Dequantizer) stay bit-exact.
 """
 import numpy as np
 import onnx

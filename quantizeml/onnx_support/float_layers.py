@@ -1,13 +1,15 @@
 """Float32 ONNX emitters of the spatial and normalization layers quantize() may leave float (a
-float preprocessing head, a float island ``q_config={name: "float"}``, the float tail): merged
-into :data:`.exact.FLOAT_EMITTERS` (exact Keras class -> ``(emit, refuses)``).
+float preprocessing head, a float island ``q_config={name: "float"}``, the float tail; Conv1D
+and the 1D poolings have no quantized twin, so they are always float): merged into
+:data:`.exact.FLOAT_EMITTERS` (exact Keras class -> ``(emit, refuses)``).
 
-The tensors stay NHWC (the Keras layout) between layers; the ONNX operators that want NCHW
-(``Conv``, ``MaxPool``, ``AveragePool``) are wrapped in a ``Transpose`` pair. TensorFlow's
-'same' padding (the extra row/column at the end) is written as explicit ``pads`` computed from
-the layer's static input shape. Padding, cropping, nearest upsampling and the max poolings are
-exact; the convolutions, normalizations and averages are float32 arithmetic that may differ
-from TensorFlow's in the last bits (another summation order).
+The tensors stay NHWC / NWC (the Keras layout) between layers; the ONNX operators that want
+NCHW / NCW (``Conv``, ``MaxPool``, ``AveragePool``) are wrapped in a ``Transpose`` pair.
+TensorFlow's 'same' padding (the extra row/column at the end) is written as explicit ``pads``
+computed from the layer's static input shape (Conv1D's 'causal' one all before). Padding,
+cropping, nearest upsampling and the max poolings are exact; the convolutions, normalizations
+and averages are float32 arithmetic that may differ from TensorFlow's in the last bits
+(another summation order).
 """
 import numpy as np
 import tf_keras as keras
@@ -24,18 +26,14 @@ def _f32(b, value, base="f"):
     return b.const(np.asarray(value, np.float32), base)
 
 
-def _nchw(b, x):
-    return b.node("Transpose", [x], "f_nchw", perm=[0, 3, 1, 2])
+def _nchw(b, x, rank=4):
+    """NHWC (NWC) ``x`` as NCHW (NCW)."""
+    return b.node("Transpose", [x], "f_nchw", perm=[0, rank - 1] + list(range(1, rank - 1)))
 
 
-def _nhwc(b, x):
-    return b.node("Transpose", [x], "f_nhwc", perm=[0, 2, 3, 1])
-
-
-def _input_hw(layer):
-    """The static (H, W) of a 4D channels_last input (None where unknown)."""
-    shape = layer.input_shape
-    return shape[1], shape[2]
+def _nhwc(b, x, rank=4):
+    """NCHW (NCW) ``x`` as NHWC (NWC)."""
+    return b.node("Transpose", [x], "f_nhwc", perm=[0] + list(range(2, rank)) + [1])
 
 
 def _spatial_refuses(layer, rank=4):
@@ -63,28 +61,31 @@ def _both(*checks):
 
 
 def _pads(layer, kernel, strides, dilation):
-    """ONNX ``pads`` (top, left, bottom, right) of TensorFlow's padding of the layer."""
-    h, w_ = _input_hw(layer)
+    """ONNX ``pads`` (the befores, then the afters of each spatial axis) of TensorFlow's
+    padding of the layer: none ('valid'), the extra one at the end ('same'), all before
+    ('causal')."""
+    sizes = layer.input_shape[1:-1]
+    if layer.padding == "causal":
+        return [(k - 1) * d for k, d in zip(kernel, dilation)] + [0] * len(kernel)
     if layer.padding == "valid":
-        return [0, 0, 0, 0]
-    ph = _pad_amounts(int(h), kernel[0], strides[0], dilation[0], "same")
-    pw = _pad_amounts(int(w_), kernel[1], strides[1], dilation[1], "same")
-    return [ph[0], pw[0], ph[1], pw[1]]
+        return [0] * (2 * len(kernel))
+    amounts = [_pad_amounts(int(n), k, s, d, "same")
+               for n, k, s, d in zip(sizes, kernel, strides, dilation)]
+    return [a[0] for a in amounts] + [a[1] for a in amounts]
 
 
 # ---- convolutions ---------------------------------------------------------------------------
 def _conv_nchw(b, layer, v, kernel, bias, group, pointwise=False):
-    """A float32 ``Conv`` of NCHW ``v`` with the ONNX kernel (K, C / group, kh, kw), the layer's
-    strides, dilations and padding (none for a pointwise step)."""
+    """A float32 ``Conv`` of NCHW (NCW) ``v`` with the ONNX kernel (K, C / group, kh, kw), the
+    layer's strides, dilations and padding (none for a pointwise step)."""
     inputs = [v, _f32(b, kernel, "f_w")]
     if bias is not None:
         inputs.append(_f32(b, bias, "f_b"))
     if pointwise:
         return b.node("Conv", inputs, "f_conv", group=1)
-    kh, kw = kernel.shape[2:]
     strides, dilations = list(layer.strides), list(layer.dilation_rate)
     return b.node("Conv", inputs, "f_conv", strides=strides, dilations=dilations, group=group,
-                  pads=_pads(layer, (kh, kw), strides, dilations))
+                  pads=_pads(layer, kernel.shape[2:], strides, dilations))
 
 
 def _depthwise_kernel(layer):
@@ -98,12 +99,16 @@ def _bias(layer):
     return _np(layer.bias) if layer.use_bias else None
 
 
-def _float_conv2d(b, layer, xs):
-    """Conv2D: ``Conv`` (kernel (K, C / groups, kh, kw), ``group`` = groups, TF's asymmetric
-    'same' pads) in NCHW, then the activation."""
-    kernel = _np(layer.kernel).transpose(3, 2, 0, 1)
-    v = _conv_nchw(b, layer, _nchw(b, xs[0]), kernel, _bias(layer), int(layer.groups))
-    return _float_activation(b, _activation_name(layer.activation), _nhwc(b, v))
+def _float_conv(b, layer, xs):
+    """Conv2D, Conv1D: ``Conv`` (kernel (K, C / groups, kh, kw), ``group`` = groups, TF's
+    asymmetric 'same' pads, Conv1D's 'causal' ones all before) in NCHW (NCW), then the
+    activation."""
+    kernel = _np(layer.kernel)
+    rank = kernel.ndim
+    kernel = kernel.transpose(rank - 1, rank - 2, *range(rank - 2))
+    v = _nchw(b, xs[0], rank)
+    v = _conv_nchw(b, layer, v, kernel, _bias(layer), int(layer.groups))
+    return _float_activation(b, _activation_name(layer.activation), _nhwc(b, v, rank))
 
 
 def _float_depthwise_conv2d(b, layer, xs):
@@ -125,6 +130,7 @@ def _float_separable_conv2d(b, layer, xs):
 
 
 _conv_refuses = _both(_spatial_refuses, _float_activation_refuses)
+_conv1d_refuses = _both(lambda layer: _spatial_refuses(layer, rank=3), _float_activation_refuses)
 
 
 # ---- normalizations -------------------------------------------------------------------------
@@ -185,25 +191,35 @@ def _float_layernorm_refuses(layer):
 
 
 # ---- pooling, padding, cropping, upsampling -------------------------------------------------
-def _float_global_pool(op):
-    """GlobalAveragePooling2D / GlobalMaxPooling2D: ``ReduceMean``/``ReduceMax`` over H and W
-    (keepdims as the layer)."""
+def _float_global_pool(op, rank=4):
+    """GlobalAveragePooling2D/1D, GlobalMaxPooling2D/1D: ``ReduceMean``/``ReduceMax`` over the
+    spatial axes (keepdims as the layer)."""
     def emitter(b, layer, xs):
-        return b.node(op, [xs[0]], "f_" + op.lower(), axes=[1, 2],
+        return b.node(op, [xs[0]], "f_" + op.lower(), axes=list(range(1, rank - 1)),
                       keepdims=int(bool(layer.keepdims)))
     return emitter
 
 
-def _float_pool(op, **attrs):
-    """MaxPooling2D / AveragePooling2D: ``MaxPool``/``AveragePool`` in NCHW with TF's pads
-    (ignored by the maximum; not counted in the average: Keras' 'same' averages the valid
+def _float_pool(op, rank=4, **attrs):
+    """MaxPooling2D/1D, AveragePooling2D/1D: ``MaxPool``/``AveragePool`` in NCHW (NCW) with TF's
+    pads (ignored by the maximum; not counted in the average: Keras' 'same' averages the valid
     cells only)."""
     def emitter(b, layer, xs):
         pool, strides = list(layer.pool_size), list(layer.strides)
-        v = b.node(op, [_nchw(b, xs[0])], "f_" + op.lower(), kernel_shape=pool,
-                   strides=strides, pads=_pads(layer, pool, strides, (1, 1)), **attrs)
-        return _nhwc(b, v)
+        v = b.node(op, [_nchw(b, xs[0], rank)], "f_" + op.lower(), kernel_shape=pool,
+                   strides=strides, pads=_pads(layer, pool, strides, [1] * len(pool)), **attrs)
+        return _nhwc(b, v, rank)
     return emitter
+
+
+def _refuses_rank(rank):
+    return lambda layer: _spatial_refuses(layer, rank=rank)
+
+
+def _global_pool_1d_refuses(layer):
+    if getattr(layer, "input_mask", None) is not None:
+        return "a masked input (the mean over the unmasked steps)"
+    return _spatial_refuses(layer, rank=3)
 
 
 def _float_zero_pad(b, layer, xs):
@@ -242,7 +258,8 @@ def _float_upsample_refuses(layer):
 
 #: Float Keras layer class (exact) -> ``(emit, refuses)``, merged into ``FLOAT_EMITTERS``.
 SPATIAL_FLOAT_EMITTERS = {
-    L.Conv2D: (_float_conv2d, _conv_refuses),
+    L.Conv2D: (_float_conv, _conv_refuses),
+    L.Conv1D: (_float_conv, _conv1d_refuses),
     L.DepthwiseConv2D: (_float_depthwise_conv2d, _conv_refuses),
     L.SeparableConv2D: (_float_separable_conv2d, _conv_refuses),
     L.BatchNormalization: (_float_batchnorm, _float_batchnorm_refuses),
@@ -254,4 +271,8 @@ SPATIAL_FLOAT_EMITTERS = {
     L.ZeroPadding2D: (_float_zero_pad, _spatial_refuses),
     L.Cropping2D: (_float_crop, _spatial_refuses),
     L.UpSampling2D: (_float_upsample, _float_upsample_refuses),
+    L.GlobalAveragePooling1D: (_float_global_pool("ReduceMean", 3), _global_pool_1d_refuses),
+    L.GlobalMaxPooling1D: (_float_global_pool("ReduceMax", 3), _refuses_rank(3)),
+    L.MaxPooling1D: (_float_pool("MaxPool", 3), _refuses_rank(3)),
+    L.AveragePooling1D: (_float_pool("AveragePool", 3, count_include_pad=0), _refuses_rank(3)),
 }

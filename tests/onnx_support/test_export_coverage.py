@@ -208,9 +208,15 @@ def _batchnorm_after_relu():
     return lambda t: bn(L.ReLU(name="pre")(t))
 
 
+def _after_reshape(make_layer):
+    """A 1D island factory: a quantized Reshape of the 4x4x4 input to (16, 4), then the layer."""
+    return lambda: lambda t: make_layer()(L.Reshape((16, 4), name="pre")(t))
+
+
 #: float spatial and normalization layers kept float -> (island factory, dense head, exact):
 #: exact ones (copies, maxima) are compared bit for bit, the others with ``_check_close``; the
-#: island's input is 4x4x4 (the 'same' ones with stride 2 pad one row/column at the end only).
+#: island's input is 4x4x4 or 16x4 (the 'same' ones with stride 2 pad one row/column at the end
+#: only).
 SPATIAL_ISLANDS = {
     "conv_same_s2": (lambda: L.Conv2D(5, 3, strides=2, padding="same", activation="relu",
                                       bias_initializer=_random(), name="island"), False, False),
@@ -245,6 +251,20 @@ SPATIAL_ISLANDS = {
     "zero_pad": (lambda: L.ZeroPadding2D(((1, 0), (0, 2)), name="island"), False, True),
     "crop": (lambda: L.Cropping2D(((1, 0), (0, 2)), name="island"), False, True),
     "upsample": (lambda: L.UpSampling2D((2, 3), name="island"), False, True),
+    # Conv1D and the 1D poolings (no quantized twin) after a quantized Reshape to (16, 4)
+    "conv1d_same_s2_groups": (_after_reshape(lambda: L.Conv1D(
+        4, 3, strides=2, padding="same", groups=2, bias_initializer=_random(), name="island")),
+                              True, False),
+    "conv1d_causal_dilated": (_after_reshape(lambda: L.Conv1D(5, 3, padding="causal",
+                                                              dilation_rate=2, name="island")),
+                              True, False),
+    "gap1d": (_after_reshape(lambda: L.GlobalAveragePooling1D(name="island")), True, False),
+    "gmp1d_keepdims": (_after_reshape(lambda: L.GlobalMaxPooling1D(keepdims=True,
+                                                                   name="island")), True, True),
+    "maxpool1d_same": (_after_reshape(lambda: L.MaxPooling1D(3, 2, padding="same",
+                                                             name="island")), True, True),
+    "avgpool1d_same": (_after_reshape(lambda: L.AveragePooling1D(3, 2, padding="same",
+                                                                 name="island")), True, False),
 }
 
 
@@ -327,6 +347,12 @@ def test_float_emitters_refuse():
     for layer in refused:
         layer(inputs)
         assert FLOAT_EMITTERS[type(layer)][1](layer) is not None, layer
+    steps = keras.Input((5, 4))
+    conv1d, gap1d = L.Conv1D(3, 3, data_format="channels_first"), L.GlobalAveragePooling1D()
+    conv1d(steps)
+    gap1d(L.Masking()(steps))
+    assert "channels_first" in FLOAT_EMITTERS[L.Conv1D][1](conv1d)
+    assert "masked" in FLOAT_EMITTERS[L.GlobalAveragePooling1D][1](gap1d)
     for layer in (L.Conv2D(3, 3, padding="same"), L.UpSampling2D(), L.BatchNormalization(),
                   L.LayerNormalization(axis=[2, 3])):
         layer(inputs)
