@@ -1629,16 +1629,26 @@ def _emitter(layer):
     return EMITTERS.get(spec.export)
 
 
+def _unsupported_listing(bad):
+    """The culprits of :func:`_check_supported` (``(layer, reason or None)``), one each as
+    ``name (Class)`` or, when its emitter's ``refuses`` gave a reason, ``name (Class): reason``,
+    separated by '; ' (a reason may hold commas)."""
+    return "; ".join(f"{layer.name} ({type(layer).__name__})" + (f": {reason}" if reason else "")
+                     for layer, reason in bad)
+
+
 def _check_supported(qmodel):
     bad = []
     for layer in qmodel.layers:
         if isinstance(layer, _QUANTIZER_LAYERS):
             continue
         emitter = _emitter(layer) or _float_emitter(layer)
-        if emitter is None or (emitter[1] is not None and emitter[1](layer) is not None):
-            bad.append(layer)
+        if emitter is None:
+            bad.append((layer, None))
+        elif emitter[1] is not None and (reason := emitter[1](layer)) is not None:
+            bad.append((layer, reason))
     if bad:
-        listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in bad)
+        listing = _unsupported_listing(bad)
         supported = ", ".join(c.__name__ for c in supported_layers())
         raise ValueError(f"export expected a quantized model made of {supported}. Received: "
                          f"layers it cannot export: {listing}")

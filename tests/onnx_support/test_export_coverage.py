@@ -311,12 +311,19 @@ def test_export_float_tail_gap_dense():
 
 
 def test_export_float_island_bilinear_refused():
-    """A bilinear UpSampling2D kept float is listed by the export error (nearest only)."""
+    """A bilinear UpSampling2D kept float is listed by the export error with its emitter's
+    reason (nearest only), and the error still lists the supported layers."""
     model = _island_model(lambda: L.UpSampling2D(interpolation="bilinear", name="island"))
     x = _samples((6, 6, 3), n=4)
     qmodel = _quantize(model, x, q_config={"island": "float"})
-    with pytest.raises(ValueError, match=r"island \(UpSampling2D\)"):
+    reason = FLOAT_EMITTERS[L.UpSampling2D][1](qmodel.get_layer("island"))
+    assert "bilinear" in reason
+    with pytest.raises(ValueError) as info:
         export(qmodel)
+    message = str(info.value)
+    assert f"island (UpSampling2D): {reason}" in message, message
+    hint = message.split("Received:")[0]  # the supported layers
+    assert "made of" in hint and "UpSampling2D" in hint and "Conv2D" in hint, message
 
 
 def test_export_unsupported_float_layer_listed():
