@@ -504,7 +504,7 @@ def _search_weight_ranges(qmodel, batches):
 
 #: The learn_rounding keyword arguments quantize(learned_rounding={...}) accepts.
 ROUNDING_OPTIONS = ("iterations", "batch_size", "reg", "beta", "learning_rate", "asymmetric",
-                    "report", "seed")
+                    "report", "seed", "output_ranges")
 
 
 def _rounding_options(learned_rounding):
