@@ -1581,7 +1581,8 @@ FLOAT_EMITTERS = {
 # the convolutions, normalizations, poolings, padding, cropping and upsampling (their module
 # imports the helpers above)
 from .float_layers import SPATIAL_FLOAT_EMITTERS  # noqa: E402
-FLOAT_EMITTERS.update(SPATIAL_FLOAT_EMITTERS)
+from .float_transformer import TRANSFORMER_FLOAT_EMITTERS  # noqa: E402
+FLOAT_EMITTERS.update({**SPATIAL_FLOAT_EMITTERS, **TRANSFORMER_FLOAT_EMITTERS})
 
 
 def _float_emitter(layer):
