@@ -81,8 +81,8 @@ def test_lower_reconstruction_error(kind, bits, asymmetric):
 @pytest.mark.parametrize("kind", ["conv", "dense"])
 def test_integer_weights_on_the_floor_grid(kind):
     model, qmodel, x, _ = _quantized(kind, 4)
-    # the weight-MSE ranges of quantize() kept (output_ranges=False): same scales
-    learned = learn_rounding(model, qmodel, x, iterations=ITERATIONS, output_ranges=False)
+    # at 4 bits the weight-MSE ranges of quantize() are kept (OUTPUT_RANGES_MAX_BITS = 3)
+    learned = learn_rounding(model, qmodel, x, iterations=ITERATIONS)
     flipped = 0
     for layer in qmodel.layers:
         op = _operation(layer)
