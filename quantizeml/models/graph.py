@@ -5,7 +5,8 @@ quantize(), the transforms, the exporter and the analysis all read models throug
 produced a tensor):
 
 - helpers on a model's own graph: :func:`check_functional`, :func:`model_nodes` (topological
-  layer calls), :func:`producer`, :func:`is_qtensor`, :func:`consumers`, :func:`output_layers`;
+  layer calls), :func:`producer`, :func:`is_qtensor`, :func:`call_tensors`, :func:`consumers`,
+  :func:`output_layers`;
 - :class:`Graph` lists the layer calls (nodes) of a functional or Sequential model in
   topological order. Nested functional/Sequential sub-models are expanded in place, so the
   graph is always flat: the layers of a sub-model appear as nodes of the graph and the tensors
@@ -22,8 +23,8 @@ import tf_keras as keras
 
 from ..tensors import QTensor
 
-__all__ = ["check_functional", "is_qtensor", "producer", "model_nodes", "consumers",
-           "output_layers", "TensorRef", "Node", "Graph", "Rebuilder", "rebuild",
+__all__ = ["check_functional", "is_qtensor", "producer", "model_nodes", "call_tensors",
+           "consumers", "output_layers", "TensorRef", "Node", "Graph", "Rebuilder", "rebuild",
            "replace_layers", "channels_last", "last_axis_only"]
 
 def check_functional(model, what="model"):
@@ -83,11 +84,24 @@ def model_nodes(model):
     return order
 
 
+def call_tensors(node):
+    """The KerasTensors a Keras node was called on: every tensor of its positional and keyword
+    call arguments (``node.input_tensors`` holds only the first argument, e.g. the query of a
+    MultiHeadAttention), each once, in call order."""
+    seen, out = set(), []
+    for t in node.keras_inputs:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
 def consumers(model):
-    """Maps each layer name to the list of layers consuming its outputs in the model."""
+    """Maps each layer name to the list of layers consuming its outputs in the model (every
+    tensor a call reads, positional or keyword, counts once per call)."""
     out = {layer.name: [] for layer in model.layers}
     for layer, node in model_nodes(model):
-        for t in tf.nest.flatten(node.input_tensors):
+        for t in call_tensors(node):
             out[producer(t).name].append(layer)
     return out
 
@@ -458,8 +472,9 @@ def replace_layers(model, convert, after=None, before=None, name=None):
             layers stay shared).
         after (callable, optional): ``after(layer, outputs) -> outputs`` called on the new
             outputs of each node (and of each input layer), to insert layers after it.
-        before (callable, optional): ``before(layer, args) -> args`` called on the new inputs
-            of each node, to insert layers before it.
+        before (callable, optional): ``before(layer, args, kwargs) -> (args, kwargs)`` called
+            on the new positional and keyword call arguments of each node, to insert layers
+            before it (the returned ones are those the new layer is called on).
         name (str, optional): the new model name.
 
     Returns:
@@ -474,10 +489,10 @@ def replace_layers(model, convert, after=None, before=None, name=None):
         layer = node.layer
         if layer.name not in new_layers:
             new_layers[layer.name] = convert(layer)
-        args = rb.map(tuple(node.args))
+        args, kwargs = rb.map(tuple(node.args)), rb.map(dict(node.kwargs))
         if before:
-            args = before(layer, args)
-        outputs = new_layers[layer.name](*args, **rb.map(dict(node.kwargs)))
+            args, kwargs = before(layer, args, kwargs)
+        outputs = new_layers[layer.name](*args, **kwargs)
         return after(layer, outputs) if after else outputs
 
     new = rebuild(Graph(model), rewrite, rewrite_input, name=name, dynamic_batch=True)

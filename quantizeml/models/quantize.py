@@ -449,18 +449,23 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             return input_quantizer(layer, True)(outputs)
         return outputs
 
-    def before(layer, args):
-        if layer.name in floating:
-            count = iter(range(1000))
+    def before(layer, args, kwargs):
+        """Dequantizes the quantized tensors a float layer reads, positional or keyword: one
+        Dequantizer per tensor (``<layer>_dequantizer``, then ``_1``...), reused where the
+        layer reads it twice (self-attention ``mha(y, y)``)."""
+        if layer.name not in floating:
+            return args, kwargs
+        dequantized = {}
 
-            def dequantize(t):
-                if not is_qtensor(t):
-                    return t
-                index = next(count)
+        def dequantize(t):
+            if not is_qtensor(t):
+                return t
+            if id(t) not in dequantized:
+                index = len(dequantized)
                 suffix = "" if index == 0 else f"_{index}"
-                return Dequantizer(name=f"{layer.name}_dequantizer{suffix}")(t)
-            return tf.nest.map_structure(dequantize, args)
-        return args
+                dequantized[id(t)] = Dequantizer(name=f"{layer.name}_dequantizer{suffix}")(t)
+            return dequantized[id(t)]
+        return tf.nest.map_structure(dequantize, (args, kwargs))
 
     qmodel, new_layers = replace_layers(model, convert, after=after, before=before,
                                  name=model.name + ("" if requantize else "_quantized"))

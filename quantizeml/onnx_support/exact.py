@@ -1592,7 +1592,8 @@ def _float_emitter(layer):
 
 def _integer_output(graph, tensors, ref):
     """The integer tensor (``_T``) before the Dequantizer that a float model output derives
-    from (directly, or through float-tail layers); exactly one Dequantizer is expected."""
+    from (directly, or through float-tail layers); exactly one integer tensor is expected (a
+    float tail may read it through several Dequantizers, e.g. self-attention ``mha(y, y)``)."""
     found, stack, seen = [], [ref], set()
     while stack:
         r = stack.pop()
@@ -1603,12 +1604,15 @@ def _integer_output(graph, tensors, ref):
         if node is None or not isinstance(tensors[r.key], str):
             continue
         if isinstance(node.layer, Dequantizer):
-            found.append(tensors[node.inputs[0].key])
+            x = tensors[node.inputs[0].key]
+            if all(x.name != f.name for f in found):
+                found.append(x)
         else:
             stack.extend(node.inputs)
     if len(found) != 1:
-        raise ValueError(f"export expected one Dequantizer before each model output. Received: "
-                         f"{len(found)} for output {graph.producer(ref).layer.name!r}")
+        raise ValueError(f"export expected one dequantized integer tensor before each model "
+                         f"output. Received: {len(found)} for output "
+                         f"{graph.producer(ref).layer.name!r}")
     return found[0]
 
 

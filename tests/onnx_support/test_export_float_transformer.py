@@ -77,8 +77,8 @@ def _mha(name="mha", **kwargs):
 def _attention_block(cross):
     """Dense projection(s) -> MultiHeadAttention -> (Add skip -> Dense): self-attention called
     as ``mha(y, y)``; cross-attention ``mha(y, value, key)`` on a second input of 4 steps, the
-    key a projection of its own, value_dim 3. (Positional calls: quantize() dequantizes only
-    the positional inputs of a float layer, keyword ones reach it quantized.)"""
+    key a projection of its own, value_dim 3. (Keyword calls and the float tail:
+    ``tests/models/test_float_islands_multi_input.py``.)"""
     inputs = [keras.Input((SEQ, DIM), name="inp")]
     y = L.Dense(DIM, name="pre")(inputs[0])
     if cross:
@@ -153,6 +153,23 @@ def test_export_float_mha_emitter_matches_keras(call):
     xs = [_samples((SEQ, DIM)), _samples((4, 5), seed=1), _samples((4, 7), seed=2)]
     np.testing.assert_allclose(_emit_alone(model, xs), model(xs).numpy(), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_export_float_tail_two_dequantizers_of_one_tensor():
+    """A float tail reading one integer tensor through two Dequantizers (``mha(dq_a(y),
+    dq_b(y))``, as quantize() built self-attention before it reused one): the export finds
+    one integer tensor before the output."""
+    inputs = keras.Input((SEQ, DIM), name="inp")
+    x = _samples((SEQ, DIM))
+    y = L.Dense(DIM, name="pre")(inputs)
+    qmodel = _quantize(keras.Model(inputs, _mha()(y, y)), x, {"mha": "float"})
+    source = qmodel.get_layer("mha")
+    mha = L.MultiHeadAttention.from_config(source.get_config())
+    y = qmodel.get_layer("pre").output
+    qmodel = keras.Model(qmodel.inputs, mha(Dequantizer(name="dq_a")(y),
+                                            Dequantizer(name="dq_b")(y)))
+    mha.set_weights(source.get_weights())
+    _check_tail(qmodel, x)
 
 
 def test_export_float_embedding_head_einsum_island():
