@@ -3,16 +3,17 @@
 A quantized layer quantizes its float weights on the fly: ``scales = ratio * max|w| / int_max``
 per output channel (``ratio`` the weight quantizer's ``range_ratios``, 1 at 8 bits, searched
 once by quantize() at 4 bits or less) and ``w_int = round(w / scales)``. Rounding to the
-nearest integer is not the best choice for the layer's output: :func:`learn_rounding` learns, layer by layer, whether each
-weight rounds down or up, so that the layer reconstructs the float layer's output on the
-calibration samples, and moves each float weight onto the grid point it should round to:
+nearest integer is not the best choice for the layer's output: :func:`learn_rounding` learns,
+layer by layer, whether each weight rounds down or up, so that the layer reconstructs the float
+layer's output on the calibration samples, and moves each float weight onto the grid point it
+should round to:
 
 ``w' = scales * (floor(w / scales) + h)`` with ``h`` in {0, 1}
 
 (clipped to the channel's ``max|w|``). The weight of largest magnitude of each channel keeps its
 nearest rounding and its exact value, so the scales (unless ``output_ranges`` changes the
-clipping ratios, below), and every other part of the quantized model, are unchanged; the quantized model stays integer-exact (it is an ordinary quantized
-model whose float weights happen to lie on their grid), saves, reloads, trains and exports as
+clipping ratios, below), and every other part of the quantized model, are unchanged; the
+quantized model stays integer-exact (it is an ordinary quantized model whose float weights happen to lie on their grid), saves, reloads, trains and exports as
 before.
 
 For each layer with quantized weights (``TwinSpec.weights`` of the twin registry) whose

@@ -1578,11 +1578,9 @@ FLOAT_EMITTERS = {
     keras.layers.GaussianNoise: (_float_identity, None),
     keras.layers.GaussianDropout: (_float_identity, None),
 }
-# the convolutions, normalizations, poolings, padding, cropping and upsampling (their module
-# imports the helpers above)
-from .float_layers import SPATIAL_FLOAT_EMITTERS  # noqa: E402
-from .float_transformer import TRANSFORMER_FLOAT_EMITTERS  # noqa: E402
-FLOAT_EMITTERS.update({**SPATIAL_FLOAT_EMITTERS, **TRANSFORMER_FLOAT_EMITTERS})
+# The convolutions, normalizations, poolings, padding, cropping and upsampling
+# (:mod:`.float_layers`) and the transformer layers (:mod:`.float_transformer`) add their entries
+# when imported (by :mod:`.export`, as the integer emitters of :mod:`.convolutions`).
 
 
 def _float_emitter(layer):

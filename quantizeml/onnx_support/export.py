@@ -14,7 +14,9 @@ The emitters are keyed by the ``export`` name of each twin's registration
 """
 import tf_keras as keras
 
-from . import convolutions, transformer  # noqa: F401  (they register their emitters)
+# imported for their registrations: integer emitters (convolutions, transformer) and float
+# ones (float_layers, float_transformer)
+from . import convolutions, float_layers, float_transformer, transformer  # noqa: F401
 from . import qdq
 from .exact import EMITTERS, FLOAT_EMITTERS, OPSET, _check_supported, export_exact, \
     supported_layers

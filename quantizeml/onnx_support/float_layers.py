@@ -14,8 +14,8 @@ and averages are float32 arithmetic that may differ from TensorFlow's in the las
 import numpy as np
 import tf_keras as keras
 
-from .exact import (_activation_name, _float_activation, _float_activation_refuses, _np,
-                    _pad_amounts)
+from .exact import (FLOAT_EMITTERS, _activation_name, _float_activation,
+                    _float_activation_refuses, _np, _pad_amounts)
 
 __all__ = ["SPATIAL_FLOAT_EMITTERS"]
 
@@ -276,3 +276,6 @@ SPATIAL_FLOAT_EMITTERS = {
     L.MaxPooling1D: (_float_pool("MaxPool", 3), _refuses_rank(3)),
     L.AveragePooling1D: (_float_pool("AveragePool", 3, count_include_pad=0), _refuses_rank(3)),
 }
+
+# registered with the exporter when imported (by :mod:`.export`)
+FLOAT_EMITTERS.update(SPATIAL_FLOAT_EMITTERS)

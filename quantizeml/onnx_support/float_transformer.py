@@ -30,7 +30,8 @@ from onnx import TensorProto
 
 from ..layers.attention import Attention
 from ..layers.tokens import AddPositionEmbs, ClassToken, ExtractToken
-from .exact import _activation_name, _float_activation, _float_activation_refuses, _np
+from .exact import (FLOAT_EMITTERS, _activation_name, _float_activation,
+                    _float_activation_refuses, _np)
 
 __all__ = ["TRANSFORMER_FLOAT_EMITTERS"]
 
@@ -257,3 +258,6 @@ TRANSFORMER_FLOAT_EMITTERS = {
     ExtractToken: (_float_extract_token, None),
     Attention: (_float_attention, _float_attention_refuses),
 }
+
+# registered with the exporter when imported (by :mod:`.export`)
+FLOAT_EMITTERS.update(TRANSFORMER_FLOAT_EMITTERS)
