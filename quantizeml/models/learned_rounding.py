@@ -13,7 +13,8 @@ should round to:
 (clipped to the channel's ``max|w|``). The weight of largest magnitude of each channel keeps its
 nearest rounding and its exact value, so the scales (unless ``output_ranges`` changes the
 clipping ratios, below), and every other part of the quantized model, are unchanged; the
-quantized model stays integer-exact (it is an ordinary quantized model whose float weights happen to lie on their grid), saves, reloads, trains and exports as
+quantized model stays integer-exact (it is an ordinary quantized model whose float weights
+happen to lie on their grid), saves, reloads, trains and exports as
 before.
 
 For each layer with quantized weights (``TwinSpec.weights`` of the twin registry) whose
