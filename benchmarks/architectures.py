@@ -23,7 +23,12 @@ runs directly (no ``sanitize`` call) and we record:
 * ``sqnr_db`` of the 8/8 logits against the float model and ``argmax_agreement`` on 32
   held-out inputs; ``worst_layers``: the three layers with the lowest SQNR
   (``quantizeml.analysis.compare``) where the SQNR is low;
-* ``savedmodel_bit_identical``: SavedModel save + ``load_model`` give the same outputs;
+* ``savedmodel_bit_identical``: ``quantizeml.models.save_model`` (SavedModel without
+  per-layer traces, with a ``serving_default`` signature) + ``load_model`` give the same
+  outputs (rows without a ``savedmodel_saver`` key used ``qmodel.save``, with per-layer
+  traces);
+* ``phase_s``: the seconds of each phase (build and BatchNorm re-estimation, quantize,
+  fidelity, SavedModel round trip, TF-MOT);
 * with ``--tfmot``: the SQNR and agreement of TF-MOT's default 8-bit ``quantize_model``
   (fake quant, ranges set by training-mode passes over the same calibration inputs), or the
   error it stops with. TF-MOT is installed by the benchmark's user
@@ -154,7 +159,14 @@ def measure(name, size=None, tfmot=False):
 
     from quantizeml.layers import Dequantizer, InputQuantizer
     from quantizeml.layers.registry import twin_spec
-    from quantizeml.models import float_islands, load_model, quantize
+    from quantizeml.models import float_islands, load_model, quantize, save_model
+
+    phases, mark = {}, [time.perf_counter()]
+
+    def phase(key):
+        now = time.perf_counter()
+        phases[key] = round(now - mark[0], 1)
+        mark[0] = now
 
     keras.utils.set_random_seed(0)
     model, size = build(name, size)
@@ -166,6 +178,7 @@ def measure(name, size=None, tfmot=False):
     _reestimate_batchnorm(model, x_calib)
     weights_bytes = int(sum(np.asarray(w).nbytes for w in model.get_weights()))
     y = np.asarray(model(x_eval, training=False))
+    phase("build")
     result = {"name": name, "family": FAMILIES[name], "input_size": size,
               "float_layers_total": len(model.layers), "weights_bytes": weights_bytes}
     start = time.perf_counter()
@@ -176,6 +189,7 @@ def measure(name, size=None, tfmot=False):
         result["peak_rss_mb"] = _peak_rss_mb()
         return result
     seconds = time.perf_counter() - start
+    phase("quantize")
     quantized = [layer for layer in qmodel.layers if twin_spec(layer) is not None
                  and isinstance(layer, twin_spec(layer).twin)]
     floating = [layer.name for layer in qmodel.layers
@@ -200,14 +214,19 @@ def measure(name, size=None, tfmot=False):
         rows = compare(model, qmodel, x_eval[:8], batch_size=8)
         rows = sorted(rows, key=lambda r: r["sqnr_db"])[:3]
         result["worst_layers"] = [(r["layer"], r["type"], round(r["sqnr_db"], 1)) for r in rows]
+    phase("fidelity")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "saved")
-        qmodel.save(path, save_format="tf")
+        save_model(qmodel, path)
         loaded = load_model(path, compile_model=False)
         result["savedmodel_bit_identical"] = bool(
             np.array_equal(np.asarray(loaded(x_eval)), yq))
+    result["savedmodel_saver"] = "quantizeml.models.save_model"
+    phase("savedmodel")
     if tfmot:
         result["tfmot"] = _tfmot(model, x_calib, x_eval, y)
+        phase("tfmot")
+    result["phase_s"] = phases
     tf.keras.backend.clear_session()
     return result
 

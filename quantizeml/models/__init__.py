@@ -11,12 +11,13 @@ from .mixed_precision import layer_sensitivity, mixed_precision_config, weight_b
 from .quantization_params import QuantizationParams, get_quantization_params, quantization
 from .learned_rounding import layer_reconstruction_error, learn_rounding
 from .quantize import quantize
-from .saving import apply_weights_to_model, load_model, record_quantization_variables
+from .saving import (apply_weights_to_model, load_model, record_quantization_variables,
+                     save_model)
 
 __all__ = ["quantize", "calibrate", "calibration_required", "check_quantization", "float_islands",
            "dump_config", "integer_weights", "save_integer_weights", "load_integer_weights",
            "QuantizationParams", "get_quantization_params", "quantization",
-           "apply_weights_to_model", "load_model", "record_quantization_variables",
+           "apply_weights_to_model", "load_model", "record_quantization_variables", "save_model",
            "transforms", "zoo", "digits_vit", "train_digits_vit", "from_keras3",
            "is_keras3_model", "layer_sensitivity", "mixed_precision_config", "weight_bytes",
            "learn_rounding", "layer_reconstruction_error"]
