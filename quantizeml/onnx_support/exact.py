@@ -44,6 +44,8 @@ their own modules, merged into ``EMITTERS``.
 The final Dequantizer is a float output (``values * 2^-f * scales`` in float64, rounded once to
 float32, as ``QTensor.to_float`` does). The integer values before it are a second graph output
 named ``integer_outputs`` (one per model output: ``integer_outputs``, ``integer_outputs_1``...).
+A float tail that reads several quantized tensors (cross-attention) exports each of them, in
+the graph order of their Dequantizers: ``integer_outputs``, ``integer_outputs_source1``...
 
 The float layers quantize() leaves in a quantized model (the float preprocessing head before an
 InputQuantizer ``<layer>_quantizer``, float islands between a Dequantizer and such an
@@ -1588,10 +1590,13 @@ def _float_emitter(layer):
     return FLOAT_EMITTERS.get(type(layer))
 
 
-def _integer_output(graph, tensors, ref):
-    """The integer tensor (``_T``) before the Dequantizer that a float model output derives
-    from (directly, or through float-tail layers); exactly one integer tensor is expected (a
-    float tail may read it through several Dequantizers, e.g. self-attention ``mha(y, y)``)."""
+def _integer_outputs(graph, tensors, ref):
+    """The integer tensors (``_T``) before the Dequantizers that a float model output derives
+    from (directly, or through float-tail layers), in the graph order of their Dequantizers:
+    one for a plain output, several for a float tail that reads several quantized tensors
+    (cross-attention ``mha(query, value, key)``); a tensor read through several
+    Dequantizers (self-attention ``mha(y, y)``) counts once."""
+    order = {id(node.layer): i for i, node in enumerate(graph.nodes)}
     found, stack, seen = [], [ref], set()
     while stack:
         r = stack.pop()
@@ -1603,15 +1608,15 @@ def _integer_output(graph, tensors, ref):
             continue
         if isinstance(node.layer, Dequantizer):
             x = tensors[node.inputs[0].key]
-            if all(x.name != f.name for f in found):
-                found.append(x)
+            if all(x.name != f.name for _, f in found):
+                found.append((order[id(node.layer)], x))
         else:
             stack.extend(node.inputs)
-    if len(found) != 1:
-        raise ValueError(f"export expected one dequantized integer tensor before each model "
-                         f"output. Received: {len(found)} for output "
+    if not found:
+        raise ValueError(f"export expected a dequantized integer tensor before each model "
+                         f"output. Received: none for output "
                          f"{graph.producer(ref).layer.name!r}")
-    return found[0]
+    return [x for _, x in sorted(found, key=lambda e: e[0])]
 
 
 _QUANTIZER_LAYERS = (keras.layers.InputLayer, InputQuantizer, OutputQuantizer, Dequantizer)
@@ -1711,17 +1716,18 @@ def export_exact(qmodel, path=None):
         if not isinstance(tensors[ref.key], str):
             raise ValueError(f"export expected a Dequantizer on every model output. "
                              f"Received: output {name!r}")
-        x = _integer_output(graph, tensors, ref)
         b.nodes.append(oh.make_node("Identity", [tensors[ref.key]], [name],
                                     name=b.uid("Identity")))
-        iname = "integer_outputs" if i == 0 else f"integer_outputs_{i}"
-        b.nodes.append(oh.make_node("Identity", [x.name], [iname], name=b.uid("Identity")))
-        shape = ["N"] + [int(d) for d in x.shape] if x.shape is not None else None
         fshape = ref.shape[1:]
         fshape = ["N"] + [None if d is None else int(d) for d in fshape] \
             if fshape.rank is not None else None
         float_outputs.append(oh.make_tensor_value_info(name, TensorProto.FLOAT, fshape))
-        int_outputs.append(oh.make_tensor_value_info(iname, TensorProto.INT64, shape))
+        for j, x in enumerate(_integer_outputs(graph, tensors, ref)):
+            iname = "integer_outputs" if i == 0 else f"integer_outputs_{i}"
+            iname = iname if j == 0 else f"{iname}_source{j}"
+            b.nodes.append(oh.make_node("Identity", [x.name], [iname], name=b.uid("Identity")))
+            shape = ["N"] + [int(d) for d in x.shape] if x.shape is not None else None
+            int_outputs.append(oh.make_tensor_value_info(iname, TensorProto.INT64, shape))
     graph_outputs = float_outputs + int_outputs
     graph = oh.make_graph(b.nodes, qmodel.name, graph_inputs, graph_outputs,
                           initializer=b.inits)

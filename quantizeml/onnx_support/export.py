@@ -39,7 +39,9 @@ def export(qmodel, path=None, format="exact"):
     plain ``onnxruntime`` runs it. Its inputs are the float Keras inputs (NHWC, dynamic batch);
     its outputs are the dequantized float outputs (named after the Keras outputs) followed by
     the integer values before the final Dequantizers (``integer_outputs``, then
-    ``integer_outputs_1``, ...), which equal the Keras QTensors' ``values`` bit for bit.
+    ``integer_outputs_1``, ...; a float tail reading several quantized tensors, e.g.
+    cross-attention, adds ``integer_outputs_source1``, ...), which equal the Keras QTensors'
+    ``values`` bit for bit.
 
     Args:
         qmodel (keras.Model): a functional model from ``quantizeml.models.quantize``.

@@ -14,7 +14,7 @@ from quantizeml.models import float_islands
 from quantizeml.models.graph import consumers, is_qtensor
 from tests.onnx_support.test_export_float_transformer import (DIM, SEQ, _check_island,
                                                               _check_tail, _mha, _quantize,
-                                                              _samples)
+                                                              _run, _samples)
 
 L = keras.layers
 
@@ -101,3 +101,23 @@ def test_float_self_attention_tail():
                    for layer in qmodel.layers)
     assert float_islands(qmodel) == []
     _check_tail(qmodel, xs)
+
+
+@pytest.mark.parametrize("call", ["cross_keywords", "cross_key_keyword"])
+def test_float_cross_attention_tail(call):
+    """Cross-attention as the float tail: it reads three quantized tensors (query, value,
+    key), each dequantized once; the export writes the float output and the three integer
+    tensors (``integer_outputs``, ``integer_outputs_source1``, ``_source2``, in the order of
+    their Dequantizers), the integers bit-exact, the floats within 1e-4 of Keras'."""
+    model, xs = _model(call, tail=True), _inputs(call)
+    qmodel = _quantize(model, xs, {"mha": "float"})
+    _check_quantized(model, qmodel, xs, call)
+    dequantizers = [layer for layer in qmodel.layers if isinstance(layer, Dequantizer)]
+    assert len(dequantizers) == 3
+    outputs = _run(qmodel, xs)
+    assert len(outputs) == 4
+    keras_float = qmodel(xs).numpy()
+    np.testing.assert_allclose(outputs[0], keras_float, rtol=1e-4, atol=1e-4)
+    keras_ints = keras.Model(qmodel.inputs, [d.input for d in dequantizers])(xs)
+    for got, want in zip(outputs[1:], keras_ints):
+        np.testing.assert_array_equal(got, want.values.numpy().astype(np.int64))
