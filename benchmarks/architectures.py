@@ -7,6 +7,7 @@ Usage::
     python3 benchmarks/architectures.py --only ResNet50 MobileNetV2 --output /tmp/a.json
     python3 benchmarks/architectures.py --families               # one builder per family
     python3 benchmarks/architectures.py --tfmot                  # also TF-MOT's quantize_model
+    python3 benchmarks/architectures.py --timing-only --only VGG16  # quantize() time, peak RSS
 
 Each builder runs in a fresh subprocess (so its peak RSS is its own and a crash is recorded,
 not fatal): the model is built with ``weights=None`` and ``classifier_activation=None`` (logits)
@@ -150,8 +151,9 @@ def _tfmot(model, x_calib, x_eval, y):
             "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1)))}
 
 
-def measure(name, size=None, tfmot=False):
-    """Quantizes one builder and measures it (runs in the subprocess)."""
+def measure(name, size=None, tfmot=False, timing_only=False):
+    """Quantizes one builder and measures it (runs in the subprocess); ``timing_only``: stop
+    after quantize() (its time and the peak RSS)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     import tensorflow as tf
@@ -190,6 +192,12 @@ def measure(name, size=None, tfmot=False):
         return result
     seconds = time.perf_counter() - start
     phase("quantize")
+    if timing_only:
+        result.update({"quantize_s": round(seconds, 2), "peak_rss_mb": _peak_rss_mb(),
+                       "s_per_layer": round(seconds / max(1, len(model.layers)), 4),
+                       "rss_target_mb": round(1.5 * 1024 + 3 * weights_bytes / 2**20, 1),
+                       "timing_only": True, "phase_s": phases})
+        return result
     quantized = [layer for layer in qmodel.layers if twin_spec(layer) is not None
                  and isinstance(layer, twin_spec(layer).twin)]
     floating = [layer.name for layer in qmodel.layers
@@ -231,10 +239,11 @@ def measure(name, size=None, tfmot=False):
     return result
 
 
-def run_one(name, tfmot, timeout):
+def run_one(name, tfmot, timeout, timing_only=False):
     """Runs :func:`measure` in a subprocess; returns its result (or the error)."""
     code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import architectures as a; "
-            f"print('RESULT ' + json.dumps(a.measure({name!r}, tfmot={tfmot!r})))")
+            f"print('RESULT ' + json.dumps(a.measure({name!r}, tfmot={tfmot!r}, "
+            f"timing_only={timing_only!r})))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
     try:
@@ -280,6 +289,8 @@ def main(argv=None):
     parser.add_argument("--families", action="store_true", help="one builder per family")
     parser.add_argument("--tfmot", action="store_true", help="also TF-MOT's quantize_model")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per builder")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="quantize() time and peak RSS only (no fidelity, SavedModel, TF-MOT)")
     parser.add_argument("--output", default=os.path.join(HERE, "architectures.json"))
     args = parser.parse_args(argv)
     names = args.only or (list(FIRST_OF_FAMILY.values()) if args.families else list(FAMILIES))
@@ -288,15 +299,23 @@ def main(argv=None):
         parser.error(f"unknown builders {unknown}; known: {sorted(FAMILIES)}")
     results = []
     for name in names:
-        result = run_one(name, args.tfmot, args.timeout)
+        result = run_one(name, args.tfmot, args.timeout, args.timing_only)
         results.append(result)
-        status = result.get("error") or (f"{result['quantized_layers']} layers, "
-                                         f"{result['sqnr_db']:.1f} dB, "
-                                         f"{result['quantize_s']:.1f} s")
+        status = result.get("error") or (
+            f"{result['quantize_s']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB"
+            if args.timing_only else f"{result['quantized_layers']} layers, "
+            f"{result['sqnr_db']:.1f} dB, {result['quantize_s']:.1f} s")
         print(f"{name}: {status}", file=sys.stderr, flush=True)
         with open(args.output, "w") as f:
             json.dump({"results": results}, f, indent=1)
-    print(format_table(results))
+    if args.timing_only:
+        print("| model | quantize s (s/layer) | peak RSS MB (target) |\n| --- | --- | --- |")
+        for r in results:
+            print(f"| {r['name']} | " + (f"fails: {r['error'][:120]} | |" if "error" in r else
+                  f"{r['quantize_s']:.1f} ({r['s_per_layer']:.3f}) | {r['peak_rss_mb']:.0f} "
+                  f"({r['rss_target_mb']:.0f}) |"))
+    else:
+        print(format_table(results))
     return 0
 
 
