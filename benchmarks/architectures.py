@@ -28,6 +28,10 @@ runs directly (no ``sanitize`` call) and we record:
   per-layer traces, with a ``serving_default`` signature) + ``load_model`` give the same
   outputs (rows without a ``savedmodel_saver`` key used ``qmodel.save``, with per-layer
   traces);
+* ``onnx_export_s``, ``onnx_nodes``, ``onnx_bit_exact``: quantizeml's exact ONNX export
+  (``quantizeml.onnx_support.export``, full checker) and whether onnxruntime's float and
+  integer outputs equal Keras' bit for bit on the held-out inputs (``onnx_error`` when the
+  export fails; not measured with ``--no-onnx`` or on rows without these keys);
 * ``phase_s``: the seconds of each phase (build and BatchNorm re-estimation, quantize,
   fidelity, SavedModel round trip, TF-MOT);
 * with ``--tfmot``: the SQNR and agreement of TF-MOT's default 8-bit ``quantize_model``
@@ -151,7 +155,35 @@ def _tfmot(model, x_calib, x_eval, y):
             "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1)))}
 
 
-def measure(name, size=None, tfmot=False, timing_only=False):
+def _onnx_exact(qmodel, x_eval, yq):
+    """quantizeml's exact ONNX export of ``qmodel``: its time, node count, the full checker,
+    and whether onnxruntime's float and integer outputs equal Keras' bit for bit."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import tf_keras as keras
+
+    from quantizeml.layers import Dequantizer
+    from quantizeml.onnx_support import export
+    start = time.perf_counter()
+    try:
+        proto = export(qmodel)
+        seconds = time.perf_counter() - start
+        onnx.checker.check_model(proto, full_check=True)
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        floats, integers = session.run(None, {session.get_inputs()[0].name: x_eval})[:2]
+    except Exception as e:  # noqa: BLE001 - the benchmark records why an export fails
+        return {"onnx_error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
+    last = qmodel.layers[-1]
+    ints = keras.Model(qmodel.inputs, last.input)(x_eval).values.numpy() \
+        if isinstance(last, Dequantizer) else None
+    return {"onnx_export_s": round(seconds, 2), "onnx_nodes": len(proto.graph.node),
+            "onnx_bit_exact": bool(np.array_equal(floats, yq) and ints is not None
+                                   and np.array_equal(integers, ints.astype(np.int64)))}
+
+
+def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
     """Quantizes one builder and measures it (runs in the subprocess); ``timing_only``: stop
     after quantize() (its time and the peak RSS)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -231,6 +263,9 @@ def measure(name, size=None, tfmot=False, timing_only=False):
             np.array_equal(np.asarray(loaded(x_eval)), yq))
     result["savedmodel_saver"] = "quantizeml.models.save_model"
     phase("savedmodel")
+    if onnx:
+        result.update(_onnx_exact(qmodel, x_eval, yq))
+        phase("onnx")
     if tfmot:
         result["tfmot"] = _tfmot(model, x_calib, x_eval, y)
         phase("tfmot")
@@ -239,11 +274,11 @@ def measure(name, size=None, tfmot=False, timing_only=False):
     return result
 
 
-def run_one(name, tfmot, timeout, timing_only=False):
+def run_one(name, tfmot, timeout, timing_only=False, onnx=True):
     """Runs :func:`measure` in a subprocess; returns its result (or the error)."""
     code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import architectures as a; "
             f"print('RESULT ' + json.dumps(a.measure({name!r}, tfmot={tfmot!r}, "
-            f"timing_only={timing_only!r})))")
+            f"timing_only={timing_only!r}, onnx={onnx!r})))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
     try:
@@ -263,22 +298,29 @@ def run_one(name, tfmot, timeout, timing_only=False):
 
 def format_table(results):
     lines = ["| model | input | quantized layers | quantize s (s/layer) | peak RSS MB (target) "
-             "| SQNR dB | argmax | SavedModel | TF-MOT SQNR dB | status |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| SQNR dB | argmax | SavedModel | ONNX exact (nodes) | TF-MOT SQNR dB | status |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r.get('input_size', '')} | | | | | | | | "
+            lines.append(f"| {r['name']} | {r.get('input_size', '')} | | | | | | | | | "
                          f"fails: {r['error'][:120]} |")
             continue
         tf_sqnr = r.get("tfmot", {}).get("sqnr_db")
         tf_cell = (f"{tf_sqnr:.1f}" if isinstance(tf_sqnr, float)
                    else (r.get("tfmot", {}).get("error", "")[:40] or "-"))
-        ok = r["integer_before_head"] and r["savedmodel_bit_identical"]
+        if "onnx_bit_exact" in r:
+            onnx_cell = (f"{'bit-exact' if r['onnx_bit_exact'] else 'DIFFERS'} "
+                         f"({r['onnx_nodes']})")
+        else:
+            onnx_cell = ("fails: " + r["onnx_error"][:40]) if "onnx_error" in r else "-"
+        ok = r["integer_before_head"] and r["savedmodel_bit_identical"] and \
+            r.get("onnx_bit_exact", True)
         lines.append(
             f"| {r['name']} | {r['input_size']} | {r['quantized_layers']} | "
             f"{r['quantize_s']:.1f} ({r['s_per_layer']:.3f}) | {r['peak_rss_mb']:.0f} "
             f"({r['rss_target_mb']:.0f}) | {r['sqnr_db']:.1f} | {r['argmax_agreement']:.2f} | "
-            f"{'bit-identical' if r['savedmodel_bit_identical'] else 'DIFFERS'} | {tf_cell} | "
+            f"{'bit-identical' if r['savedmodel_bit_identical'] else 'DIFFERS'} | {onnx_cell} | "
+            f"{tf_cell} | "
             f"{'ok' if ok else 'check'} |")
     return "\n".join(lines)
 
@@ -289,6 +331,7 @@ def main(argv=None):
     parser.add_argument("--families", action="store_true", help="one builder per family")
     parser.add_argument("--tfmot", action="store_true", help="also TF-MOT's quantize_model")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per builder")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the exact ONNX export")
     parser.add_argument("--timing-only", action="store_true",
                         help="quantize() time and peak RSS only (no fidelity, SavedModel, TF-MOT)")
     parser.add_argument("--output", default=os.path.join(HERE, "architectures.json"))
@@ -299,7 +342,8 @@ def main(argv=None):
         parser.error(f"unknown builders {unknown}; known: {sorted(FAMILIES)}")
     results = []
     for name in names:
-        result = run_one(name, args.tfmot, args.timeout, args.timing_only)
+        result = run_one(name, args.tfmot, args.timeout, args.timing_only,
+                         not args.no_onnx)
         results.append(result)
         status = result.get("error") or (
             f"{result['quantize_s']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB"
