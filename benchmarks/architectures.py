@@ -33,7 +33,8 @@ runs directly (no ``sanitize`` call) and we record:
   integer outputs equal Keras' bit for bit on the held-out inputs (``onnx_error`` when the
   export fails; not measured with ``--no-onnx`` or on rows without these keys);
 * ``phase_s``: the seconds of each phase (build and BatchNorm re-estimation, quantize,
-  fidelity, SavedModel round trip, TF-MOT);
+  fidelity, SavedModel round trip, ONNX, TF-MOT), ``phase_peak_rss_mb`` the process's peak
+  RSS at the end of each;
 * with ``--tfmot``: the SQNR and agreement of TF-MOT's default 8-bit ``quantize_model``
   (fake quant, ranges set by training-mode passes over the same calibration inputs), or the
   error it stops with. TF-MOT is installed by the benchmark's user
@@ -200,7 +201,10 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
     def phase(key):
         now = time.perf_counter()
         phases[key] = round(now - mark[0], 1)
+        phase_rss[key] = round(_peak_rss_mb())
         mark[0] = now
+
+    phase_rss = {}
 
     keras.utils.set_random_seed(0)
     model, size = build(name, size)
@@ -269,7 +273,7 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
     if tfmot:
         result["tfmot"] = _tfmot(model, x_calib, x_eval, y)
         phase("tfmot")
-    result["phase_s"] = phases
+    result["phase_s"], result["phase_peak_rss_mb"] = phases, phase_rss
     tf.keras.backend.clear_session()
     return result
 
