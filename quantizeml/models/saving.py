@@ -73,8 +73,8 @@ def load_model(model_path, custom_layers=None, compile_model=True):
 def _serving_function(model):
     """The ``serving_default`` concrete function of a SavedModel: the model in inference
     mode on inputs of its input shapes (any batch size), outputs named as its outputs."""
-    specs = [tf.TensorSpec(t.shape, t.dtype, name=producer_name)
-             for t, producer_name in zip(model.inputs, model.input_names)]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=name)
+             for t, name in zip(model.inputs, model.input_names)]
     names = list(model.output_names)
 
     def serve(*inputs):
