@@ -234,11 +234,12 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
         return result
     seconds = time.perf_counter() - start
     phase("quantize")
+    result.update({"quantize_s": round(seconds, 2),
+                   "s_per_layer": round(seconds / max(1, len(model.layers)), 4),
+                   "peak_rss_mb": _peak_rss_mb(),
+                   "rss_target_mb": round(1.5 * 1024 + 3 * weights_bytes / 2**20, 1)})
     if timing_only:
-        result.update({"quantize_s": round(seconds, 2), "peak_rss_mb": _peak_rss_mb(),
-                       "s_per_layer": round(seconds / max(1, len(model.layers)), 4),
-                       "rss_target_mb": round(1.5 * 1024 + 3 * weights_bytes / 2**20, 1),
-                       "timing_only": True, "phase_s": phases})
+        result.update({"timing_only": True, "phase_s": phases})
         return result
     quantized = [layer for layer in qmodel.layers if twin_spec(layer) is not None
                  and isinstance(layer, twin_spec(layer).twin)]
@@ -248,9 +249,6 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
                     "quantizeml")]
     yq = np.asarray(qmodel(x_eval))
     result.update({
-        "quantize_s": round(seconds, 2),
-        "s_per_layer": round(seconds / max(1, len(model.layers)), 4),
-        "peak_rss_mb": _peak_rss_mb(),
         "quantized_layers": len(quantized),
         "float_layers": floating,
         "float_islands": float_islands(qmodel),
@@ -258,7 +256,6 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
         "sqnr_db": _sqnr(y, yq),
         "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1))),
     })
-    result["rss_target_mb"] = round(1.5 * 1024 + 3 * weights_bytes / 2**20, 1)
     if result["sqnr_db"] < 20:
         from quantizeml.analysis import compare
         rows = compare(model, qmodel, x_eval[:8], batch_size=8)
