@@ -121,3 +121,24 @@ def test_sanitize_mobilenet(checks, application, alpha):
     x = [np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)]
     checks.equivalent(model, new, x=x, rtol=1e-3, atol=1e-4)
     checks.unchanged(model, before)
+
+
+
+def test_intermediate_models_collected(checks):
+    """Each rebuilt intermediate model is freed before the next rebuild (with Python's
+    automatic collector off, only sanitize's own collections free its layers, which are
+    reference cycles): no layer but those of the input and of the result is left alive, so
+    the weights' memory does not add up over the rebuilds."""
+    import gc
+    model = checks.randomize_batchnorms(_everything())
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, keras.layers.Layer)}
+    gc.disable()
+    try:
+        new = sanitize(model)
+        kept = {id(layer) for layer in new.layers} | {id(new)}
+        alive = [o.name for o in gc.get_objects() if isinstance(o, keras.layers.Layer)
+                 and id(o) not in before and id(o) not in kept]
+    finally:
+        gc.enable()
+    assert alive == []
