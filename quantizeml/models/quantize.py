@@ -14,8 +14,12 @@ How layers are quantized (the declarative table is the twin registry,
   accumulators are dequantized. Shape-only layers (pooling, reshaping, dropout) pass their
   inputs through. Activations are per-axis unless ``per_tensor_activations`` or unless they
   flow into a Flatten/Reshape/Permute/Concatenate (which need one fractional bit);
-* each float model input gets an InputQuantizer (``activation_bits``, signed when the samples
-  have negative values), except inputs consumed by a Rescaling (raw integer pixels);
+* each float model input gets an InputQuantizer (signed when the samples have negative
+  values), except inputs consumed by a Rescaling (raw integer pixels), on
+  ``max(activation_bits, input_weight_bits)`` bits: a first layer kept at a higher precision
+  than the others (the usual "first layer 8-bit" of low-bit recipes) reads inputs of that
+  precision too, instead of, e.g., 3-bit images (the same for the InputQuantizer ending a
+  float preprocessing head; those after float islands are activations, ``activation_bits``);
 * a Dequantizer is appended to each model output;
 * after calibration, the biases of layers with weights of 4 bits or less are corrected for the
   mean output shift their weight rounding causes (``bias_correction.correct_biases``);
@@ -423,11 +427,15 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
 
     input_index = {producer(t).name: i for i, t in enumerate(model.inputs)}
 
-    def input_quantizer(layer, signed):
-        """The InputQuantizer after ``layer`` (q_config entry ``<layer>_quantizer`` first)."""
+    def input_quantizer(layer, signed, model_input=True):
+        """The InputQuantizer after ``layer`` (q_config entry ``<layer>_quantizer`` first);
+        ``model_input``: it quantizes the model's inputs (or a float head's output), on
+        ``max(activation_bits, input_weight_bits)`` bits (module docstring)."""
         name = f"{layer.name}_quantizer"
+        bits = max(qparams.activation_bits, qparams.input_weight_bits) if model_input \
+            else qparams.activation_bits
         kwargs = q_config.get(name) or {
-            "bitwidth": qparams.activation_bits, "axis": "per-tensor", "signed": signed,
+            "bitwidth": bits, "axis": "per-tensor", "signed": signed,
             "buffer_bitwidth": qparams.buffer_bits}
         return InputQuantizer(name=name, **kwargs)
 
@@ -446,7 +454,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         if (layer.name in wrapped or layer.name in islands) and any(
                 c.name not in floating for c in consumer_map.get(layer.name, [])):
             # back to integers after a fake-quantized layer
-            return input_quantizer(layer, True)(outputs)
+            return input_quantizer(layer, True, model_input=False)(outputs)
         return outputs
 
     def before(layer, args, kwargs):

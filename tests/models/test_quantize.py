@@ -111,6 +111,30 @@ def test_input_weight_bits_for_first_layer(digits):
     assert {layer.weight_quantizer.bitwidth for layer in weighted[1:]} == {7}
 
 
+@pytest.mark.parametrize("bits, expected", [
+    (dict(activation_bits=3, weight_bits=3, output_bits=3), 8),  # first layer 8-bit: inputs too
+    (dict(activation_bits=4, weight_bits=4, output_bits=4, input_weight_bits=4), 4),
+    (dict(activation_bits=8, input_weight_bits=4), 8)])
+def test_input_quantizer_bits(digits, bits, expected):
+    """Model inputs are quantized on max(activation_bits, input_weight_bits); the 3-bit
+    activations stay 3-bit; the 8-bit input quantizer equals fake_quant on its grid."""
+    (x_train, _, x_test, _), model, _ = digits
+    q = quantize(model, qparams=QuantizationParams(**bits), samples=x_train[:64],
+                 num_samples=64)
+    iq = [layer for layer in q.layers if isinstance(layer, InputQuantizer)]
+    assert [layer.bitwidth for layer in iq] == [expected]
+    relus = [layer for layer in q.layers if isinstance(layer, QuantizedReLU)]
+    assert {r.out_quantizer.bitwidth for r in relus} == {bits["activation_bits"]}
+    # the digits are k/16 in [0, 1]: on 8 bits they are within one 2^-8 step (1.0 clips to
+    # 255/256), on 3 or 4 bits half of the 17 gray levels merge
+    x = x_test[:16]
+    y = iq[0](x).to_float().numpy()
+    frac = float(np.max(iq[0].frac_bits))
+    reference = np.clip(np.floor(x * 2.0**frac + 0.5), 0, 2**expected - 1) / 2.0**frac
+    np.testing.assert_array_equal(y, reference)
+    assert np.max(np.abs(y - x)) <= (2.0**-8 if expected == 8 else 1.0)
+
+
 def test_quantization_context(digits):
     (x_train, _, _, _), model, _ = digits
     with quantization(QuantizationParams(weight_bits=4, input_weight_bits=4)):
