@@ -123,7 +123,6 @@ def test_sanitize_mobilenet(checks, application, alpha):
     checks.unchanged(model, before)
 
 
-
 def test_intermediate_models_collected(checks):
     """Each rebuilt intermediate model is freed before the next rebuild (with Python's
     automatic collector off, only sanitize's own collections free its layers, which are
