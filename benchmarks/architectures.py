@@ -132,25 +132,6 @@ def _sqnr(y, yq):
     return float("inf") if noise == 0 else float(10 * np.log10(np.sum(y ** 2) / noise))
 
 
-def _rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-def _reset_peak_rss():
-    """Resets the process' VmHWM to its current RSS (Linux ``clear_refs``), so that the next
-    :func:`_peak_rss_mb` is the peak since now; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_rss_mb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -247,8 +228,9 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
     phase("build")
     result = {"name": name, "family": FAMILIES[name], "input_size": size,
               "float_layers_total": len(model.layers), "weights_bytes": weights_bytes}
-    result["rss_before_quantize_mb"] = round(_rss_mb())
-    result["peak_reset_before_quantize"] = _reset_peak_rss()
+    from run import _read_status, _reset_peak  # the quantize() benchmark's memory helpers
+    result["rss_before_quantize_mb"] = round(_read_status("VmRSS"))
+    result["peak_reset_before_quantize"] = _reset_peak()
     start = time.perf_counter()
     try:
         qmodel = quantize(model, samples=x_calib, batch_size=32)
