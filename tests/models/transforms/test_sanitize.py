@@ -141,3 +141,22 @@ def test_intermediate_models_collected(checks):
     finally:
         gc.enable()
     assert alive == []
+
+
+def test_training_the_result_leaves_the_input_untouched(checks):
+    """Unchanged layers are rebuilt with their weights assigned variable to variable (no numpy
+    copy): the result starts equal to the input, and training it (in-place optimizer updates,
+    assign_add) never writes into the input model's weights."""
+    model = checks.randomize_batchnorms(_everything())
+    new = sanitize(model)
+    before = [w.copy() for w in model.get_weights()]
+    dense = new.get_layer("dense_extra")
+    source = model.get_layer("dense_extra")
+    np.testing.assert_array_equal(dense.kernel.numpy(), source.kernel.numpy())
+    x = checks.inputs(model)
+    new.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    new.fit(x, [np.ones((len(x[0]), 4)), np.ones((len(x[0]), 8))], epochs=1, verbose=0)
+    dense.bias.assign_add(tf.ones_like(dense.bias))
+    assert not np.array_equal(dense.kernel.numpy(), source.kernel.numpy())
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
