@@ -16,10 +16,10 @@ How layers are quantized (the declarative table is the twin registry,
   flow into a Flatten/Reshape/Permute/Concatenate (which need one fractional bit);
 * each float model input gets an InputQuantizer (signed when the samples have negative
   values), except inputs consumed by a Rescaling (raw integer pixels), on
-  ``max(activation_bits, input_weight_bits)`` bits: a first layer kept at a higher precision
-  than the others (the usual "first layer 8-bit" of low-bit recipes) reads inputs of that
-  precision too, instead of, e.g., 3-bit images (the same for the InputQuantizer ending a
-  float preprocessing head; those after float islands are activations, ``activation_bits``);
+  ``max(activation_bits, min(input_weight_bits, 8))`` bits: a first layer kept on 8 bits in a
+  low-bit model (the usual "first layer 8-bit" of low-bit recipes) reads 8-bit inputs too,
+  instead of, e.g., 3-bit images (the same for the InputQuantizer ending a float preprocessing
+  head; those after float islands are activations, ``activation_bits``);
 * a Dequantizer is appended to each model output;
 * after calibration, the biases of layers with weights of 4 bits or less are corrected for the
   mean output shift their weight rounding causes (``bias_correction.correct_biases``);
@@ -430,9 +430,9 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     def input_quantizer(layer, signed, model_input=True):
         """The InputQuantizer after ``layer`` (q_config entry ``<layer>_quantizer`` first);
         ``model_input``: it quantizes the model's inputs (or a float head's output), on
-        ``max(activation_bits, input_weight_bits)`` bits (module docstring)."""
+        ``max(activation_bits, min(input_weight_bits, 8))`` bits (module docstring)."""
         name = f"{layer.name}_quantizer"
-        bits = max(qparams.activation_bits, qparams.input_weight_bits) if model_input \
+        bits = max(qparams.activation_bits, min(qparams.input_weight_bits, 8)) if model_input \
             else qparams.activation_bits
         kwargs = q_config.get(name) or {
             "bitwidth": bits, "axis": "per-tensor", "signed": signed,

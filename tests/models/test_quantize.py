@@ -114,9 +114,10 @@ def test_input_weight_bits_for_first_layer(digits):
 @pytest.mark.parametrize("bits, expected", [
     (dict(activation_bits=3, weight_bits=3, output_bits=3), 8),  # first layer 8-bit: inputs too
     (dict(activation_bits=4, weight_bits=4, output_bits=4, input_weight_bits=4), 4),
-    (dict(activation_bits=8, input_weight_bits=4), 8)])
+    (dict(activation_bits=8, input_weight_bits=4), 8),
+    (dict(activation_bits=6, weight_bits=16, input_weight_bits=16, output_bits=6), 8)])
 def test_input_quantizer_bits(digits, bits, expected):
-    """Model inputs are quantized on max(activation_bits, input_weight_bits); the 3-bit
+    """Model inputs are quantized on max(activation_bits, min(input_weight_bits, 8)); the 3-bit
     activations stay 3-bit; the quantized inputs equal a numpy rounding on their grid."""
     (x_train, _, x_test, _), model, _ = digits
     q = quantize(model, qparams=QuantizationParams(**bits), samples=x_train[:64],
