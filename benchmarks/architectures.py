@@ -133,11 +133,10 @@ def _sqnr(y, yq):
 
 
 def _peak_rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
+    """The process' peak RSS (VmHWM) in MiB (run.py's reader; imported late: run.py imports
+    TensorFlow, which only the per-builder subprocess loads)."""
+    from run import _read_status
+    return _read_status("VmHWM")
 
 
 def _tfmot(model, x_calib, x_eval, y):
