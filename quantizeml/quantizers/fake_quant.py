@@ -8,6 +8,8 @@ those ops where they apply; unlike them it takes any channel axis and any float 
 import numpy as np
 import tensorflow as tf
 
+from ..tensors.gradients import custom_gradient
+
 #: bounds of ``num_bits`` (those of the TF fake-quant kernels).
 MIN_NUM_BITS, MAX_NUM_BITS = 2, 16
 
@@ -166,7 +168,7 @@ def fake_quant_with_min_max_vars(inputs, min_vals, max_vals, num_bits=8, narrow_
         reduce_axes = [i for i in range(rank) if i != axis]
     checks = _check_range(min_vals, max_vals)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _fake_quant(x, mn, mx):
         xc = tf.cast(x, compute_dtype)
         mnc = tf.reshape(tf.cast(mn, compute_dtype), broadcast_shape)

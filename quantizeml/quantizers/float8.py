@@ -6,6 +6,8 @@ the scale that maps it to the largest finite value of the float8 dtype.
 """
 import tensorflow as tf
 
+from ..tensors.gradients import custom_gradient
+
 #: dtypes accepted by :func:`quantize_and_dequantize`.
 QUANTIZED_DTYPES = ("int8", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                     "float8_e5m2fnuz", "float8_e4m3b11fnuz")
@@ -57,7 +59,7 @@ def quantize_and_dequantize(inputs, scale, quantized_dtype, compute_dtype):
     inputs = tf.cast(tf.convert_to_tensor(inputs), compute_dtype)
     scale = tf.cast(tf.convert_to_tensor(scale), compute_dtype)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _quantize_and_dequantize(x, s):
         scaled = x / s
         clipped = tf.clip_by_value(scaled, -dtype_max, dtype_max)

@@ -14,6 +14,7 @@ import numbers
 import tensorflow as tf
 import tf_keras as keras
 
+from ..tensors.gradients import custom_gradient
 from .registry import ConfigEquality, register_quantizer
 
 #: the metric names a quantizer accepts in ``metrics``.
@@ -151,7 +152,7 @@ def ste_sign(x, clip_value=1.0):
     """
     x = tf.convert_to_tensor(x)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _call(x):
         def grad(dy):
             return _clipped_gradient(x, dy, clip_value)
@@ -175,7 +176,7 @@ def approx_sign(x):
     """
     x = tf.convert_to_tensor(x)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _call(x):
         def grad(dy):
             abs_x = tf.abs(x)
@@ -202,7 +203,7 @@ def ste_heaviside(x, clip_value=1.0):
     """
     x = tf.convert_to_tensor(x)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _call(x):
         def grad(dy):
             return _clipped_gradient(x, dy, clip_value)
@@ -228,7 +229,7 @@ def swish_sign(x, beta=5.0):
     """
     x = tf.convert_to_tensor(x)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _call(x):
         def grad(dy):
             b_x = beta * x
@@ -281,7 +282,7 @@ def ste_tern(x, threshold_value=0.05, ternary_weight_networks=False, clip_value=
     """
     x = tf.convert_to_tensor(x)
 
-    @tf.custom_gradient
+    @custom_gradient
     def _call(x):
         if ternary_weight_networks:
             threshold = 0.7 * tf.reduce_sum(tf.abs(x)) / tf.cast(tf.size(x), x.dtype)
@@ -297,7 +298,7 @@ def ste_tern(x, threshold_value=0.05, ternary_weight_networks=False, clip_value=
 
 def _round_with_identity_gradient(x, levels):
     """``round(x * levels) / levels`` (half to even) with an identity gradient."""
-    @tf.custom_gradient
+    @custom_gradient
     def _call(x):
         return tf.round(x * levels) / levels, lambda dy: dy
     return _call(x)

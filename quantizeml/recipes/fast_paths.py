@@ -49,6 +49,7 @@ from tensorflow.python.eager import record
 from tensorflow.python.saved_model import save_context
 
 from ..tensors.carrier import MAX_VALUE_BITS, SPLIT_VALUE_BITS
+from ..tensors.gradients import custom_gradient
 
 _STATE = threading.local()
 
@@ -270,7 +271,7 @@ def _cast_add(values, addend):
     return tf.cast(values, tf.float64) + addend
 
 
-@tf.custom_gradient
+@custom_gradient
 def add_to_float32(values, addend):
     """``cast(values, float64) + addend`` (float32 integers plus a broadcast float64 addend)
     as one fused kernel in graphs, train steps included: its gradient (the gradient cast back
@@ -297,7 +298,7 @@ def float32_gradient_reduction(fn, forward, x, w, addends):
     with the gradients of ``fn`` computed in float32 whichever carrier ran the forward
     reduction (quantization-aware training needs no exact gradients, and float64 convolution
     gradients are several times slower)."""
-    @tf.custom_gradient
+    @custom_gradient
     def reduction(x, w, *addends):
         values, bound = forward(x, w)
 
@@ -373,7 +374,7 @@ def ste_requantized(rounded, args, low, high, slope):
     values and the mask of the values kept) and the gradient run as one fused kernel each,
     instead of five to seven passes over the tensor each.
     """
-    @tf.custom_gradient
+    @custom_gradient
     def requantized(values):
         def forward(low, high, *args):
             cast = tf.cast(rounded(*args), low.dtype)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from ..tensors.carrier import MAX_VALUE_BITS, carrier_dtype, round_half_up, round_shifted_half_up
 from ..tensors.fixed_point import FixedPoint, shift_values
+from ..tensors.gradients import custom_gradient
 from ..tensors.qfloat import QFloat
 from . import fast_paths
 
@@ -29,7 +30,7 @@ def clip_in_carrier(values, low, high, scalar_top=True):
     clips with a scalar when a per-channel ``high`` is the same on every channel (False in
     fused kernels, where broadcasting costs nothing).
     """
-    @tf.custom_gradient
+    @custom_gradient
     def clip(values):
         cast = tf.cast(values, low.dtype)
         floor = tf.maximum(cast, low)

@@ -20,6 +20,8 @@ exact, otherwise at run time from the actual magnitudes of the operands (see
 """
 import tensorflow as tf
 
+from .gradients import custom_gradient
+
 #: Largest number of value bits a float32 carrier holds exactly.
 FLOAT32_VALUE_BITS = 23
 #: Largest number of value bits quantizeml supports (float64 carrier).
@@ -56,7 +58,7 @@ def check_value_bits(value_bits, name="value_bits"):
     return value_bits
 
 
-@tf.custom_gradient
+@custom_gradient
 def round_half_up(x):
     """Rounds to the nearest integer, halves towards +inf (what a rounded right shift does).
 
@@ -74,7 +76,7 @@ def round_half_up(x):
     return rounded, grad
 
 
-@tf.custom_gradient
+@custom_gradient
 def round_shifted_half_up(x):
     """``floor(x + 0.5)`` for integers scaled by a power of two, gradient identity (STE).
 
