@@ -394,17 +394,18 @@ class Rebuilder:
         Returns:
             the outputs of the call.
         """
+        like = None  # a clone starts from its source's weights (shared buffers)
         if layer is None:
             layer = self._clones.get(id(node.layer))
             if layer is None:
                 layer = self._clones[id(node.layer)] = self.clone(node.layer)
-                weights = node.layer.weights
+                weights, like = node.layer.weights, node.layer
             else:
                 weights = None
         first = not layer.built
         args = self.map(node.args if args is None else tuple(args))
         kwargs = self.map(node.kwargs if kwargs is None else dict(kwargs))
-        with _zero_initializers(layer) if first and weights else contextlib.nullcontext():
+        with _zero_initializers(layer, like) if first and weights else contextlib.nullcontext():
             outputs = layer(*args, **kwargs)
         if first and weights:
             _set_weights(layer, weights)
@@ -420,14 +421,23 @@ class Rebuilder:
 
 
 @contextlib.contextmanager
-def _zero_initializers(layer):
-    """While ``layer`` builds, its ``*_initializer`` attributes draw zeros: for a layer whose
-    weights are all set right after its first call, the random draws (about 1 s per 100 M
-    weights) are wasted. The attributes are restored afterwards, so its config is unchanged."""
+def _zero_initializers(layer, like=None):
+    """While ``layer`` builds, its ``*_initializer`` attributes draw no random numbers: for a
+    layer whose weights are all set right after its first call, the random draws (about 1 s
+    per 100 M weights) are wasted. The attributes are restored afterwards, so its config is
+    unchanged.
+
+    With ``like`` (the source layer whose weights are set in afterwards), only the
+    initializers that ``like`` has too are replaced (a twin's own extra weights keep theirs),
+    and each starts from ``like``'s matching weight (:class:`_SharedInitial`): the new variable
+    shares its buffer, so no zeros are allocated only to be dropped (TensorFlow keeps freed
+    CPU buffers for reuse: each drop added to the process' peak memory)."""
     saved = {key: value for key, value in vars(layer).items()
-             if key.endswith("_initializer") and isinstance(value, keras.initializers.Initializer)}
+             if key.endswith("_initializer") and isinstance(value, keras.initializers.Initializer)
+             and (like is None or isinstance(getattr(like, key, None),
+                                             keras.initializers.Initializer))}
     for key in saved:
-        setattr(layer, key, _ZEROS)
+        setattr(layer, key, _ZEROS if like is None else _SharedInitial(like, key))
     try:
         yield
     finally:
@@ -436,6 +446,26 @@ def _zero_initializers(layer):
 
 
 _ZEROS = keras.initializers.Zeros()
+
+
+class _SharedInitial(keras.initializers.Initializer):
+    """The current value of the weight of ``source`` that its ``<name>_initializer`` made
+    (attribute ``<name>``, else ``<name>_kernel``: ``depthwise_initializer`` makes
+    ``depthwise_kernel``) when its shape and dtype match, else zeros. The new variable shares
+    the buffer of that weight until either side writes it (copy on write). Only a starting
+    point: the weights are set right after, so a mismatch costs memory, never values."""
+
+    def __init__(self, source, key):
+        name = key[:-len("_initializer")]
+        candidates = (getattr(source, name, None), getattr(source, name + "_kernel", None))
+        self.variable = next((v for v in candidates if isinstance(v, tf.Variable)), None)
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        v = self.variable
+        dtype = tf.as_dtype(dtype or tf.float32)
+        if v is not None and v.dtype == dtype and tuple(v.shape) == tuple(shape):
+            return v.value()
+        return tf.zeros(shape, dtype)
 
 
 def _set_weights(layer, weights):
@@ -499,7 +529,7 @@ def rebuild(graph, rewrite=None, rewrite_input=None, name=None, dynamic_batch=Fa
                        name=name or graph.model.name)
 
 
-def replace_layers(model, convert, after=None, before=None, name=None):
+def replace_layers(model, convert, after=None, before=None, name=None, weights_copied=False):
     """Rebuilds a functional model with one new layer per source layer (quantize()).
 
     The new inputs have a dynamic batch size and the names of the source InputLayers.
@@ -514,6 +544,10 @@ def replace_layers(model, convert, after=None, before=None, name=None):
             on the new positional and keyword call arguments of each node, to insert layers
             before it (the returned ones are those the new layer is called on).
         name (str, optional): the new model name.
+        weights_copied (bool, optional): the caller sets every weight of each source layer on
+            its new layer afterwards (quantize()), so the new layers build with zero
+            initializers where their source has the same initializer (no wasted random
+            draws). Defaults to False.
 
     Returns:
         tuple: the new keras.Model and the dict ``source layer name -> new layer``.
@@ -530,7 +564,10 @@ def replace_layers(model, convert, after=None, before=None, name=None):
         args, kwargs = rb.map(tuple(node.args)), rb.map(dict(node.kwargs))
         if before:
             args, kwargs = before(layer, args, kwargs)
-        outputs = new_layers[layer.name](*args, **kwargs)
+        new = new_layers[layer.name]
+        zeros = weights_copied and not new.built and new is not layer and layer.weights
+        with _zero_initializers(new, like=layer) if zeros else contextlib.nullcontext():
+            outputs = new(*args, **kwargs)
         return after(layer, outputs) if after else outputs
 
     new = rebuild(Graph(model), rewrite, rewrite_input, name=name, dynamic_batch=True)

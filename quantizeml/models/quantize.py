@@ -476,7 +476,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         return tf.nest.map_structure(dequantize, (args, kwargs))
 
     qmodel, new_layers = replace_layers(model, convert, after=after, before=before,
-                                 name=model.name + ("" if requantize else "_quantized"))
+                                        name=model.name + ("" if requantize else "_quantized"),
+                                        weights_copied=True)
     for layer in model.layers:
         if layer.name in new_layers:
             _copy_weights(layer, new_layers[layer.name])

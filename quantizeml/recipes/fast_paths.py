@@ -49,7 +49,7 @@ from tensorflow.python.eager import record
 from tensorflow.python.saved_model import save_context
 
 from ..tensors.carrier import MAX_VALUE_BITS, SPLIT_VALUE_BITS
-from ..tensors.gradients import custom_gradient
+from ..tensors.gradients import custom_gradient, in_scratch_graph
 
 _STATE = threading.local()
 
@@ -215,9 +215,7 @@ def inferring_signature():
     without the conditionals and kernels those build (several times fewer ops: quantize()
     rebuilds whole models layer by layer).
     """
-    if tf.executing_eagerly():
-        return False
-    return tf.compat.v1.get_default_graph().name.endswith("_scratch_graph")
+    return in_scratch_graph()
 
 
 def reduction_path(observed, has_bias, value_bits):

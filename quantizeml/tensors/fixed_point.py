@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from .carrier import (BUFFER_BITS, MAX_VALUE_BITS, carrier_dtype, check_value_bits,
                       round_half_up, round_shifted_half_up)
+from .gradients import in_scratch_graph
 from .qtensor import QTensor, is_per_tensor
 
 
@@ -388,8 +389,11 @@ class FixedPoint(QTensor):
         ``[-2^value_bits, 2^value_bits - 1]`` (element-wise shifts, per-axis included).
 
         The check reads the values only when the shifts alone do not prove it
-        (``self.value_bits + max(shift) <= value_bits``).
+        (``self.value_bits + max(shift) <= value_bits``). No check while tf_keras only infers a
+        layer's output signature (its scratch graph never runs).
         """
+        if in_scratch_graph():
+            return []
         shift = tf.cast(shift, tf.float64)
 
         def values_fit():

@@ -24,8 +24,8 @@ SCRATCH_SUFFIX = "_scratch_graph"
 SCRATCH_METHODS = ("_infer_output_signature", "compute_output_shape")
 
 #: How many frames above a custom gradient call :func:`in_scratch_graph` looks for the
-#: scratch graph's creator (a quantized layer's call nests about 15 frames deep).
-MAX_FRAMES = 64
+#: scratch graph's creator (the recipes of a quantized layer run up to about 30 frames below it).
+MAX_FRAMES = 256
 
 
 def in_scratch_graph():
