@@ -1,0 +1,61 @@
+"""The range search of calibrate() against a numpy oracle."""
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from quantizeml.models import QuantizationParams, calibrate, quantize
+from quantizeml.models.calibrate import SEARCH_BITS, output_quantizers
+
+
+def _model():
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(7, kernel_initializer="glorot_normal",
+                           bias_initializer="random_normal")(inputs)
+    x = keras.layers.ReLU()(x)
+    outputs = keras.layers.Dense(3)(x)
+    return keras.Model(inputs, outputs)
+
+
+def _oracle(values, quantizer):
+    """range_max of the documented search: f0 holds max|x| unclipped; the fractional bits
+    f0 .. f0 + SEARCH_BITS of least squared error (per channel for per-axis quantizers)."""
+    x = values.astype(np.float64)
+    axes = None if quantizer.axis == "per-tensor" else tuple(range(x.ndim - 1))
+    vb = quantizer.value_bits
+    lo, hi = (-2.0**vb if quantizer.signed else 0.0), 2.0**vb - 1
+    f0 = vb - np.ceil(np.log2(np.maximum(np.abs(x).max(axis=axes), 1e-12)))
+    errors = []
+    for k in range(SEARCH_BITS + 1):
+        scale = 2.0**(f0 + k)
+        q = np.clip(np.floor(x * scale + 0.5), lo, hi) / scale
+        errors.append(((x - q) ** 2).sum(axis=axes))
+    best = f0 + np.argmin(np.stack(errors), axis=0)
+    return 0.75 * 2.0**(vb - best)
+
+
+@pytest.mark.parametrize("per_tensor", [True, False])
+@pytest.mark.parametrize("late_outlier", [False, True])
+def test_range_search_matches_numpy(per_tensor, late_outlier):
+    """late_outlier: the last batch is 50 times larger than the first ones (the maxima seen
+    by the first batches are not the final ones)."""
+    keras.utils.set_random_seed(1)
+    model = _model()
+    rng = np.random.default_rng(4)
+    samples = rng.normal(0, 1, (48, 5)).astype(np.float32)
+    if late_outlier:
+        samples[-16:] *= 50
+    qparams = QuantizationParams(activation_bits=4, weight_bits=4,
+                                 per_tensor_activations=per_tensor)
+    qmodel = quantize(model, qparams=qparams, samples=samples[:16], batch_size=16)
+    calibrate(model, qmodel, samples=samples, batch_size=16)
+    targets = output_quantizers(qmodel)
+    assert len(targets) >= 2  # the input and the ReLU
+    for name, quantizer in targets.items():
+        if name in [t._keras_history.layer.name for t in model.inputs]:
+            values = samples
+        else:
+            values = keras.Model(model.inputs, model.get_layer(name).output)(samples).numpy()
+        expected = _oracle(values, quantizer)
+        np.testing.assert_array_equal(
+            quantizer.range_max.numpy(),
+            np.reshape(expected, quantizer.range_max.shape).astype(np.float32), err_msg=name)
