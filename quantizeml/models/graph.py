@@ -405,7 +405,7 @@ class Rebuilder:
         first = not layer.built
         args = self.map(node.args if args is None else tuple(args))
         kwargs = self.map(node.kwargs if kwargs is None else dict(kwargs))
-        with _zero_initializers(layer, like) if first and weights else contextlib.nullcontext():
+        with _build_initializers(layer, like) if first and weights else contextlib.nullcontext():
             outputs = layer(*args, **kwargs)
         if first and weights:
             _set_weights(layer, weights)
@@ -421,7 +421,7 @@ class Rebuilder:
 
 
 @contextlib.contextmanager
-def _zero_initializers(layer, like=None):
+def _build_initializers(layer, like=None):
     """While ``layer`` builds, its ``*_initializer`` attributes draw no random numbers: for a
     layer whose weights are all set right after its first call, the random draws (about 1 s
     per 100 M weights) are wasted. The attributes are restored afterwards, so its config is
@@ -545,9 +545,9 @@ def replace_layers(model, convert, after=None, before=None, name=None, weights_c
             before it (the returned ones are those the new layer is called on).
         name (str, optional): the new model name.
         weights_copied (bool, optional): the caller sets every weight of each source layer on
-            its new layer afterwards (quantize()), so the new layers build with zero
-            initializers where their source has the same initializer (no wasted random
-            draws). Defaults to False.
+            its new layer afterwards (quantize()), so each new weight starts from its source's
+            (a shared buffer: no random draws, no buffer allocated only to be dropped), where
+            the source has the same initializer. Defaults to False.
 
     Returns:
         tuple: the new keras.Model and the dict ``source layer name -> new layer``.
@@ -565,8 +565,8 @@ def replace_layers(model, convert, after=None, before=None, name=None, weights_c
         if before:
             args, kwargs = before(layer, args, kwargs)
         new = new_layers[layer.name]
-        zeros = weights_copied and not new.built and new is not layer and layer.weights
-        with _zero_initializers(new, like=layer) if zeros else contextlib.nullcontext():
+        shared = weights_copied and not new.built and new is not layer and layer.weights
+        with _build_initializers(new, like=layer) if shared else contextlib.nullcontext():
             outputs = new(*args, **kwargs)
         return after(layer, outputs) if after else outputs
 
