@@ -7,7 +7,7 @@ it was traced in, so that graph is never freed.
 tf_keras builds a functional model by calling each layer once in a throw-away "scratch"
 graph (``Layer._infer_output_signature``, ``Layer.compute_output_shape``) to learn its output
 signature. Every quantized layer calls custom gradients (straight-through rounding, clips), so
-each such call left its whole scratch graph alive: about 0.6 MB per quantized layer, 1.2 GB
+each such call left its whole scratch graph alive: about 0.6 MB per quantized layer, ~1 GB
 on ResNetRS420. No gradient is ever taken in a scratch graph, so :func:`custom_gradient` runs
 the forward function alone there, and ``tf.custom_gradient`` everywhere else (eager calls,
 ``tf.function`` traces, SavedModel).
