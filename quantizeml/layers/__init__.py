@@ -16,7 +16,7 @@ from .table import QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU
 from .dropout import QuantizedDropout
 from .normalization import QuantizedBatchNormalization
 from .pooling import (QuantizedAveragePooling2D, QuantizedGlobalAveragePooling2D,
-                      QuantizedMaxPool2D)
+                      QuantizedGlobalMaxPooling2D, QuantizedMaxPool2D)
 from .rescaling import QuantizedRescaling
 from .reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
 from .skip import Add, QuantizedAdd, QuantizedConcatenate

@@ -1,5 +1,5 @@
 """Quantized pooling: QuantizedMaxPool2D, QuantizedAveragePooling2D,
-QuantizedGlobalAveragePooling2D."""
+QuantizedGlobalAveragePooling2D, QuantizedGlobalMaxPooling2D."""
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -233,3 +233,48 @@ class QuantizedGlobalAveragePooling2D(QuantConfigMixin, keras.layers.GlobalAvera
         if isinstance(x, QFloat):
             scales = x.scales * scales
         return self._quantize_output(QFloat(total, scales))
+
+
+@register_keras
+@register_twin(keras.layers.GlobalMaxPooling2D, pass_through=True, export="global_max_pool")
+class QuantizedGlobalMaxPooling2D(QuantConfigMixin, keras.layers.GlobalMaxPooling2D):
+    """A global max pooling layer that operates on quantized inputs (the ``pooling="max"`` head
+    of the ``keras.applications`` builders).
+
+    As :class:`QuantizedMaxPool2D`, the maximum is taken on the integer values of each channel,
+    so per-axis inputs keep their fractional bits or scales, and a QFloat channel with a
+    negative scale takes the minimum of its values (the maximum of the real values).
+
+    Integer maths: ``y = max_{h,w} x`` (same frac_bits and scales), then the output quantizer
+    if configured.
+
+    Args:
+        data_format (str, optional): 'channels_last' or 'channels_first' (per-tensor inputs
+            only). Defaults to None.
+        keepdims (bool, optional): whether to keep the spatial dimensions. Defaults to False.
+        quant_config (dict, optional): the serialized quantization configuration, keys
+            "output_quantizer" and "buffer_bitwidth". Defaults to None.
+    """
+
+    def __init__(self, data_format=None, keepdims=False, quant_config=None, **kwargs):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self._init_quant_config(quant_config, OUTPUT_KEYS)
+
+    def call(self, inputs):
+        x = check_qtensor(self, inputs, (FixedPoint, QFloat))
+        _check_channels_last(self, x)
+        if x.shape.rank != 4:
+            raise ValueError(f"Layer {self.name} (QuantizedGlobalMaxPooling2D) expected 4D "
+                             f"inputs. Received: inputs of shape {x.shape}")
+        axes = [1, 2] if self.data_format == "channels_last" else [2, 3]
+        fp = x.fp if isinstance(x, QFloat) else x
+        values = fp.values
+        if isinstance(x, QFloat):
+            signs = tf.cast(tf.where(x.scales < 0, -1.0, 1.0), values.dtype)
+            values = tf.reduce_max(values * signs, axis=axes, keepdims=self.keepdims) * signs
+        else:
+            values = tf.reduce_max(values, axis=axes, keepdims=self.keepdims)
+        output = FixedPoint(values, fp.value_bits, fp.frac_bits)
+        if isinstance(x, QFloat):
+            output = QFloat(output, x.scales)
+        return self._quantize_output(output)

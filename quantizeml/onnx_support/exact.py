@@ -1129,6 +1129,28 @@ def _maxpool(b, layer, x):
     return _finish(b, layer, _like(x, v, shape=(out_h, out_w, c)))
 
 
+def _global_maxpool(b, layer, x):
+    """QuantizedGlobalMaxPooling2D: ``ReduceMax`` of the values over the spatial axes, with the
+    scale signs of :func:`_maxpool` (a QFloat channel of negative scale takes its minimum)."""
+    if x.shape is None or len(x.shape) != 3 or layer.data_format != "channels_last":
+        raise ValueError(f"export expected channels_last 4D inputs for {layer.name}.")
+    v = x.name
+    carrier = "float64" if x.dtype in ("int64", "float64") else "float32"
+    if x.dtype == "int64":
+        v = b.node("Cast", [v], "gmp64", to=TensorProto.DOUBLE)
+    signs = None
+    if x.scales is not None and np.any(np.asarray(x.scales) < 0):
+        signs = b.const(np.where(np.asarray(x.scales) < 0, -1.0, 1.0).astype(carrier), "sign")
+        v = b.node("Mul", [v, signs], "signed")
+    v = b.node("ReduceMax", [v], "global_max", axes=[1, 2], keepdims=int(layer.keepdims))
+    if signs is not None:
+        v = b.node("Mul", [v, signs], "unsigned")
+    if x.dtype == "int64":
+        v = b.node("Cast", [v], "gmp", to=TensorProto.INT64)
+    c = x.shape[-1]
+    return _finish(b, layer, _like(x, v, shape=(1, 1, c) if layer.keepdims else (c,)))
+
+
 def _average_pool(b, layer, x):
     """QuantizedAveragePooling2D: the window sums of the zero-padded int64 inputs (the sum of
     ``ph * pw`` strided ``Slice``s), times the integer table ``L / count`` when the windows have
@@ -1388,6 +1410,7 @@ _CORE_EMITTERS = {
     "maximum": (_aligned_merge("Max", any), None),
     "minimum": (_aligned_merge("Min", all), None),
     "max_pool": (_one_input(_maxpool), None),
+    "global_max_pool": (_one_input(_global_maxpool), None),
     "average_pool": (_one_input(_average_pool), _channels_last_refuses),
     "flatten": (_flatten, None),
     "reshape": (_reshape_layer, None),
@@ -1404,7 +1427,8 @@ _CORE_EMITTERS = {
 #: The emitters that take float carriers (``_T.dtype`` "float32"/"float64"); the others get
 #: their inputs cast to int64.
 _FLOAT_CARRIER_EMITTERS = ("conv", "depthwise_conv", "dense", "relu", "global_average_pool",
-                           "add", "max_pool", "flatten", "reshape", "identity", "zero_pad")
+                           "add", "max_pool", "global_max_pool", "flatten", "reshape",
+                           "identity", "zero_pad")
 
 
 def register_emitters(table):

@@ -1,4 +1,5 @@
-"""Tests of quantizeml.layers.pooling (QuantizedMaxPool2D, QuantizedGlobalAveragePooling2D)."""
+"""Tests of quantizeml.layers.pooling (QuantizedMaxPool2D, QuantizedGlobalAveragePooling2D,
+QuantizedGlobalMaxPooling2D)."""
 import math
 
 import numpy as np
@@ -8,7 +9,8 @@ import tf_keras as keras
 
 from quantizeml.layers.base import QUANTIZATION_TARGETS
 from quantizeml.layers.quantizers import InputQuantizer
-from quantizeml.layers.pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
+from quantizeml.layers.pooling import (QuantizedGlobalAveragePooling2D,
+                                       QuantizedGlobalMaxPooling2D, QuantizedMaxPool2D)
 from quantizeml.tensors import FixedPoint, QFloat
 from tests.layers.references import (INPUTS, fixed_point, float_gradient, frac, ints,
                                      output_quantizer, random_inputs, single_layer_model)
@@ -92,6 +94,46 @@ def test_max_pool_numerics(kind, pool, oq):
     assert np.all(err <= bound + 1e-6), err.max()
 
 
+@pytest.mark.parametrize("kind", list(INPUTS), ids=list(INPUTS))
+@pytest.mark.parametrize("keepdims", [False, True], ids=["flat", "keepdims"])
+@pytest.mark.parametrize("oq", [None, OQ], ids=["no-oq", "oq"])
+def test_global_max_pool_numerics(kind, keepdims, oq):
+    x = INPUTS[kind](SHAPE)
+    layer = QuantizedGlobalMaxPooling2D(
+        keepdims=keepdims, quant_config=None if oq is None else {"output_quantizer": oq})
+    layer(x)
+    if oq is not None:
+        layer.out_quantizer.range_max.assign(3.0)
+    out = layer(x)
+    # integer reference: the max of the integer values of each channel (same frac/scales)
+    ref = np.max(ints(x), axis=(1, 2), keepdims=keepdims)
+    ref_frac = frac(x)
+    if oq is not None:
+        scales = np.asarray(x.scales) if isinstance(x, QFloat) else None
+        ref, ref_frac = output_quantizer(ref, ref_frac, layer.out_quantizer, scales)
+    else:
+        assert type(out) is type(x)
+    np.testing.assert_array_equal(ints(out), ref)
+    np.testing.assert_array_equal(np.broadcast_to(frac(out), SHAPE[-1:]),
+                                  np.broadcast_to(ref_frac, SHAPE[-1:]))
+    expected = keras.layers.GlobalMaxPooling2D(keepdims=keepdims)(x.to_float()).numpy()
+    bound = np.zeros_like(expected)
+    if oq is not None:
+        if isinstance(x, QFloat):
+            bound = bound + np.abs(expected) * 2.0**-8
+        expected, half_step = _oq_expected(expected, layer.out_quantizer)
+        bound = bound + half_step
+    err = np.abs(out.to_float().numpy() - expected)
+    assert np.all(err <= bound + 1e-6), err.max()
+
+
+def test_global_max_pool_negative_scales():
+    x = QFloat(fixed_point(SHAPE), tf.constant([0.5, -0.25, 1.0, -2.0]))
+    out = QuantizedGlobalMaxPooling2D()(x)
+    expected = keras.layers.GlobalMaxPooling2D()(x.to_float()).numpy()
+    np.testing.assert_array_equal(out.to_float().numpy(), expected)
+
+
 def test_max_pool_negative_scales():
     # a QFloat with negative scales (a Rescaling by a negative factor): max of the real values
     x = QFloat(fixed_point(SHAPE), tf.constant([0.5, -0.25, 1.0, -2.0]))
@@ -143,8 +185,9 @@ def test_gap_numerics(kind, shape, keepdims, oq):
 
 @pytest.mark.parametrize("cls, float_cls", [
     (QuantizedMaxPool2D, keras.layers.MaxPooling2D),
-    (QuantizedGlobalAveragePooling2D, keras.layers.GlobalAveragePooling2D)],
-    ids=["maxpool", "gap"])
+    (QuantizedGlobalAveragePooling2D, keras.layers.GlobalAveragePooling2D),
+    (QuantizedGlobalMaxPooling2D, keras.layers.GlobalMaxPooling2D)],
+    ids=["maxpool", "gap", "gmp"])
 def test_channels_first(cls, float_cls):
     # per-tensor inputs only: per-axis parameters follow the last axis
     x = fixed_point((2, 4, 4, 4))
@@ -162,14 +205,17 @@ def test_quantize_targets_and_signatures():
         is QuantizedGlobalAveragePooling2D
     check_signature_parity(QuantizedMaxPool2D, keras.layers.MaxPooling2D)
     check_signature_parity(QuantizedGlobalAveragePooling2D, keras.layers.GlobalAveragePooling2D)
+    assert QUANTIZATION_TARGETS[keras.layers.GlobalMaxPooling2D] is QuantizedGlobalMaxPooling2D
+    check_signature_parity(QuantizedGlobalMaxPooling2D, keras.layers.GlobalMaxPooling2D)
 
 
 @pytest.mark.parametrize("layer_fn", [
     lambda: QuantizedMaxPool2D(3, 2, "same", quant_config={"output_quantizer": OQ}),
     lambda: QuantizedGlobalAveragePooling2D(keepdims=True,
                                             quant_config={"output_quantizer": OQ,
-                                                          "buffer_bitwidth": 20})],
-    ids=["maxpool", "gap"])
+                                                          "buffer_bitwidth": 20}),
+    lambda: QuantizedGlobalMaxPooling2D(keepdims=True, quant_config={"output_quantizer": OQ})],
+    ids=["maxpool", "gap", "gmp"])
 def test_config_roundtrip(layer_fn):
     layer = layer_fn()
     clone = check_config_roundtrip(layer)
@@ -179,15 +225,17 @@ def test_config_roundtrip(layer_fn):
 @pytest.mark.parametrize("layer_fn, per_axis", [
     (lambda: QuantizedMaxPool2D(3, 2, "same"), True),
     (lambda: QuantizedGlobalAveragePooling2D(quant_config={"output_quantizer": OQ}), False),
-    (lambda: QuantizedGlobalAveragePooling2D(), True)],
-    ids=["maxpool-per-axis", "gap-oq", "gap-per-axis"])
+    (lambda: QuantizedGlobalAveragePooling2D(), True),
+    (lambda: QuantizedGlobalMaxPooling2D(quant_config={"output_quantizer": OQ}), False),
+    (lambda: QuantizedGlobalMaxPooling2D(), True)],
+    ids=["maxpool-per-axis", "gap-oq", "gap-per-axis", "gmp-oq", "gmp-per-axis"])
 def test_save_load(layer_fn, per_axis):
     model = single_layer_model(layer_fn(), SHAPE[1:], per_axis=per_axis)
     check_save_load(model, random_inputs(SHAPE))
 
 
-@pytest.mark.parametrize("layer_fn", [QuantizedMaxPool2D, QuantizedGlobalAveragePooling2D],
-                         ids=["maxpool", "gap"])
+@pytest.mark.parametrize("layer_fn", [QuantizedMaxPool2D, QuantizedGlobalAveragePooling2D,
+                                      QuantizedGlobalMaxPooling2D], ids=["maxpool", "gap", "gmp"])
 def test_gradients(layer_fn):
     model = single_layer_model(layer_fn(), SHAPE[1:])
     grad = float_gradient(model, random_inputs(SHAPE, scale=0.5))
@@ -195,7 +243,8 @@ def test_gradients(layer_fn):
 
 
 def test_bad_inputs():
-    for cls in (QuantizedMaxPool2D, QuantizedGlobalAveragePooling2D):
+    for cls in (QuantizedMaxPool2D, QuantizedGlobalAveragePooling2D,
+                QuantizedGlobalMaxPooling2D):
         with pytest.raises(TypeError, match="pool_float.*expected FixedPoint or QFloat"):
             cls(name="pool_float")(tf.ones(SHAPE))
         for bits in (0, 33):

@@ -25,7 +25,7 @@ from quantizeml.layers.merging import (QuantizedMaximum, QuantizedMinimum, Quant
                                        QuantizedSubtract)
 from quantizeml.layers.normalization import QuantizedBatchNormalization
 from quantizeml.layers.pooling import (QuantizedAveragePooling2D, QuantizedGlobalAveragePooling2D,
-                                       QuantizedMaxPool2D)
+                                       QuantizedGlobalMaxPooling2D, QuantizedMaxPool2D)
 from quantizeml.layers.quant_config import OUTPUT_KEYS, QuantConfigMixin
 from quantizeml.layers.registry import register_twin, twin_spec, twin_specs
 from quantizeml.layers.rescaling import QuantizedRescaling
@@ -150,6 +150,7 @@ CASES = {
     QuantizedAveragePooling2D: lambda: _conv_then(
         L.AveragePooling2D(3, strides=2, padding="same"), L.Conv2D(3, 1)),
     QuantizedGlobalAveragePooling2D: lambda: _conv_then(L.GlobalAveragePooling2D(), L.Dense(3)),
+    QuantizedGlobalMaxPooling2D: lambda: _conv_then(L.GlobalMaxPooling2D(), L.Dense(3)),
     QuantizedRescaling: _rescaling,
     QuantizedFlatten: lambda: _conv_then(L.Flatten(), L.Dense(3)),
     QuantizedReshape: lambda: _conv_then(L.Reshape((36, 4)), L.Dense(3)),
@@ -254,6 +255,11 @@ def _max_pool(layer, x):
     return _with_oq(layer, values, frac(x))
 
 
+def _global_max_pool(layer, x):
+    values = np.max(ints(x), axis=(1, 2), keepdims=layer.keepdims)
+    return _with_oq(layer, values, frac(x))
+
+
 def _average_pool(layer, x):
     values, lcm = np_average_pool(ints(x), layer.pool_size, layer.strides, layer.padding)
     scales = np.float32(1.0 / lcm)
@@ -274,6 +280,7 @@ REFERENCES = {
     QuantizedPReLU: table_reference,
     QuantizedDropout: _identity,
     QuantizedMaxPool2D: _max_pool,
+    QuantizedGlobalMaxPooling2D: _global_max_pool,
     QuantizedAveragePooling2D: _average_pool,
     QuantizedFlatten: _reshaped(lambda v: v.reshape(v.shape[0], -1)),
     QuantizedReshape: _reshaped(lambda v: v.reshape(v.shape[0], 36, 4)),

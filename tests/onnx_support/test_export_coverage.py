@@ -14,7 +14,7 @@ import tf_keras as keras
 from quantizeml.layers import (Dequantizer, InputQuantizer, QuantizedConcatenate,
                                QuantizedPermute, QuantizedRescaling)
 from quantizeml.layers.registry import twin_specs
-from quantizeml.models import QuantizationParams, quantize
+from quantizeml.models import QuantizationParams, float_islands, quantize
 from quantizeml.onnx_support import export
 from quantizeml.onnx_support.export import EMITTERS, FLOAT_EMITTERS
 
@@ -449,6 +449,59 @@ def test_export_quantized_rescaling(signed):
     qmodel = _quantize(model, x, q_config=q_config)
     assert isinstance(qmodel.get_layer("pre"), QuantizedRescaling)
     _check(qmodel, x)
+
+
+@pytest.mark.parametrize("qparams", [None, QuantizationParams(per_tensor_activations=True),
+                                     QuantizationParams(weight_bits=4, activation_bits=4)],
+                         ids=["default", "per-tensor", "4bit"])
+def test_export_global_max_pool(qparams):
+    """GlobalMaxPooling2D (the ``pooling="max"`` head of the applications): after a ReLU,
+    flat into a Dense; and with keepdims into a 1x1 Conv2D producing the model output."""
+    inputs = keras.Input((6, 6, 3), name="inp")
+    y = L.Conv2D(5, 3, bias_initializer="random_normal", name="conv")(inputs)
+    a = L.GlobalMaxPooling2D(name="gmp")(L.ReLU(name="relu")(y))
+    a = L.Dense(3, name="dense")(a)
+    b = L.GlobalMaxPooling2D(keepdims=True, name="gmp_keep")(y)
+    b = L.Conv2D(2, 1, name="mix")(b)
+    x = _samples((6, 6, 3))
+    qmodel = _quantize(keras.Model(inputs, [a, b]), x, qparams=qparams)
+    assert type(qmodel.get_layer("gmp")).__name__ == "QuantizedGlobalMaxPooling2D"
+    ops = _check_outputs(qmodel, x)
+    assert "ReduceMax" in ops
+
+
+def test_export_global_max_pool_negative_scales():
+    """A QFloat of negative scales (a Rescaling by a negative factor) takes the minimum of its
+    values: the maximum of the real values, in Keras and in ONNX."""
+    inputs = keras.Input((5, 5, 2), name="inp")
+    y = L.Rescaling(-1 / 255, name="pre")(inputs)
+    y = L.GlobalMaxPooling2D(name="gmp")(y)
+    y = L.Dense(3, name="dense")(y)
+    x = np.round(_samples((5, 5, 2), low=0, high=255))
+    qmodel = _quantize(keras.Model(inputs, y), x)
+    probe = keras.Model(qmodel.inputs, qmodel.get_layer("gmp").input)(x)
+    assert np.all(probe.scales.numpy() < 0)
+    _check(qmodel, x)
+
+
+def test_export_application_max_pooling():
+    """An application built with ``include_top=False, pooling="max"`` quantizes whole (no
+    float island) and exports bit-exactly, in both forms."""
+    model = keras.applications.MobileNet(alpha=0.25, input_shape=(32, 32, 3), weights=None,
+                                         include_top=False, pooling="max")
+    x = _samples((32, 32, 3), n=8)
+    qmodel = _quantize(model, x)
+    # (quantize() moves the last ReLU after the pooling: a max commutes with it)
+    assert any(type(layer).__name__ == "QuantizedGlobalMaxPooling2D" for layer in qmodel.layers)
+    assert not float_islands(qmodel)
+    _check(qmodel, x)
+    proto = export(qmodel, format="qdq")
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    floats = session.run(None, {session.get_inputs()[0].name: x})[0]
+    dq = qmodel.layers[-1]
+    step = 2.0 ** -np.asarray(keras.Model(qmodel.inputs, dq.input)(x).frac_bits)
+    assert np.all(np.abs(floats - qmodel(x).numpy()) <= step + 1e-7)
 
 
 # ---- coverage ---------------------------------------------------------------------------------
