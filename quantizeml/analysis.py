@@ -18,6 +18,10 @@ per layer producing a model output:
   OutputQuantizer's ``scale_bits`` (what ``check_quantization`` reports above 2^-6), ``None``
   without QFloat weights.
 
+``weight_changes(before, after)`` tells how far training (QAT) moved the integer weights of a
+quantized model: per weight quantizer, the share of integer weights that changed, their mean
+change and the largest float move in quantization steps.
+
 ``plot(table, path=None)`` draws the SQNR per layer as a bar chart (matplotlib, an optional
 dependency). ``format_sensitivity`` and ``plot_sensitivity`` show the per-layer sensitivity
 table of :func:`quantizeml.models.layer_sensitivity` (the output SQNR when only that layer's
@@ -45,7 +49,8 @@ from .models.graph import is_qtensor, producer
 from .models.transforms import sanitize
 from .tensors import QFloat, QTensor
 
-__all__ = ["compare", "sqnr", "format_table", "plot", "format_sensitivity", "plot_sensitivity"]
+__all__ = ["compare", "sqnr", "format_table", "plot", "format_sensitivity", "plot_sensitivity",
+           "weight_changes", "format_weight_changes"]
 
 _WEIGHT_SOURCES = {"weight_quantizer": ("kernel", "depthwise_kernel"),
                    "dw_weight_quantizer": ("depthwise_kernel",),
@@ -206,6 +211,73 @@ def compare(model, qmodel, samples, batch_size=32, verbose=False):
                       "max_abs_error": float(max_err[i]), "saturation": sat,
                       "weight_error": weight_error, "scale_error": scale_error})
     return table
+
+
+def weight_changes(before, after):
+    """How far training moved the integer weights of a quantized model (e.g. a QAT ``fit``).
+
+    ``before`` and ``after`` are two quantized models of the same layers (``after`` a copy of
+    ``before`` that was trained). For each weight quantizer of a Conv2D, DepthwiseConv2D,
+    Conv2DTranspose or Dense twin (the keys of
+    :func:`~quantizeml.models.integer_weights`), with ``q`` the integer weights and ``w`` the
+    float weights they quantize, and ``step`` the quantization step of each output channel
+    (``scales * 2^-frac_bits`` of ``before``):
+
+    * ``changed``: the share of integer weights that differ, ``mean(q_after != q_before)``;
+    * ``mean_abs_change``: ``mean |q_after - q_before|`` (in integer steps);
+    * ``travel_steps``: the largest move of a float weight in steps of its channel,
+      ``max |w_after - w_before| / step``; below 0.5 no weight can cross more than one rounding
+      threshold, and only those that started within that distance of one;
+    * ``bitwidth``.
+
+    At 2-bit weights the steps are wide: the plain QAT recipe (Adam 1e-4, 5 epochs on the
+    digits) moves the float weights by ~0.1 step, and ~2 % of the integer weights change,
+    against ~55 % at 8 bits. That is why a low-bit QAT needs a larger learning rate or learned
+    rounding first (see the README's QAT recipe).
+
+    Args:
+        before (keras.Model): the quantized model before training.
+        after (keras.Model): the same quantized model after training.
+
+    Returns:
+        dict: ``<layer>/<quantizer>`` -> dict (keys above), in the layer order of ``before``.
+
+    Raises:
+        ValueError: when a quantized layer of ``before`` is missing from ``after`` or its
+            weights have another shape.
+    """
+    from .models.integer_weights import integer_weights, kernel_for_quantizer
+    ints_before, ints_after = integer_weights(before), integer_weights(after)
+    rows = {}
+    for key, b in ints_before.items():
+        layer_name = key.rsplit("/", 1)[0]
+        a = ints_after.get(key)
+        if a is None or a["values"].shape != b["values"].shape:
+            raise ValueError(f"weight_changes expected the quantized layer {layer_name!r} of "
+                             f"{before.name!r} in {after.name!r} with the same weights. "
+                             f"Received: {'no such layer' if a is None else a['values'].shape}")
+        w_before = np.asarray(kernel_for_quantizer(before.get_layer(layer_name)), np.float64)
+        w_after = np.asarray(kernel_for_quantizer(after.get_layer(layer_name)), np.float64)
+        step = np.asarray(b["scales"], np.float64) * 2.0 ** -np.asarray(b["frac_bits"],
+                                                                        np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            travel = np.where(step > 0, np.abs(w_after - w_before) / step, 0.0)
+        delta = np.abs(a["values"] - b["values"])
+        rows[key] = {"changed": float(np.mean(delta != 0)),
+                     "mean_abs_change": float(np.mean(delta)),
+                     "travel_steps": float(np.max(travel)) if travel.size else 0.0,
+                     "bitwidth": int(b["bitwidth"])}
+    return rows
+
+
+def format_weight_changes(rows):
+    """Formats a :func:`weight_changes` table as text."""
+    lines = [f"{'weights':<36} {'bits':>4} {'changed':>8} {'mean |dq|':>9} {'travel':>8}",
+             "-" * 69]
+    for key, r in rows.items():
+        lines.append(f"{key:<36} {r['bitwidth']:>4} {r['changed']:8.2%} "
+                     f"{r['mean_abs_change']:9.4f} {r['travel_steps']:8.3f}")
+    return "\n".join(lines)
 
 
 def format_table(table):

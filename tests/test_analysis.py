@@ -106,3 +106,64 @@ def test_plot_without_matplotlib(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match="requires matplotlib"):
         plot([{"layer": "a", "sqnr_db": 1.0}])
+
+
+def _clone(qmodel):
+    clone = keras.Model.from_config(qmodel.get_config())
+    clone.set_weights(qmodel.get_weights())
+    return clone
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_weight_changes_counts_moved_integers(bits):
+    """Moving one float weight by exactly k steps of its channel changes one integer by k:
+    the table gives 1/size changed, k/size mean change and a travel of k steps, computed here
+    from the numpy quantization of the kernel (QFloat weights: ``w / scale``, rounded)."""
+    from quantizeml.analysis import format_weight_changes, weight_changes
+    keras.utils.set_random_seed(1)
+    model = _model()
+    x = np.random.RandomState(0).rand(32, 6, 6, 1).astype(np.float32)
+    qparams = QuantizationParams(weight_bits=bits, input_weight_bits=bits, activation_bits=8)
+    before = quantize(model, samples=x, num_samples=len(x), qparams=qparams)
+    unchanged = weight_changes(before, _clone(before))
+    assert set(unchanged) == {"conv/weight_quantizer", "dense_1/weight_quantizer",
+                              "dense_2/weight_quantizer"}
+    assert all(r["changed"] == 0 and r["travel_steps"] == 0 for r in unchanged.values())
+    after = _clone(before)
+    layer = after.get_layer("dense_1")
+    kernel = layer.kernel.numpy()
+    quantized = layer.weight_quantizer.quantize(kernel)
+    ints = quantized.fp.values.numpy() if hasattr(quantized, "fp") else quantized.values.numpy()
+    step = (quantized.scales.numpy() if hasattr(quantized, "scales") else
+            np.ones(kernel.shape[-1])) * 2.0 ** -np.broadcast_to(
+                (quantized.fp if hasattr(quantized, "fp") else quantized).frac_bits.numpy(),
+                kernel.shape[-1:])
+    # numpy oracle of the integers: w / step rounded half up on the channel's grid, clipped
+    int_max = 2 ** (bits - 1) - 1
+    np.testing.assert_array_equal(
+        ints, np.clip(np.floor(kernel / step + 0.5), -int_max - 1, int_max))
+    k = 1 if bits == 2 else 2
+    # a weight of channel c below its channel's largest magnitude, with room for k more steps
+    rows, cols = np.nonzero((ints + k <= int_max - 1) & (np.abs(kernel + k * step)
+                                                         < np.max(np.abs(kernel), 0) - step))
+    i, c = rows[0], cols[0]
+    kernel[i, c] += k * step[c]
+    layer.kernel.assign(kernel)
+    table = weight_changes(before, after)
+    row = table["dense_1/weight_quantizer"]
+    assert row["changed"] == pytest.approx(1 / kernel.size)
+    assert row["mean_abs_change"] == pytest.approx(k / kernel.size)
+    assert row["travel_steps"] == pytest.approx(k, rel=1e-5)
+    assert row["bitwidth"] == bits
+    assert table["conv/weight_quantizer"]["changed"] == 0
+    assert "dense_1/weight_quantizer" in format_weight_changes(table)
+
+
+def test_weight_changes_mismatched_models(setup):
+    from quantizeml.analysis import weight_changes
+    _, qmodel, x = setup
+    other = quantize(keras.Sequential([keras.Input((6, 6, 1)),
+                                       keras.layers.Conv2D(4, 3, name="conv2")]),
+                     samples=x, num_samples=len(x))
+    with pytest.raises(ValueError, match="weight_changes expected the quantized layer 'conv'"):
+        weight_changes(qmodel, other)

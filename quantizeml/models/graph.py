@@ -100,11 +100,14 @@ def call_tensors(node):
 
 def consumers(model):
     """Maps each layer name to the list of layers consuming its outputs in the model (every
-    tensor a call reads, positional or keyword, counts once per call)."""
+    tensor a call reads, positional or keyword, counts once per call). The input layers are
+    keys too (a Sequential model does not list its InputLayer in ``model.layers``)."""
     out = {layer.name: [] for layer in model.layers}
+    for t in model.inputs:
+        out.setdefault(producer(t).name, [])
     for layer, node in model_nodes(model):
         for t in call_tensors(node):
-            out[producer(t).name].append(layer)
+            out.setdefault(producer(t).name, []).append(layer)
     return out
 
 

@@ -376,3 +376,17 @@ def test_copied_weights_draw_no_random_initial_values(monkeypatch):
     # the quantized layers' configs keep the float initializers
     assert qmodel.get_layer(model.layers[-1].name).get_config()["kernel_initializer"][
         "class_name"] == "HeNormal"
+
+
+@pytest.mark.parametrize("layer_fn", [lambda: keras.layers.Conv2D(4, 3, name="conv"),
+                                      lambda: keras.layers.Dense(3, name="dense")],
+                         ids=["conv", "dense"])
+def test_sequential_needing_no_transform(layer_fn):
+    """A Sequential model that sanitize leaves as it is (one Conv2D or Dense): its InputLayer
+    is not in ``model.layers``; quantize() still finds the consumers of its input."""
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 6, 6, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((6, 6, 1)), layer_fn()])
+    assert not any(isinstance(layer, keras.layers.InputLayer) for layer in model.layers)
+    qmodel = quantize(model, samples=x)
+    y, yq = model(x).numpy(), qmodel(x).numpy()
+    assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - yq) ** 2)) > 30
