@@ -4,7 +4,9 @@ quantizeml works on tf_keras models. A functional or Sequential model built with
 (``import keras``, or ``tf.keras`` in TF >= 2.16) is rebuilt by :func:`from_keras3` from its
 functional graph (``model.get_config()``, public API): each Keras 3 layer becomes the tf_keras
 layer of the same class name, built from its translated config, called in the same node order
-and given the same weights; the Keras 3 elementwise ops of the graph (``x + 3.0``,
+and given the same weights (the layers that Keras 3's applications define themselves, ConvNeXt's
+LayerScale and StochasticDepth and InceptionResNetV2's CustomScaleLayer, become their tf_keras
+applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
 ``keras.ops.relu(x)``) become TF ops on the tf_keras tensors (TFOpLambda layers, that
 ``sanitize()`` rewrites). The new model is checked to give the outputs of the Keras 3 model.
 
@@ -40,6 +42,26 @@ _BASE_KWARGS = {"name", "trainable", "dtype", "dynamic", "input_dim", "input_sha
                 "autocast", "implementation"}
 # Keras 3 options without effect at inference that tf_keras layers do not take
 _DROPPED = {"synchronized"}
+# The layers that Keras 3's applications define themselves (not in keras.layers), by
+# (module, class name) -> (tf_keras module, class name) of the same layer in tf_keras'
+# applications (same config keys, same weights): ConvNeXt, InceptionResNetV2
+_APPLICATION_LAYERS = {
+    ("keras.src.applications.convnext", "LayerScale"):
+        ("tf_keras.src.applications.convnext", "LayerScale"),
+    ("keras.src.applications.convnext", "StochasticDepth"):
+        ("tf_keras.src.applications.convnext", "StochasticDepth"),
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"):
+        ("tf_keras.src.applications.inception_resnet_v2", "CustomScaleLayer"),
+}
+
+
+def _application_layer(module, class_name):
+    """The tf_keras class of a layer defined by Keras 3's applications, or None."""
+    target = _APPLICATION_LAYERS.get((module, class_name))
+    if target is None:
+        return None
+    import importlib
+    return getattr(importlib.import_module(target[0]), target[1], None)
 
 
 class _Unsupported(Exception):
@@ -201,6 +223,10 @@ def _layer_builder(entry, source):
         return _Builder(name, lambda: _convert(source))
     if module.startswith(_OP_MODULE):
         return _op_builder(class_name, config, name)
+    cls = _application_layer(module, class_name)
+    if cls is not None:
+        new_config = _translate(cls, config)
+        return _Builder(name, lambda: cls.from_config(dict(new_config)), source)
     cls = getattr(keras.layers, class_name, None)
     if module != "keras.layers" or not isinstance(cls, type) or \
             not issubclass(cls, keras.layers.Layer):

@@ -218,3 +218,35 @@ def test_mobilenet_v2_then_quantize():
     samples = np.random.default_rng(0).uniform(-1, 1, (4, 96, 96, 3)).astype(np.float32)
     qmodel = quantize(model, samples=samples, batch_size=4)  # the Keras 3 model directly
     assert np.asarray(qmodel(samples)).shape == (4, 1000)
+
+
+def test_application_layers_convert_and_quantize():
+    """The layers Keras 3's applications define themselves (ConvNeXt's LayerScale and
+    StochasticDepth, InceptionResNetV2's CustomScaleLayer) become their tf_keras
+    applications' twins, weights copied; quantize() then folds the LayerScale."""
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    inputs = keras3.Input((6, 6, 3), name="image")
+    x = K3.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    branch = K3.Conv2D(4, 1, name="branch")(x)
+    y = CustomScaleLayer(0.17, name="scaled_add")([x, branch])
+    z = K3.Conv2D(4, 1, name="pointwise")(y)
+    z = LayerScale(1e-1, 4, name="layer_scale")(z)
+    z = StochasticDepth(0.1, name="drop_path")(z)
+    y = K3.Add(name="add")([y, z])
+    model = keras3.Model(inputs, K3.Dense(3, name="dense")(K3.GlobalAveragePooling2D()(y)))
+    model = _randomize(model)
+    new = from_keras3(model)
+    _check_equal(model, new)
+    assert [type(new.get_layer(n)).__module__ for n in ("scaled_add", "layer_scale",
+                                                        "drop_path")] == \
+        ["tf_keras.src.applications.inception_resnet_v2",
+         "tf_keras.src.applications.convnext", "tf_keras.src.applications.convnext"]
+    np.testing.assert_array_equal(new.get_layer("layer_scale").get_weights()[0],
+                                  model.get_layer("layer_scale").get_weights()[0])
+    samples = np.random.default_rng(0).uniform(-1, 1, (16, 6, 6, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=samples, batch_size=16)
+    names = {layer.name for layer in qmodel.layers}
+    assert "layer_scale" not in names and "drop_path" not in names  # folded, removed
+    y, q = np.asarray(model(samples)), np.asarray(qmodel(samples))
+    assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - q) ** 2)) > 15

@@ -12,6 +12,7 @@ from .insert_layer import insert_layer
 from .insert_rescaling import insert_rescaling
 from .invert_batchnorm_pooling import invert_batchnorm_pooling
 from .invert_relu_maxpool import invert_relu_maxpool
+from .remove_stochastic_depth import remove_stochastic_depth
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
@@ -22,5 +23,5 @@ from .split_activations import split_activations
 __all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_custom_scale",
            "fold_layer_scale", "fold_normalization", "fuse_hard_swish", "insert_layer",
            "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool",
-           "remove_zeropadding2d", "replace_lambda", "replace_leaky_relu",
+           "remove_stochastic_depth", "remove_zeropadding2d", "replace_lambda", "replace_leaky_relu",
            "replace_tfop_arithmetic", "sanitize", "split_activations"]

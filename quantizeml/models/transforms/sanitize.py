@@ -6,6 +6,7 @@ from .flatten_model import flatten_model
 from .fold_custom_scale import fold_custom_scale
 from .fold_batchnorms import fold_batchnorms
 from .fold_layer_scale import fold_layer_scale
+from .remove_stochastic_depth import remove_stochastic_depth
 from .fold_normalization import fold_normalization
 from .fuse_hard_swish import fuse_hard_swish
 from .invert_batchnorm_pooling import invert
@@ -26,7 +27,8 @@ def sanitize(model):
     the model quantization ready:
 
     1. :func:`flatten_model`: nested functional/Sequential models are flattened (subclassed
-       models raise a ValueError),
+       models raise a ValueError), then :func:`remove_stochastic_depth`: ConvNeXt's drop
+       path layers (the identity at inference) are removed,
     2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
        Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
        then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
@@ -71,7 +73,7 @@ def sanitize(model):
         model = sanitize(keras.applications.MobileNet(weights=None))
         ```
     """
-    steps = (flatten_model, split_activations, replace_lambda, fuse_hard_swish,
+    steps = (flatten_model, remove_stochastic_depth, split_activations, replace_lambda, fuse_hard_swish,
              replace_tfop_arithmetic, replace_leaky_relu, remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
              fold_layer_scale, fold_custom_scale, invert_relu_maxpool, align_rescaling)
