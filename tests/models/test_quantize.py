@@ -390,3 +390,42 @@ def test_sequential_needing_no_transform(layer_fn):
     qmodel = quantize(model, samples=x)
     y, yq = model(x).numpy(), qmodel(x).numpy()
     assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - yq) ** 2)) > 30
+
+
+def test_bias_correction_streamed_equals_sequential(monkeypatch):
+    """Beyond SEQUENTIAL_MAX_LAYERS corrected layers, the correction is streamed node by node:
+    the same sequential semantics (each layer measured after the corrections before it) in
+    linear time. A 6-layer chain at 4 bits (the threshold lowered to 3): the streamed biases
+    are those of the sequential form (to float rounding), and both remove the mean shift."""
+    import quantizeml.models.bias_correction as bc
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = inputs
+    for i in range(6):
+        x = keras.layers.Conv2D(6, 3, padding="same", bias_initializer="random_normal",
+                                name=f"c{i}")(x)
+        x = keras.layers.ReLU(name=f"r{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(x))
+    samples = np.random.default_rng(0).uniform(-1, 1, (48, 6, 6, 3)).astype(np.float32)
+    qparams = QuantizationParams(weight_bits=4, input_weight_bits=4)
+
+    def biases(sequential_max):
+        monkeypatch.setattr(bc, "SEQUENTIAL_MAX_LAYERS", sequential_max)
+        calls = []
+        monkeypatch.setattr(bc, "_correct_streamed",
+                            lambda *a: calls.append(1) or _STREAMED(*a))
+        q = quantize(model, qparams=qparams, samples=samples, batch_size=16)
+        assert bool(calls) == (sequential_max < 6)
+        return q, [q.get_layer(f"c{i}").bias.numpy() for i in range(6)]
+
+    _STREAMED = bc._correct_streamed
+    q_seq, seq = biases(100)
+    q_str, streamed = biases(3)
+    for a, b in zip(seq, streamed):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    float_last = keras.Model(model.inputs, model.get_layer("c5").output)(samples).numpy()
+    for q in (q_seq, q_str):
+        last = keras.Model(q.inputs, q.get_layer("c5").output)(samples).to_float().numpy()
+        shift = np.abs((last - float_last).reshape(-1, 6).mean(0))
+        assert np.all(shift < 0.05 * np.abs(float_last).mean())
