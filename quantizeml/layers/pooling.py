@@ -18,6 +18,19 @@ def _check_channels_last(layer, x):
                          f"the last axis). Received: per-axis inputs of shape {x.shape}")
 
 
+def _real_max(x, reduce):
+    """``reduce`` (a max over some axes) of the integer values of ``x``, as the maximum of the
+    real values: a QFloat channel of negative scale takes the minimum of its values (its
+    values times the scales' signs, exact ±1, reduced, times the signs again). The result keeps
+    the fractional bits and scales of ``x``."""
+    fp = x.fp if isinstance(x, QFloat) else x
+    if not isinstance(x, QFloat):
+        return FixedPoint(reduce(fp.values), fp.value_bits, fp.frac_bits)
+    signs = tf.cast(tf.where(x.scales < 0, -1.0, 1.0), fp.values.dtype)
+    values = reduce(fp.values * signs) * signs
+    return QFloat(FixedPoint(values, fp.value_bits, fp.frac_bits), x.scales)
+
+
 @register_keras
 @register_twin(keras.layers.MaxPooling2D, pass_through=True, export="max_pool")
 class QuantizedMaxPool2D(QuantConfigMixin, keras.layers.MaxPooling2D):
@@ -50,17 +63,7 @@ class QuantizedMaxPool2D(QuantConfigMixin, keras.layers.MaxPooling2D):
     def call(self, inputs):
         x = check_qtensor(self, inputs, (FixedPoint, QFloat))
         _check_channels_last(self, x)
-        fp = x.fp if isinstance(x, QFloat) else x
-        if isinstance(x, QFloat):
-            signs = tf.where(x.scales < 0, -1.0, 1.0)
-            signs = tf.cast(signs, fp.values.dtype)
-            values = super().call(fp.values * signs) * signs
-        else:
-            values = super().call(fp.values)
-        output = FixedPoint(values, fp.value_bits, fp.frac_bits)
-        if isinstance(x, QFloat):
-            output = QFloat(output, x.scales)
-        return self._quantize_output(output)
+        return self._quantize_output(_real_max(x, super().call))
 
 
 def pool_pads(size, pool, stride, padding):
@@ -267,14 +270,5 @@ class QuantizedGlobalMaxPooling2D(QuantConfigMixin, keras.layers.GlobalMaxPoolin
             raise ValueError(f"Layer {self.name} (QuantizedGlobalMaxPooling2D) expected 4D "
                              f"inputs. Received: inputs of shape {x.shape}")
         axes = [1, 2] if self.data_format == "channels_last" else [2, 3]
-        fp = x.fp if isinstance(x, QFloat) else x
-        values = fp.values
-        if isinstance(x, QFloat):
-            signs = tf.cast(tf.where(x.scales < 0, -1.0, 1.0), values.dtype)
-            values = tf.reduce_max(values * signs, axis=axes, keepdims=self.keepdims) * signs
-        else:
-            values = tf.reduce_max(values, axis=axes, keepdims=self.keepdims)
-        output = FixedPoint(values, fp.value_bits, fp.frac_bits)
-        if isinstance(x, QFloat):
-            output = QFloat(output, x.scales)
-        return self._quantize_output(output)
+        return self._quantize_output(_real_max(
+            x, lambda values: tf.reduce_max(values, axis=axes, keepdims=self.keepdims)))
