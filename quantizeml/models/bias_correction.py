@@ -96,7 +96,6 @@ def correct_biases(model, qmodel, batches, max_bits=MAX_CORRECTED_BITS):
     return corrected
 
 
-
 def _first(t):
     return t[0] if isinstance(t, (list, tuple)) else t
 
@@ -127,9 +126,9 @@ def _run(node, env):
         return env[t.key] if isinstance(t, TensorRef) else t
     args = tf.nest.map_structure(value, node.args)
     kwargs = tf.nest.map_structure(value, node.kwargs)
-    kwargs.pop("training", None)
-    return tf.nest.flatten(node.layer(*args, training=False, **kwargs)
-                           if "training" in node.kwargs else node.layer(*args, **kwargs))
+    if "training" in kwargs:
+        kwargs["training"] = False
+    return tf.nest.flatten(node.layer(*args, **kwargs))
 
 
 def _correct_streamed(model, qmodel, targets, batches):

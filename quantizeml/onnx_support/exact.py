@@ -1100,55 +1100,58 @@ def _aligned_merge(op, unsigned):
     return emitter
 
 
-def _maxpool(b, layer, x):
-    """QuantizedMaxPool2D: the window maxima of the values (ONNX ``MaxPool`` pads as TF's
-    'same', ignoring the padding). A QFloat keeps its per-channel scales; where a scale is
-    negative the real maximum is the minimum of the values, taken as Keras does: the values
-    times the scales' signs (exact: ±1), the maxima, times the signs again."""
+def _real_max(b, x, reduce):
+    """``reduce(b, name)`` (max nodes) on the values of ``x`` as the maximum of the real
+    values, as Keras takes it: where a QFloat scale is negative, the values times the scales'
+    signs (exact: ±1), reduced, times the signs again; int64 values in float64 (exact).
+    Returns the output name, in the dtype of ``x``."""
     v = x.name
     if x.dtype == "int64":
-        v = b.node("Cast", [v], "mp64", to=TensorProto.DOUBLE)
+        v = b.node("Cast", [v], "max64", to=TensorProto.DOUBLE)
     carrier = "float64" if x.dtype in ("int64", "float64") else "float32"
     signs = None
     if x.scales is not None and np.any(np.asarray(x.scales) < 0):
         signs = b.const(np.where(np.asarray(x.scales) < 0, -1.0, 1.0).astype(carrier), "sign")
         v = b.node("Mul", [v, signs], "signed")
-    v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
+    v = reduce(b, v)
+    if signs is not None:
+        v = b.node("Mul", [v, signs], "unsigned")
+    if x.dtype == "int64":
+        v = b.node("Cast", [v], "max", to=TensorProto.INT64)
+    return v
+
+
+def _maxpool(b, layer, x):
+    """QuantizedMaxPool2D: the window maxima of the values (ONNX ``MaxPool`` pads as TF's
+    'same', ignoring the padding); a QFloat keeps its per-channel scales (see
+    :func:`_real_max`)."""
     h, w_, c = x.shape
     ph = _pad_amounts(h, layer.pool_size[0], layer.strides[0], 1, layer.padding)
     pw = _pad_amounts(w_, layer.pool_size[1], layer.strides[1], 1, layer.padding)
-    v = b.node("MaxPool", [v], "maxpool", kernel_shape=list(layer.pool_size),
-               strides=list(layer.strides), pads=[ph[0], pw[0], ph[1], pw[1]])
-    v = b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
-    if signs is not None:
-        v = b.node("Mul", [v, signs], "unsigned")
-    if x.dtype == "int64":
-        v = b.node("Cast", [v], "mp", to=TensorProto.INT64)
+
+    def pool(b, v):
+        v = b.node("Transpose", [v], "nchw", perm=[0, 3, 1, 2])
+        v = b.node("MaxPool", [v], "maxpool", kernel_shape=list(layer.pool_size),
+                   strides=list(layer.strides), pads=[ph[0], pw[0], ph[1], pw[1]])
+        return b.node("Transpose", [v], "nhwc", perm=[0, 2, 3, 1])
+
     out_h = (h + sum(ph) - layer.pool_size[0]) // layer.strides[0] + 1
     out_w = (w_ + sum(pw) - layer.pool_size[1]) // layer.strides[1] + 1
-    return _finish(b, layer, _like(x, v, shape=(out_h, out_w, c)))
+    return _finish(b, layer, _like(x, _real_max(b, x, pool), shape=(out_h, out_w, c)))
 
 
 def _global_maxpool(b, layer, x):
-    """QuantizedGlobalMaxPooling2D: ``ReduceMax`` of the values over the spatial axes, with the
-    scale signs of :func:`_maxpool` (a QFloat channel of negative scale takes its minimum)."""
+    """QuantizedGlobalMaxPooling2D: ``ReduceMax`` of the values over the spatial axes (see
+    :func:`_real_max`)."""
     if x.shape is None or len(x.shape) != 3 or layer.data_format != "channels_last":
         raise ValueError(f"export expected channels_last 4D inputs for {layer.name}.")
-    v = x.name
-    carrier = "float64" if x.dtype in ("int64", "float64") else "float32"
-    if x.dtype == "int64":
-        v = b.node("Cast", [v], "gmp64", to=TensorProto.DOUBLE)
-    signs = None
-    if x.scales is not None and np.any(np.asarray(x.scales) < 0):
-        signs = b.const(np.where(np.asarray(x.scales) < 0, -1.0, 1.0).astype(carrier), "sign")
-        v = b.node("Mul", [v, signs], "signed")
-    v = b.node("ReduceMax", [v], "global_max", axes=[1, 2], keepdims=int(layer.keepdims))
-    if signs is not None:
-        v = b.node("Mul", [v, signs], "unsigned")
-    if x.dtype == "int64":
-        v = b.node("Cast", [v], "gmp", to=TensorProto.INT64)
+
+    def reduce(b, v):
+        return b.node("ReduceMax", [v], "global_max", axes=[1, 2], keepdims=int(layer.keepdims))
+
     c = x.shape[-1]
-    return _finish(b, layer, _like(x, v, shape=(1, 1, c) if layer.keepdims else (c,)))
+    return _finish(b, layer, _like(x, _real_max(b, x, reduce),
+                                   shape=(1, 1, c) if layer.keepdims else (c,)))
 
 
 def _average_pool(b, layer, x):
