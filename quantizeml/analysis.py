@@ -46,6 +46,7 @@ from .layers import Dequantizer, OutputQuantizer, WeightQuantizer, saturation
 from .layers.registry import twin_spec
 from .models.check import float_islands
 from .models.graph import is_qtensor, producer
+from .models.integer_weights import integer_weights, kernel_for_quantizer
 from .models.transforms import sanitize
 from .tensors import QFloat, QTensor
 
@@ -245,7 +246,6 @@ def weight_changes(before, after):
         ValueError: when a quantized layer of ``before`` is missing from ``after`` or its
             weights have another shape.
     """
-    from .models.integer_weights import integer_weights, kernel_for_quantizer
     ints_before, ints_after = integer_weights(before), integer_weights(after)
     rows = {}
     for key, b in ints_before.items():

@@ -12,6 +12,7 @@ applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
 
 Keras 3 is imported lazily: :func:`is_keras3_model` only looks at ``sys.modules``.
 """
+import importlib
 import inspect
 import sys
 
@@ -60,7 +61,6 @@ def _application_layer(module, class_name):
     target = _APPLICATION_LAYERS.get((module, class_name))
     if target is None:
         return None
-    import importlib
     return getattr(importlib.import_module(target[0]), target[1], None)
 
 
