@@ -8,6 +8,7 @@ Usage::
     python3 benchmarks/architectures.py --families               # one builder per family
     python3 benchmarks/architectures.py --tfmot                  # also TF-MOT's quantize_model
     python3 benchmarks/architectures.py --timing-only --only VGG16  # quantize() time, peak RSS
+    python3 benchmarks/architectures.py --sqnr-seeds 0 1 2 3 --only ResNet101  # SQNR vs TF-MOT
 
 Each builder runs in a fresh subprocess (so its peak RSS is its own and a crash is recorded,
 not fatal): the model is built with ``weights=None`` and ``classifier_activation=None`` (logits)
@@ -25,7 +26,7 @@ runs directly (no ``sanitize`` call) and we record:
 * ``quantized_layers``, the float layers left (``float_layers``: they must all be in the
   output head) and ``integer_before_head`` (no float layer between quantized ones);
 * ``sqnr_db`` of the 8/8 logits against the float model and ``argmax_agreement`` on 32
-  held-out inputs; ``worst_layers``: the three layers with the lowest SQNR
+  held-out inputs, with the logits' ``correlation`` and ``power_ratio`` (``_fidelity``); ``worst_layers``: the three layers with the lowest SQNR
   (``quantizeml.analysis.compare``) where the SQNR is low;
 * ``savedmodel_bit_identical``: ``quantizeml.models.save_model`` (SavedModel without
   per-layer traces, with a ``serving_default`` signature) + ``load_model`` give the same
@@ -44,6 +45,12 @@ runs directly (no ``sanitize`` call) and we record:
   (fake quant, ranges set by training-mode passes over the same calibration inputs), or the
   error it stops with. TF-MOT is installed by the benchmark's user
   (``pip install tensorflow-model-optimization``), never by quantizeml.
+
+``--sqnr-seeds`` measures only the two SQNRs (quantize()'s and TF-MOT's 8/8 logits against the
+float model) on the models and inputs drawn with each seed (seed 0 is the model of the other
+modes): on deep random-weight models whose float outputs amplify any perturbation, the SQNR of
+one model is a draw, and this mode says whether a difference holds across draws
+(``architectures_sqnr_seeds.json``).
 
 Results go to ``benchmarks/architectures.json`` (or ``--output``), and a Markdown table to
 stdout.
@@ -125,6 +132,51 @@ def _reestimate_batchnorm(model, x):
         layer.momentum = momentum
 
 
+def _model_and_inputs(name, size=None, seed=0):
+    """The float model of a builder (weights drawn with ``seed``), its input size, and its
+    calibration and held-out inputs (uniform, drawn with ``seed``), its BatchNormalization
+    statistics re-estimated on the calibration inputs."""
+    import numpy as np
+    import tf_keras as keras
+    keras.utils.set_random_seed(seed)
+    model, size = build(name, size)
+    rng = np.random.default_rng(seed)
+    shape = (CALIBRATION + HELD_OUT, size, size, 3)
+    x = (rng.uniform(0, 255, shape) if _raw_pixels(model) else rng.uniform(-1, 1, shape))
+    x = x.astype(np.float32)
+    x_calib, x_eval = x[:CALIBRATION], x[CALIBRATION:]
+    _reestimate_batchnorm(model, x_calib)
+    return model, size, x_calib, x_eval
+
+
+def measure_sqnr_seed(name, seed):
+    """The 8/8 SQNR of quantize() and of TF-MOT's quantize_model on the model and inputs of
+    one seed (``--sqnr-seeds``; runs in the subprocess)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+
+    from quantizeml.models import quantize
+    model, size, x_calib, x_eval = _model_and_inputs(name, seed=seed)
+    y = np.asarray(model(x_eval, training=False))
+    yq = np.asarray(quantize(model, samples=x_calib, batch_size=32)(x_eval))
+    return {"name": name, "seed": seed, "input_size": size, **_fidelity(y, yq),
+            "tfmot": _tfmot(model, x_calib, x_eval, y)}
+
+
+def _fidelity(y, yq):
+    """SQNR and argmax agreement of ``yq`` against ``y``, with the two figures that tell a
+    faithful model from a quiet one where the SQNR is near 0 dB: the correlation of the
+    logits (1 when ``yq`` is ``y`` up to a positive scale) and their power ratio
+    ``|yq|^2 / |y|^2`` (an output that shrinks towards 0 scores 0 dB without being close:
+    ``yq = 0`` scores exactly 0 dB)."""
+    import numpy as np
+    a, b = np.asarray(y, np.float64).ravel(), np.asarray(yq, np.float64).ravel()
+    return {"sqnr_db": _sqnr(y, yq),
+            "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1))),
+            "correlation": float(np.corrcoef(a, b)[0, 1]) if np.std(b) > 0 else 0.0,
+            "power_ratio": float(np.sum(b**2) / max(np.sum(a**2), 1e-300))}
+
+
 def _sqnr(y, yq):
     import numpy as np
     y, yq = np.asarray(y, np.float64), np.asarray(yq, np.float64)
@@ -156,8 +208,7 @@ def _tfmot(model, x_calib, x_eval, y):
         yq = np.asarray(qat(x_eval, training=False))
     except Exception as e:  # noqa: BLE001 - record why TF-MOT stops
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
-    return {"sqnr_db": _sqnr(y, yq),
-            "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1)))}
+    return _fidelity(y, yq)
 
 
 def _onnx_exact(qmodel, x_eval, yq):
@@ -214,14 +265,7 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
 
     phase_rss = {}
 
-    keras.utils.set_random_seed(0)
-    model, size = build(name, size)
-    rng = np.random.default_rng(0)
-    shape = (CALIBRATION + HELD_OUT, size, size, 3)
-    x = (rng.uniform(0, 255, shape) if _raw_pixels(model) else rng.uniform(-1, 1, shape))
-    x = x.astype(np.float32)
-    x_calib, x_eval = x[:CALIBRATION], x[CALIBRATION:]
-    _reestimate_batchnorm(model, x_calib)
+    model, size, x_calib, x_eval = _model_and_inputs(name, size)
     weights_bytes = int(sum(np.asarray(w).nbytes for w in model.get_weights()))
     y = np.asarray(model(x_eval, training=False))
     phase("build")
@@ -258,8 +302,7 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
         "float_layers": floating,
         "float_islands": float_islands(qmodel),
         "integer_before_head": not float_islands(qmodel),
-        "sqnr_db": _sqnr(y, yq),
-        "argmax_agreement": float(np.mean(np.argmax(y, -1) == np.argmax(yq, -1))),
+        **_fidelity(y, yq),
     })
     if result["sqnr_db"] < 20:
         from quantizeml.analysis import compare
@@ -288,9 +331,15 @@ def measure(name, size=None, tfmot=False, timing_only=False, onnx=True):
 
 def run_one(name, tfmot, timeout, timing_only=False, onnx=True):
     """Runs :func:`measure` in a subprocess; returns its result (or the error)."""
+    return _in_subprocess(name, f"a.measure({name!r}, tfmot={tfmot!r}, "
+                                f"timing_only={timing_only!r}, onnx={onnx!r})", timeout)
+
+
+def _in_subprocess(name, call, timeout):
+    """Runs ``call`` (an expression on the module ``a``, this file) in a fresh subprocess;
+    returns its JSON result (or the error)."""
     code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import architectures as a; "
-            f"print('RESULT ' + json.dumps(a.measure({name!r}, tfmot={tfmot!r}, "
-            f"timing_only={timing_only!r}, onnx={onnx!r})))")
+            f"print('RESULT ' + json.dumps({call}))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
     try:
@@ -337,6 +386,38 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def format_seed_table(results):
+    """One row per builder: quantize()'s and TF-MOT's 8/8 SQNR per seed, their means, and on
+    how many seeds quantize() is at least TF-MOT."""
+    lines = ["| model | seeds | quantize() SQNR dB per seed | TF-MOT SQNR dB per seed | "
+             "mean (ours / TF-MOT) | seeds where ours >= TF-MOT | correlation, mean (ours / "
+             "TF-MOT) | power ratio, mean (ours / TF-MOT) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in dict.fromkeys(r["name"] for r in results):
+        rows = [r for r in results if r["name"] == name and "error" not in r
+                and isinstance(r["tfmot"].get("sqnr_db"), float)]
+        if not rows:
+            lines.append(f"| {name} | | | | | no seed measured on both |")
+            continue
+        ours = [r["sqnr_db"] for r in rows]
+        theirs = [r["tfmot"]["sqnr_db"] for r in rows]
+        wins = sum(a >= b for a, b in zip(ours, theirs))
+
+        def mean(key, source):
+            values = [source(r).get(key) for r in rows]
+            return (f"{sum(values) / len(values):.2f}" if all(isinstance(v, float)
+                                                               for v in values) else "-")
+        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in rows)} | "
+                     f"{', '.join(f'{v:.2f}' for v in ours)} | "
+                     f"{', '.join(f'{v:.2f}' for v in theirs)} | "
+                     f"{sum(ours) / len(ours):.2f} / {sum(theirs) / len(theirs):.2f} | "
+                     f"{wins} of {len(rows)} | {mean('correlation', lambda r: r)} / "
+                     f"{mean('correlation', lambda r: r['tfmot'])} | "
+                     f"{mean('power_ratio', lambda r: r)} / "
+                     f"{mean('power_ratio', lambda r: r['tfmot'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="builder names (default: all 71)")
@@ -346,12 +427,20 @@ def main(argv=None):
     parser.add_argument("--no-onnx", action="store_true", help="skip the exact ONNX export")
     parser.add_argument("--timing-only", action="store_true",
                         help="quantize() time and peak RSS only (no fidelity, SavedModel, TF-MOT)")
-    parser.add_argument("--output", default=os.path.join(HERE, "architectures.json"))
+    parser.add_argument("--sqnr-seeds", type=int, nargs="+", metavar="SEED",
+                        help="instead: the 8/8 SQNR of quantize() and TF-MOT on the model "
+                             "and inputs drawn with each seed (architectures_sqnr_seeds.json)")
+    parser.add_argument("--output", help="the JSON file (default: architectures.json, or "
+                                         "architectures_sqnr_seeds.json with --sqnr-seeds)")
     args = parser.parse_args(argv)
     names = args.only or (list(FIRST_OF_FAMILY.values()) if args.families else list(FAMILIES))
     unknown = sorted(set(names) - set(FAMILIES))
     if unknown:
         parser.error(f"unknown builders {unknown}; known: {sorted(FAMILIES)}")
+    if args.sqnr_seeds:
+        return _seed_sweep(names, args.sqnr_seeds, args.timeout, args.output or os.path.join(
+            HERE, "architectures_sqnr_seeds.json"))
+    args.output = args.output or os.path.join(HERE, "architectures.json")
     results = []
     for name in names:
         result = run_one(name, args.tfmot, args.timeout, args.timing_only,
@@ -372,6 +461,26 @@ def main(argv=None):
                   f"({r['rss_target_mb']:.0f}) |"))
     else:
         print(format_table(results))
+    return 0
+
+
+def _seed_sweep(names, seeds, timeout, output):
+    """``--sqnr-seeds``: quantize()'s and TF-MOT's SQNR over model seeds."""
+    results = []
+    for name in names:
+        for seed in seeds:
+            result = _in_subprocess(name, f"a.measure_sqnr_seed({name!r}, {seed!r})", timeout)
+            result.setdefault("seed", seed)
+            results.append(result)
+            status = result.get("error") or (
+                f"{result['sqnr_db']:.2f} dB, TF-MOT "
+                f"{result['tfmot'].get('sqnr_db', result['tfmot'].get('error'))}")
+            print(f"{name} seed {seed}: {status}", file=sys.stderr, flush=True)
+            with open(output, "w") as f:
+                json.dump({"command": "python3 benchmarks/architectures.py --sqnr-seeds "
+                                      f"{' '.join(map(str, seeds))} --only {' '.join(names)}",
+                           "results": results}, f, indent=1)
+    print(format_seed_table(results))
     return 0
 
 

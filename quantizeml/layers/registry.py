@@ -45,7 +45,9 @@ class TwinSpec:
             quantize()).
         pass_through (bool): a shape-only layer: quantize() looks through it to find the real
             consumers of a tensor.
-        per_tensor_inputs (bool): its inputs must have one fractional bit for all channels.
+        per_tensor_inputs (bool or callable): its inputs must have one fractional bit for all
+            channels; a callable ``per_tensor_inputs(float_layer) -> bool`` says it per layer
+            (e.g. a Reshape that keeps the last axis takes per-axis inputs).
         float_inputs (bool): it takes the model's float inputs itself (no InputQuantizer before
             it), e.g. a Rescaling of raw pixels.
         export (str or None): the name of the ONNX emitter that exports it
@@ -64,6 +66,12 @@ class TwinSpec:
     float_inputs: bool = False
     export: str = None
     refuses: object = None
+
+    def needs_per_tensor_inputs(self, layer):
+        """bool: whether the twin of the float ``layer`` needs per-tensor inputs."""
+        if callable(self.per_tensor_inputs):
+            return bool(self.per_tensor_inputs(layer))
+        return bool(self.per_tensor_inputs)
 
     def refusal(self, layer):
         """str or None: why the twin cannot quantize the float ``layer`` (None: it can)."""
@@ -85,7 +93,8 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
             Defaults to ().
         output (str, optional): ``BLOCK_END``, ``ACTIVATION`` or None. Defaults to None.
         pass_through (bool, optional): a shape-only layer. Defaults to False.
-        per_tensor_inputs (bool, optional): needs per-tensor inputs. Defaults to False.
+        per_tensor_inputs (bool or callable, optional): needs per-tensor inputs (a callable:
+            ``per_tensor_inputs(float_layer) -> bool``). Defaults to False.
         float_inputs (bool, optional): takes the model's float inputs. Defaults to False.
         export (str, optional): name of its ONNX emitter. Defaults to None (not exportable).
         refuses (callable, optional): ``refuses(float_layer) -> str or None``, the float

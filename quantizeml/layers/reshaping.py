@@ -69,8 +69,20 @@ class QuantizedFlatten(QuantConfigMixin, keras.layers.Flatten):
         return self._quantize_output(output)
 
 
+def _changes_last_axis(layer):
+    """Whether a float Reshape may move values across its input's last axis: unless its
+    input and output last dimensions are known and equal (row-major order then keeps each
+    value's channel), its quantized inputs must be per-tensor."""
+    try:
+        before, after = layer.input_shape[-1], layer.output_shape[-1]
+    except (AttributeError, RuntimeError, TypeError, IndexError):  # not called, or shared
+        return True
+    return before is None or before != after
+
+
 @register_keras
-@register_twin(keras.layers.Reshape, pass_through=True, per_tensor_inputs=True, export="reshape")
+@register_twin(keras.layers.Reshape, pass_through=True, per_tensor_inputs=_changes_last_axis,
+               export="reshape")
 class QuantizedReshape(QuantConfigMixin, keras.layers.Reshape):
     """A Reshape layer that operates on quantized inputs.
 

@@ -183,7 +183,7 @@ def _default_config(layer, qparams, consumer_map, final, first_weights):
             config[key] = {"bitwidth": bits}
     effective = _effective_consumers(layer, consumer_map)
     per_tensor = qparams.per_tensor_activations or any(
-        _spec(c) is not None and _spec(c).per_tensor_inputs for c in effective)
+        _spec(c) is not None and _spec(c).needs_per_tensor_inputs(c) for c in effective)
     if spec.output == ACTIVATION:
         config["output_quantizer"] = _output_quantizer(qparams.activation_bits, False,
                                                        per_tensor, qparams)

@@ -16,6 +16,11 @@ def _scale_depthwise(kernel, a):
     return kernel * a.reshape(kernel.shape[2], kernel.shape[3])
 
 
+def _scale_depthwise_1d(kernel, a):
+    # (k, channels, multiplier): output channel c * multiplier + m
+    return kernel * a.reshape(kernel.shape[1], kernel.shape[2])
+
+
 def _scale_transpose(kernel, a):
     # (kh, kw, filters, channels)
     return kernel * a[:, None]
@@ -28,6 +33,9 @@ _FOLDABLE = {
     keras.layers.SeparableConv2D: _scale_last,   # the pointwise kernel
     keras.layers.DepthwiseConv2D: _scale_depthwise,
     keras.layers.Conv2DTranspose: _scale_transpose,
+    keras.layers.Conv1D: _scale_last,
+    keras.layers.SeparableConv1D: _scale_last,   # the pointwise kernel
+    keras.layers.DepthwiseConv1D: _scale_depthwise_1d,
 }
 
 

@@ -11,6 +11,7 @@ from .fold_normalization import fold_normalization
 from .fuse_hard_swish import fuse_hard_swish
 from .invert_batchnorm_pooling import invert
 from .invert_relu_maxpool import invert_relu_maxpool
+from .lift_1d import lift_1d
 from .remove_zeropadding2d import remove_zeropadding2d
 from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
@@ -49,6 +50,9 @@ def sanitize(model):
        LayerScale layers (ConvNeXt) fold into the layer before them, and
        :func:`fold_custom_scale`: InceptionResNetV2's scaled residuals ``x + up * scale``
        become Add layers, the scale folded into the layer producing ``up``,
+       then :func:`lift_1d`: 1-D convolutions, poolings, paddings, croppings and upsamplings
+       become their 2-D counterparts on a height of 1, between Reshapes that keep the
+       channels axis,
     6. :func:`invert_relu_maxpool`: MaxPool2D moves before the ReLU that precedes it,
     7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias.
 
@@ -76,7 +80,7 @@ def sanitize(model):
     steps = (flatten_model, remove_stochastic_depth, split_activations, replace_lambda, fuse_hard_swish,
              replace_tfop_arithmetic, replace_leaky_relu, remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
-             fold_layer_scale, fold_custom_scale, invert_relu_maxpool, align_rescaling)
+             fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling)
     source = model
     for step in steps:
         previous, model = model, step(model)

@@ -7,6 +7,14 @@ __all__ = ["split_activations"]
 
 _LINEAR = (None, "linear")
 
+_L = keras.layers
+#: The layers whose ``activation`` is applied to their output (a recurrent layer's
+#: ``activation`` acts inside its cell: it is not split).
+_OUTPUT_ACTIVATION = tuple(getattr(_L, name) for name in (
+    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+    "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D", "Dense",
+    "EinsumDense", "LocallyConnected1D", "LocallyConnected2D") if hasattr(_L, name))
+
 
 def _activation_name(layer):
     activation = layer.get_config().get("activation", None)
@@ -20,6 +28,11 @@ def _activation_name(layer):
 
 def split_activations(model):
     """Moves the ``activation`` of Conv/Dense-like layers into a separate layer.
+
+    The layers split are the convolutions (1-D to 3-D, transposed, depthwise, separable),
+    Dense, EinsumDense and LocallyConnected layers, and their subclasses: their activation is
+    applied to their output. Other layers keep theirs (an LSTM's ``activation`` acts inside
+    its cell).
 
     ``Dense(10, activation='softmax')`` becomes ``Dense(10)`` followed by
     ``Activation('softmax')`` (``ReLU()`` for 'relu', ``ReLU(6.)`` for 'relu6'), named
@@ -35,8 +48,7 @@ def split_activations(model):
     """
     graph = Graph(model)
     found = {node.index for node in graph.nodes
-             if "activation" in node.layer.get_config()
-             and not isinstance(node.layer, keras.layers.Activation)
+             if isinstance(node.layer, _OUTPUT_ACTIVATION)
              and _activation_name(node.layer) not in _LINEAR}
     if not found:
         return model

@@ -19,6 +19,11 @@ FOLDABLE = {
     "dense_rank3": (lambda bias: L.Dense(5, use_bias=bias), (4, 7)),
     "conv2d_transpose": (lambda bias: L.Conv2DTranspose(4, 3, strides=2, use_bias=bias),
                          (4, 4, 3)),
+    "conv1d_causal": (lambda bias: L.Conv1D(4, 3, padding="causal", use_bias=bias), (9, 3)),
+    "depthwise1d": (lambda bias: L.DepthwiseConv1D(3, depth_multiplier=2, use_bias=bias),
+                    (9, 3)),
+    "separable1d": (lambda bias: L.SeparableConv1D(5, 3, depth_multiplier=2, use_bias=bias),
+                    (9, 3)),
 }
 
 
