@@ -13,8 +13,10 @@ from .insert_rescaling import insert_rescaling
 from .invert_batchnorm_pooling import invert_batchnorm_pooling
 from .invert_relu_maxpool import invert_relu_maxpool
 from .lift_1d import lift_1d
+from .remove_identities import remove_identities
 from .remove_stochastic_depth import remove_stochastic_depth
 from .remove_zeropadding2d import remove_zeropadding2d
+from .replace_aliases import replace_aliases
 from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
@@ -24,5 +26,6 @@ from .split_activations import split_activations
 __all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_custom_scale",
            "fold_layer_scale", "fold_normalization", "fuse_hard_swish", "insert_layer",
            "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool", "lift_1d",
-           "remove_stochastic_depth", "remove_zeropadding2d", "replace_lambda", "replace_leaky_relu",
-           "replace_tfop_arithmetic", "sanitize", "split_activations"]
+           "remove_identities", "remove_stochastic_depth", "remove_zeropadding2d",
+           "replace_aliases", "replace_lambda", "replace_leaky_relu", "replace_tfop_arithmetic",
+           "sanitize", "split_activations"]

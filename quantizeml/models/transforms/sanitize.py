@@ -6,6 +6,7 @@ from .flatten_model import flatten_model
 from .fold_custom_scale import fold_custom_scale
 from .fold_batchnorms import fold_batchnorms
 from .fold_layer_scale import fold_layer_scale
+from .remove_identities import remove_identities
 from .remove_stochastic_depth import remove_stochastic_depth
 from .fold_normalization import fold_normalization
 from .fuse_hard_swish import fuse_hard_swish
@@ -13,6 +14,7 @@ from .invert_batchnorm_pooling import invert
 from .invert_relu_maxpool import invert_relu_maxpool
 from .lift_1d import lift_1d
 from .remove_zeropadding2d import remove_zeropadding2d
+from .replace_aliases import replace_aliases
 from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
@@ -29,7 +31,9 @@ def sanitize(model):
 
     1. :func:`flatten_model`: nested functional/Sequential models are flattened (subclassed
        models raise a ValueError), then :func:`remove_stochastic_depth`: ConvNeXt's drop
-       path layers (the identity at inference) are removed,
+       path layers (the identity at inference) are removed, and :func:`remove_identities`:
+       GaussianNoise, GaussianDropout, AlphaDropout, SpatialDropout, ActivityRegularization
+       and Identity layers (the identity at inference) too,
     2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
        Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
        then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
@@ -37,6 +41,8 @@ def sanitize(model):
        :func:`replace_tfop_arithmetic`: the other TFOpLambda arithmetic and activations become
        Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers,
        and :func:`replace_leaky_relu`: a ReLU with a negative slope becomes a LeakyReLU,
+       and :func:`replace_aliases`: ELU() becomes Activation('elu'), Average of two inputs
+       Add(average=True), ThresholdedReLU(0) ReLU,
     3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a
        'same' convolution,
     4. :func:`invert_batchnorm_pooling`: BatchNormalization layers move before the pooling
@@ -77,8 +83,9 @@ def sanitize(model):
         model = sanitize(keras.applications.MobileNet(weights=None))
         ```
     """
-    steps = (flatten_model, remove_stochastic_depth, split_activations, replace_lambda, fuse_hard_swish,
-             replace_tfop_arithmetic, replace_leaky_relu, remove_zeropadding2d,
+    steps = (flatten_model, remove_stochastic_depth, remove_identities, split_activations,
+             replace_lambda, fuse_hard_swish, replace_tfop_arithmetic, replace_leaky_relu,
+             replace_aliases, remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
              fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling)
     source = model

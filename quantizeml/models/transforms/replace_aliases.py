@@ -1,0 +1,72 @@
+"""Replaces layers that compute what a supported layer computes under another name."""
+import tf_keras as keras
+
+from ...layers.skip import Add
+from ..graph import Graph, rebuild
+
+__all__ = ["replace_aliases"]
+
+_L = keras.layers
+
+
+def _alias(node):
+    """``make(name)``, the supported layer computing what ``node`` computes, or None."""
+    layer, config = node.layer, node.layer.get_config()
+    if type(layer) is _L.ELU and float(config.get("alpha", 1.0)) == 1.0:
+        return lambda name: _L.Activation("elu", name=name)
+    if type(layer) is _L.Average and len(node.inputs) == 2:
+        return lambda name: Add(average=True, name=name)
+    if type(layer) is getattr(_L, "ThresholdedReLU", None) and float(config["theta"]) == 0.0:
+        return lambda name: _L.ReLU(name=name)
+    if type(layer) is _L.TimeDistributed and type(layer.layer) in _PER_STEP_ALIKE:
+        inner = layer.layer
+        return lambda name: type(inner).from_config({**inner.get_config(), "name": name})
+    return None
+
+
+#: Layers that compute the same on each time step of a TimeDistributed as on the whole
+#: tensor: they act on the last axis only (Dense) or elementwise.
+_PER_STEP_ALIKE = (_L.Dense, _L.Activation, _L.ReLU, _L.LeakyReLU, _L.Dropout)
+
+
+def replace_aliases(model):
+    """Replaces layers by the supported layer that computes the same function.
+
+    * ``ELU()`` (alpha 1) becomes ``Activation('elu')`` (an exact integer table);
+    * ``Average()`` of two inputs becomes ``Add(average=True)`` (quantizeml's Add: the exact
+      sum with one more fractional bit);
+    * ``ThresholdedReLU(theta=0)`` becomes ``ReLU()``;
+    * ``TimeDistributed(Dense)`` (or of an Activation, ReLU, LeakyReLU or Dropout) becomes the
+      inner layer itself, with its weights: Dense acts on the last axis of any rank.
+
+    Other configurations (an ELU of another alpha, an average of three inputs) stay as they
+    are (quantize() reports them). The outputs are unchanged; the input model is not modified.
+
+    Args:
+        model (keras.Model): a model.
+
+    Returns:
+        keras.Model: the original model (nothing to replace) or the updated model.
+
+    Example:
+        ```python
+        model = replace_aliases(model)  # ELU() -> Activation('elu')
+        ```
+    """
+    graph = Graph(model)
+    found = {node.index: _alias(node) for node in graph.nodes}
+    found = {index: make for index, make in found.items() if make is not None}
+    if not found:
+        return model
+    replacements = {}
+
+    def rewrite(node, rb):
+        if node.index not in found:
+            return None
+        layer = replacements.get(id(node.layer))
+        if layer is None:
+            layer = replacements[id(node.layer)] = found[node.index](rb.name_for(node.layer))
+        weights = node.layer.get_weights() if not layer.built else None
+        return rb.apply(node, layer=layer, weights=weights)
+
+    return rebuild(graph, rewrite)

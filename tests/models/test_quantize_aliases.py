@@ -1,0 +1,52 @@
+"""quantize() on models with layers that are supported under another name (ELU, Average,
+TimeDistributed(Dense)) or the identity at inference (noise, spatial dropout): all integer,
+close to the float model, exported to ONNX bit-exactly."""
+import numpy as np
+import tf_keras as keras
+
+from quantizeml.models import float_islands, quantize
+from tests.onnx_support.test_export_merging import check_export_bit_exact
+
+L = keras.layers
+
+
+def _sqnr(y, yq):
+    return 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2))
+
+
+def _all_integer(qmodel):
+    return not float_islands(qmodel) and not [
+        layer.name for layer in qmodel.layers
+        if not type(layer).__module__.startswith("quantizeml")
+        and not isinstance(layer, L.InputLayer)]
+
+
+def test_image_model_with_aliases_and_identities():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 3, padding="same", name="a")(inputs)
+    a = L.GaussianNoise(0.1)(L.ELU(name="elu")(a))
+    b = L.SpatialDropout2D(0.2)(L.Conv2D(6, 1, name="b")(inputs))
+    x = L.Average(name="avg")([a, b])
+    x = L.ActivityRegularization(0.01)(x)
+    x = L.GlobalAveragePooling2D()(L.ReLU()(L.Conv2D(8, 3, name="c")(x)))
+    model = keras.Model(inputs, L.Dense(4, name="out")(L.GaussianDropout(0.1)(x)))
+    x = np.random.default_rng(0).uniform(-1, 1, (48, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x[:32])
+    assert _all_integer(qmodel)
+    assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 25
+    check_export_bit_exact(qmodel, x[32:])
+
+
+def test_sequence_model_with_time_distributed_dense():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 5))
+    x = L.TimeDistributed(L.Dense(8), name="td")(inputs)
+    x = L.TimeDistributed(L.ReLU(), name="td_relu")(x)
+    x = L.Conv1D(4, 3, padding="causal", name="conv")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+    x = np.random.default_rng(0).normal(size=(48, 6, 5)).astype(np.float32)
+    qmodel = quantize(model, samples=x[:32])
+    assert _all_integer(qmodel)
+    assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 25
+    check_export_bit_exact(qmodel, x[32:])

@@ -1,0 +1,49 @@
+"""replace_aliases: ELU, Average, ThresholdedReLU(0) and TimeDistributed(Dense) become the
+supported layers that compute the same."""
+import numpy as np
+import tf_keras as keras
+
+from quantizeml.layers.skip import Add
+from quantizeml.models.transforms import replace_aliases
+
+L = keras.layers
+
+
+def test_elu_average_thresholded(checks):
+    inputs = keras.Input((6, 6, 3))
+    a = L.Conv2D(4, 3, name="a")(inputs)
+    b = L.Conv2D(4, 3, name="b")(inputs)
+    x = L.Average(name="avg")([L.ELU(name="elu")(a), b])
+    x = L.ThresholdedReLU(0.0, name="thr")(x)
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="head")(x))
+    before = checks.snapshot(model)
+    new = replace_aliases(model)
+    assert type(new.get_layer("elu")) is L.Activation
+    assert new.get_layer("elu").get_config()["activation"] == "elu"
+    assert type(new.get_layer("avg")) is Add and new.get_layer("avg").average
+    assert type(new.get_layer("thr")) is L.ReLU
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+    checks.unchanged(model, before, new)
+
+
+def test_time_distributed_dense(checks):
+    inputs = keras.Input((5, 6))
+    x = L.TimeDistributed(L.Dense(4, bias_initializer="random_normal"), name="td")(inputs)
+    x = L.TimeDistributed(L.ReLU(), name="td_relu")(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    new = replace_aliases(model)
+    assert type(new.get_layer("td")) is L.Dense and type(new.get_layer("td_relu")) is L.ReLU
+    np.testing.assert_array_equal(new.get_layer("td").get_weights()[0],
+                                  model.get_layer("td").get_weights()[0])
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+
+
+def test_other_configurations_stay():
+    inputs = keras.Input((4, 4, 3))
+    a, b, c = (L.Conv2D(2, 1)(inputs) for _ in range(3))
+    x = L.Average()([a, b, c])                  # three inputs
+    x = L.ELU(alpha=0.5)(x)                     # another alpha
+    x = L.ThresholdedReLU(1.0)(x)               # a threshold
+    x = L.TimeDistributed(L.Conv1D(2, 1))(x)    # not per-step alike
+    model = keras.Model(inputs, x)
+    assert replace_aliases(model) is model
