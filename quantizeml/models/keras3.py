@@ -175,6 +175,21 @@ def _dtype(value, what):
     return value
 
 
+#: The config keys of the wrappers (TimeDistributed, Bidirectional) that hold a layer.
+_NESTED_LAYER_KEYS = ("layer", "forward_layer", "backward_layer")
+
+
+def _nested_layer(value, what):
+    """A Keras 3 serialized layer held by a wrapper, as a tf_keras serialized layer."""
+    cls = getattr(keras.layers, value["class_name"], None)
+    if (value.get("module") or "keras.layers") != "keras.layers" or not isinstance(cls, type) \
+            or not issubclass(cls, keras.layers.Layer):
+        raise _Unsupported(f"{what} wraps {value['class_name']}, which has no tf_keras "
+                           "equivalent")
+    return {"class_name": value["class_name"],
+            "config": _translate(cls, dict(value.get("config") or {}))}
+
+
 def _translate(cls, config):
     """The tf_keras config of a Keras 3 layer config."""
     out = {}
@@ -189,6 +204,8 @@ def _translate(cls, config):
             value = _object(value, keras.constraints, key)
         elif key == "activation":
             value = _activation(value, cls.__name__)
+        elif key in _NESTED_LAYER_KEYS and isinstance(value, dict) and "class_name" in value:
+            value = _nested_layer(value, cls.__name__)
         else:
             value = _value(value)
             if isinstance(value, np.ndarray):

@@ -250,3 +250,40 @@ def test_application_layers_convert_and_quantize():
     assert "layer_scale" not in names and "drop_path" not in names  # folded, removed
     y, q = np.asarray(model(samples)), np.asarray(qmodel(samples))
     assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - q) ** 2)) > 15
+
+
+def test_wrappers_and_1d_layers_convert_and_quantize():
+    """A Keras 3 sequence model: TimeDistributed(Dense) (the wrapped layer's config
+    translated too), a causal Conv1D + BatchNormalization, SpatialDropout1D, pooling 1-D:
+    converted with equal outputs, then quantized to an all-integer model."""
+    inputs = keras3.Input((16, 5))
+    x = K3.TimeDistributed(K3.Dense(8, activation="relu"), name="td")(inputs)
+    x = K3.Conv1D(8, 3, padding="causal", name="conv")(x)
+    x = K3.BatchNormalization(name="bn")(x)
+    x = K3.SpatialDropout1D(0.2)(K3.ReLU()(x))
+    x = K3.GlobalAveragePooling1D()(K3.MaxPooling1D(2)(x))
+    model = _randomize(keras3.Model(inputs, K3.Dense(3, name="out")(x)))
+    new = from_keras3(model)
+    _check_equal(model, new)
+    assert type(new.get_layer("td")) is keras.layers.TimeDistributed
+    assert type(new.get_layer("td").layer) is keras.layers.Dense
+    samples = np.random.default_rng(0).normal(size=(40, 16, 5)).astype(np.float32)
+    qmodel = quantize(model, samples=samples[:32])
+    assert all(type(layer).__module__.startswith("quantizeml")
+               or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
+    y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
+
+
+def test_wrapper_of_unknown_layer_is_named():
+    class Shift(K3.Layer):
+        def call(self, x):
+            return x + 1
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    inputs = keras3.Input((4, 3))
+    model = keras3.Model(inputs, K3.TimeDistributed(Shift(), name="td")(inputs))
+    with pytest.raises(ValueError, match=r"td \(TimeDistributed\).*wraps Shift"):
+        from_keras3(model)

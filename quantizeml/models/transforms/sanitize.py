@@ -33,7 +33,9 @@ def sanitize(model):
        models raise a ValueError), then :func:`remove_stochastic_depth`: ConvNeXt's drop
        path layers (the identity at inference) are removed, and :func:`remove_identities`:
        GaussianNoise, GaussianDropout, AlphaDropout, SpatialDropout, ActivityRegularization
-       and Identity layers (the identity at inference) too,
+       and Identity layers (the identity at inference) too, and :func:`replace_aliases`:
+       ELU() becomes Activation('elu'), Average of two inputs Add(average=True),
+       ThresholdedReLU(0) ReLU, TimeDistributed(Dense) the Dense itself,
     2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
        Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
        then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
@@ -41,8 +43,6 @@ def sanitize(model):
        :func:`replace_tfop_arithmetic`: the other TFOpLambda arithmetic and activations become
        Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers,
        and :func:`replace_leaky_relu`: a ReLU with a negative slope becomes a LeakyReLU,
-       and :func:`replace_aliases`: ELU() becomes Activation('elu'), Average of two inputs
-       Add(average=True), ThresholdedReLU(0) ReLU,
     3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a
        'same' convolution,
     4. :func:`invert_batchnorm_pooling`: BatchNormalization layers move before the pooling
@@ -83,9 +83,9 @@ def sanitize(model):
         model = sanitize(keras.applications.MobileNet(weights=None))
         ```
     """
-    steps = (flatten_model, remove_stochastic_depth, remove_identities, split_activations,
-             replace_lambda, fuse_hard_swish, replace_tfop_arithmetic, replace_leaky_relu,
-             replace_aliases, remove_zeropadding2d,
+    steps = (flatten_model, remove_stochastic_depth, remove_identities, replace_aliases,
+             split_activations, replace_lambda, fuse_hard_swish, replace_tfop_arithmetic,
+             replace_leaky_relu, remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
              fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling)
     source = model
