@@ -27,7 +27,8 @@ from ..tensors import QTensor
 
 __all__ = ["check_functional", "is_qtensor", "producer", "model_nodes", "call_tensors",
            "consumers", "output_layers", "TensorRef", "Node", "Graph", "Rebuilder", "rebuild",
-           "replace_layers", "channels_last", "last_axis_only"]
+           "replace_layers", "bypass_layers", "substitute_layers", "channels_last",
+           "last_axis_only"]
 
 def check_functional(model, what="model"):
     """Raises a clear error for models quantizeml cannot walk (subclassed models)."""
@@ -530,6 +531,62 @@ def rebuild(graph, rewrite=None, rewrite_input=None, name=None, dynamic_batch=Fa
     return keras.Model(new_inputs if len(new_inputs) > 1 else new_inputs[0],
                        outputs if len(outputs) > 1 else outputs[0],
                        name=name or graph.model.name)
+
+
+def bypass_layers(model, removed):
+    """The model without the single-input layers for which ``removed(layer)`` is true: their
+    consumers read their input (for layers that are the identity at inference).
+
+    Args:
+        model (keras.Model): a functional or Sequential model.
+        removed (callable): ``removed(layer) -> bool``.
+
+    Returns:
+        keras.Model: the original model (nothing removed) or a new model.
+    """
+    graph = Graph(model)
+    bypassed = {node.index for node in graph.nodes
+                if removed(node.layer) and len(node.inputs) == 1}
+    if not bypassed:
+        return model
+
+    def rewrite(node, rb):
+        return rb.map(node.inputs[0]) if node.index in bypassed else None
+
+    return rebuild(graph, rewrite)
+
+
+def substitute_layers(model, substitute):
+    """The model with some layers replaced by new ones computing the same.
+
+    Args:
+        model (keras.Model): a functional or Sequential model.
+        substitute (callable): ``substitute(node) -> make or None``, where
+            ``make(name) -> layer`` builds the replacement of ``node.layer`` (called once per
+            source layer, so shared layers stay shared; the new layer takes the source
+            layer's weights, if any, after its first call).
+
+    Returns:
+        keras.Model: the original model (nothing replaced) or a new model.
+    """
+    graph = Graph(model)
+    found = {node.index: substitute(node) for node in graph.nodes}
+    found = {index: make for index, make in found.items() if make is not None}
+    if not found:
+        return model
+    replacements = {}
+
+    def rewrite(node, rb):
+        if node.index not in found:
+            return None
+        layer = replacements.get(id(node.layer))
+        weights = None
+        if layer is None:
+            layer = replacements[id(node.layer)] = found[node.index](rb.name_for(node.layer))
+            weights = node.layer.get_weights() or None
+        return rb.apply(node, layer=layer, weights=weights)
+
+    return rebuild(graph, rewrite)
 
 
 def replace_layers(model, convert, after=None, before=None, name=None, weights_copied=False):

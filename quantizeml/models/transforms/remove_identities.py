@@ -1,7 +1,7 @@
 """Removes the layers that are the identity at inference (noise, regularization, Identity)."""
 import tf_keras as keras
 
-from ..graph import Graph, rebuild
+from ..graph import bypass_layers
 
 __all__ = ["remove_identities", "IDENTITY_LAYERS"]
 
@@ -34,15 +34,4 @@ def remove_identities(model):
         model = remove_identities(model)  # GaussianNoise, SpatialDropout2D, ... removed
         ```
     """
-    graph = Graph(model)
-    removed = {node.index for node in graph.nodes
-               if type(node.layer) in IDENTITY_LAYERS and len(node.inputs) == 1}
-    if not removed:
-        return model
-
-    def rewrite(node, rb):
-        if node.index in removed:
-            return rb.map(node.inputs[0])
-        return None
-
-    return rebuild(graph, rewrite)
+    return bypass_layers(model, lambda layer: type(layer) in IDENTITY_LAYERS)

@@ -1,5 +1,5 @@
 """Removes ConvNeXt's StochasticDepth layers (drop path), the identity at inference."""
-from ..graph import Graph, rebuild
+from ..graph import bypass_layers
 
 __all__ = ["remove_stochastic_depth", "is_stochastic_depth"]
 
@@ -46,15 +46,4 @@ def remove_stochastic_depth(model):
         model = remove_stochastic_depth(model)
         ```
     """
-    graph = Graph(model)
-    removed = {node.index for node in graph.nodes
-               if is_stochastic_depth(node.layer) and len(node.inputs) == 1}
-    if not removed:
-        return model
-
-    def rewrite(node, rb):
-        if node.index in removed:
-            return rb.map(node.inputs[0])
-        return None
-
-    return rebuild(graph, rewrite)
+    return bypass_layers(model, is_stochastic_depth)

@@ -2,7 +2,7 @@
 import tf_keras as keras
 
 from ...layers.skip import Add
-from ..graph import Graph, rebuild
+from ..graph import substitute_layers
 
 __all__ = ["replace_aliases"]
 
@@ -53,20 +53,4 @@ def replace_aliases(model):
         model = replace_aliases(model)  # ELU() -> Activation('elu')
         ```
     """
-    graph = Graph(model)
-    found = {node.index: _alias(node) for node in graph.nodes}
-    found = {index: make for index, make in found.items() if make is not None}
-    if not found:
-        return model
-    replacements = {}
-
-    def rewrite(node, rb):
-        if node.index not in found:
-            return None
-        layer = replacements.get(id(node.layer))
-        if layer is None:
-            layer = replacements[id(node.layer)] = found[node.index](rb.name_for(node.layer))
-        weights = node.layer.get_weights() if not layer.built else None
-        return rb.apply(node, layer=layer, weights=weights)
-
-    return rebuild(graph, rewrite)
+    return substitute_layers(model, _alias)

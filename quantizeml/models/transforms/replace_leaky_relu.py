@@ -1,7 +1,7 @@
 """Replaces a ReLU with a negative slope (and no threshold nor maximum) by a LeakyReLU."""
 import tf_keras as keras
 
-from ..graph import Graph, rebuild
+from ..graph import substitute_layers
 
 __all__ = ["replace_leaky_relu"]
 
@@ -31,21 +31,10 @@ def replace_leaky_relu(model):
         model = replace_leaky_relu(model)  # ReLU(negative_slope=0.1) -> LeakyReLU(alpha=0.1)
         ```
     """
-    graph = Graph(model)
-    found = {node.index for node in graph.nodes
-             if type(node.layer) is keras.layers.ReLU and _leaky(node.layer)}
-    if not found:
-        return model
-    replacements = {}
-
-    def rewrite(node, rb):
-        if node.index not in found:
+    def substitute(node):
+        if type(node.layer) is not keras.layers.ReLU or not _leaky(node.layer):
             return None
-        layer = replacements.get(id(node.layer))
-        if layer is None:
-            slope = float(node.layer.get_config()["negative_slope"])
-            layer = replacements[id(node.layer)] = keras.layers.LeakyReLU(
-                alpha=slope, name=rb.name_for(node.layer))
-        return rb.apply(node, layer=layer)
+        slope = float(node.layer.get_config()["negative_slope"])
+        return lambda name: keras.layers.LeakyReLU(alpha=slope, name=name)
 
-    return rebuild(graph, rewrite)
+    return substitute_layers(model, substitute)
