@@ -2,6 +2,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
+from ..recipes.matmul import last_axis_matmul
 from .base import register_keras
 from .reduction import QuantizedReduction
 from .registry import BLOCK_END, register_twin
@@ -18,7 +19,7 @@ class QuantizedDense(QuantizedReduction, keras.layers.Dense):
     ``frac_bits = x.frac_bits + w.frac_bits`` and ``scales = x.scales * w.scales`` (then the
     output quantizer, if any). As ``keras.layers.Dense``, inputs have any rank >= 2
     (batch, ..., features): the product acts on the last axis, the leading axes are batch axes
-    (a broadcast ``tf.linalg.matmul``).
+    (a 2-D product on the inputs reshaped to ``(-1, features)``, :func:`last_axis_matmul`).
 
     Args: as ``keras.layers.Dense`` (activation must be None or 'linear'), plus:
         quant_config (dict, optional): the serialized quantization configuration, with keys
@@ -44,5 +45,5 @@ class QuantizedDense(QuantizedReduction, keras.layers.Dense):
         x, x_scales = self.aligned_inputs(inputs)
         w = self.quantize_weights("weight_quantizer", self.kernel, training)
         bias = self.bias if self.use_bias else None
-        acc = self.reduce(tf.linalg.matmul, x, w, x_scales, bias, training)
+        acc = self.reduce(last_axis_matmul, x, w, x_scales, bias, training)
         return self.finalize(acc)

@@ -52,10 +52,31 @@ def matmul_fixed_points(a, b, transpose_a=False, transpose_b=False, op="matmul")
     l1_axis = -1 if transpose_b else -2
 
     def fn(x, w):
+        if not transpose_a and w.shape.rank == 2 and x.shape.rank is not None \
+                and x.shape.rank > 2:
+            return last_axis_matmul(x, tf.transpose(w) if transpose_b else w)
         return tf.linalg.matmul(x, w, transpose_a=transpose_a, transpose_b=transpose_b)
 
     values = exact_reduction(fn, a.values, b.values, value_bits, l1_axes=[l1_axis])
     return FixedPoint(values, value_bits, fold_static(tf.add, a.frac_bits, b_frac))
+
+
+def last_axis_matmul(x, w):
+    """``x @ w`` on the last axis of ``x`` (any rank >= 2) for a 2-D ``w``, as a 2-D matrix
+    product: ``x`` is reshaped to ``(-1, features)`` and the result back.
+
+    A broadcast ``tf.linalg.matmul`` of a rank >= 4 ``x`` with a size-1 batch axis (e.g.
+    ``(N, 1, T, C) @ (C, U)``) gives wrong values in float32 on CPU, and can corrupt the heap,
+    with TensorFlow 2.21's oneDNN kernels; the 2-D product is the same sums without them.
+    """
+    if x.shape.rank == 2:
+        return tf.linalg.matmul(x, w)
+    shape = tf.shape(x)
+    flat = tf.linalg.matmul(tf.reshape(x, [-1, tf.shape(w)[0]]), w)
+    out = tf.reshape(flat, tf.concat([shape[:-1], tf.shape(w)[-1:]], 0))
+    out.set_shape(x.shape[:-1].concatenate(w.shape[-1:]))
+    return out
+
 
 
 def _matmul(a, b, transpose_a, transpose_b):

@@ -15,8 +15,11 @@ from tests.utils import (check_config_roundtrip, check_gradients_reach, check_sa
                          check_signature_parity)
 
 DENSE_INPUTS = ["fp-per-tensor", "fp-per-axis", "qfloat-per-tensor"]
+# size-1 batch axes: a broadcast float32 tf.linalg.matmul gives wrong values (and corrupts
+# the heap) on them with TF 2.21's oneDNN CPU kernels; QuantizedDense must not use it
 SHAPES = {"rank2": (3, 6), "rank3-tokens": (2, 4, 6), "rank4": (2, 3, 2, 6),
-          "rank5": (2, 2, 1, 3, 6)}
+          "rank5": (2, 2, 1, 3, 6), "rank4-height1": (16, 1, 10, 6),
+          "rank4-ones": (4, 1, 1, 6), "rank4-width1": (16, 3, 1, 6)}
 CASES = {"bias-w-per-axis": (True, "per-axis"), "nobias-w-per-tensor": (False, "per-tensor"),
          "bias-w-fp": (True, "fp-quantizer")}
 

@@ -1,7 +1,8 @@
 """quantize() on models with layers that are supported under another name (ELU, Average,
-TimeDistributed(Dense)) or the identity at inference (noise, spatial dropout): all integer,
-close to the float model, exported to ONNX bit-exactly."""
+TimeDistributed(Dense), TF ops), or the identity at inference (noise, spatial dropout): all
+integer, close to the float model, exported to ONNX bit-exactly."""
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from quantizeml.models import float_islands, quantize
@@ -46,6 +47,25 @@ def test_sequence_model_with_time_distributed_dense():
     x = L.Conv1D(4, 3, padding="causal", name="conv")(x)
     model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
     x = np.random.default_rng(0).normal(size=(48, 6, 5)).astype(np.float32)
+    qmodel = quantize(model, samples=x[:32])
+    assert _all_integer(qmodel)
+    assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 25
+    check_export_bit_exact(qmodel, x[32:])
+
+
+def test_squeeze_excite_written_with_tf_ops():
+    """``tf.reduce_mean(x, [1, 2], keepdims=True)``, ``tf.sigmoid``, ``x * s`` and ``tf.concat``
+    (TFOpLambda layers) become layers and quantize; Dense on a rank-4 tensor with a size-1
+    axis (the pooled squeeze) runs as a 2-D product."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.Conv2D(8, 3, padding="same", name="conv")(inputs))
+    s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    s = L.Dense(8, name="excite")(L.ReLU()(L.Dense(4, name="squeeze")(s)))
+    x = x * tf.sigmoid(s)
+    x = tf.concat([x, L.Conv2D(4, 1, name="side")(inputs)], axis=-1)
+    model = keras.Model(inputs, L.Dense(3, name="out")(tf.reduce_mean(x, axis=[1, 2])))
+    x = np.random.default_rng(0).uniform(-1, 1, (48, 8, 8, 3)).astype(np.float32)
     qmodel = quantize(model, samples=x[:32])
     assert _all_integer(qmodel)
     assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 25

@@ -293,6 +293,20 @@ def test_batched_matmul(run):
     check(out, va @ vb, ref.bit_length(5 * 2**10), [2, 3, 4, 5])
 
 
+@pytest.mark.parametrize("shape", [(16, 1, 10, 5), (4, 1, 1, 5), (16, 3, 1, 5)])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_broadcast_matmul_with_size1_batch_axes(run, shape, transpose_b):
+    """A rank-4 operand with size-1 batch axes times a 2-D one: TF 2.21's oneDNN broadcast
+    float32 matmul gets these wrong (and corrupts the heap); the recipe takes a 2-D product."""
+    rng = np.random.default_rng(0)
+    va = rng.integers(-128, 128, shape)
+    vb = rng.integers(-128, 128, (5, 4))
+    other = vb.T if transpose_b else vb
+    out = run(lambda: tf.linalg.matmul(fixed_point(va, 7, 0), fixed_point(other, 7, 0),
+                                       transpose_b=transpose_b))
+    check(out, va @ vb, ref.bit_length(5 * 2**14), 0)
+
+
 def worst_case_operands():
     """8-bit x 8-bit dot product over K = 2^15 terms. The first half are (-128) * (-128),
     whose sum is 2^28; the second half are odd products, added to partial sums above 2^24

@@ -29,6 +29,14 @@ _RELU = {"nn.relu": None, "nn.relu6": 6.0}
 _LEAKY_RELU = {"nn.leaky_relu"}
 _GELU = {"nn.gelu"}
 _SOFTMAX = {"nn.softmax", "math.softmax"}
+# reductions over the spatial (or time) axes -> global pooling; concatenation
+_REDUCTIONS = {"math.reduce_mean": "avg", "reduce_mean": "avg",
+               "math.reduce_max": "max", "reduce_max": "max"}
+_GLOBAL_POOLING = {("avg", 4): keras.layers.GlobalAveragePooling2D,
+                   ("max", 4): keras.layers.GlobalMaxPooling2D,
+                   ("avg", 3): keras.layers.GlobalAveragePooling1D,
+                   ("max", 3): keras.layers.GlobalMaxPooling1D}
+_CONCAT = {"concat"}
 
 
 def _function_name(layer):
@@ -172,6 +180,39 @@ def _unary(node, name):
     return None
 
 
+def _reduction(node, kind):
+    """``tf.reduce_mean/max(x, axis=[1, 2])`` of a rank-4 tensor (``axis=1`` of a rank-3
+    one) -> the global pooling of these axes, ``keepdims`` kept."""
+    arguments = _arguments(node)
+    if arguments is None:
+        return None
+    x, axis = arguments.get("input_tensor"), arguments.get("axis")
+    if not isinstance(x, TensorRef) or not x.tensor.dtype.is_floating or axis is None:
+        return None
+    rank = x.shape.rank
+    cls = _GLOBAL_POOLING.get((kind, rank))
+    try:
+        axes = {int(a) % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])}
+    except (TypeError, ValueError):
+        return None
+    if cls is None or axes != set(range(1, rank - 1)):
+        return None
+    return cls, {"keepdims": bool(arguments.get("keepdims", False))}, x
+
+
+def _concat(node):
+    """``tf.concat([x, y, ...], axis)`` of float tensors -> ``Concatenate(axis)``."""
+    arguments = _arguments(node)
+    if arguments is None:
+        return None
+    values, axis = arguments.get("values"), arguments.get("axis")
+    if not isinstance(values, (list, tuple)) or len(values) < 2 or not isinstance(axis, int) \
+            or not all(isinstance(v, TensorRef) and v.tensor.dtype.is_floating
+                       for v in values):
+        return None
+    return keras.layers.Concatenate, {"axis": axis}, list(values)
+
+
 def _replacement(node):
     """``(class, config, inputs)`` of the layer that replaces ``node``, or None."""
     name = _function_name(node.layer)
@@ -182,6 +223,10 @@ def _replacement(node):
     if name in _NEGATIVE or name in _RELU or name in _LEAKY_RELU or name in _GELU \
             or name in _SOFTMAX or name in _ACTIVATIONS:
         return _unary(node, name)
+    if name in _REDUCTIONS:
+        return _reduction(node, _REDUCTIONS[name])
+    if name in _CONCAT:
+        return _concat(node)
     return None
 
 
@@ -205,7 +250,10 @@ def replace_tfop_arithmetic(model):
     - ``tf.math.sigmoid``, ``tf.math.tanh``, ``tf.nn.silu`` (``'swish'``), ``tf.nn.elu``,
       ``tf.nn.selu``, ``tf.math.softplus``, ``tf.nn.softsign``, ``tf.math.exp``
       (``'exponential'``), ``tf.nn.gelu`` (exact) and ``tf.nn.softmax`` (last axis) ->
-      ``Activation(name)``.
+      ``Activation(name)``,
+    - ``tf.reduce_mean`` / ``tf.reduce_max`` over axes ``[1, 2]`` of a rank-4 tensor (axis 1
+      of a rank-3 one) -> GlobalAveragePooling2D / GlobalMaxPooling2D (1-D), ``keepdims``
+      kept; ``tf.concat`` of float tensors -> Concatenate.
 
     Other TFOpLambda layers (``c / x``, ``x / y``, constants that broadcast other axes, integer
     tensors) are left as is. The new layers take the name of the layer they replace, and the

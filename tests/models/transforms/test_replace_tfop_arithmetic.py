@@ -116,3 +116,42 @@ def test_shared_input_and_outputs(checks):
     new = replace_tfop_arithmetic(model)
     assert [type(layer) for layer in new.layers[2:5]] == [L.Rescaling, L.Add, L.Activation]
     checks.equivalent(model, new, rtol=0, atol=0)
+
+
+REDUCTIONS = {
+    "mean_hw": (lambda x: tf.reduce_mean(x, axis=[1, 2]), (5, 5, 3),
+                keras.layers.GlobalAveragePooling2D),
+    "mean_hw_keepdims": (lambda x: tf.reduce_mean(x, axis=(1, 2), keepdims=True), (5, 5, 3),
+                         keras.layers.GlobalAveragePooling2D),
+    "max_hw_negative_axes": (lambda x: tf.reduce_max(x, axis=[-3, -2]), (5, 5, 3),
+                             keras.layers.GlobalMaxPooling2D),
+    "mean_time": (lambda x: tf.math.reduce_mean(x, axis=1), (7, 3),
+                  keras.layers.GlobalAveragePooling1D),
+    "max_time_keepdims": (lambda x: tf.reduce_max(x, 1, keepdims=True), (7, 3),
+                          keras.layers.GlobalMaxPooling1D),
+}
+
+
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+def test_spatial_reductions_become_global_pooling(checks, name):
+    op, shape, expected = REDUCTIONS[name]
+    inputs = keras.Input(shape)
+    x = keras.layers.Dense(4)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(op(x)))
+    new = replace_tfop_arithmetic(model)
+    assert checks.count(new, expected) == 1
+    assert not any(type(layer).__name__ == "TFOpLambda" for layer in new.layers)
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+
+
+def test_other_reductions_stay_and_concat_becomes_a_layer(checks):
+    inputs = keras.Input((4, 4, 3))
+    a = keras.layers.Conv2D(2, 1)(inputs)
+    b = keras.layers.Conv2D(3, 1)(inputs)
+    x = tf.concat([a, b], axis=-1)
+    y = tf.reduce_mean(x, axis=-1, keepdims=True)   # over the channels: no layer for it
+    model = keras.Model(inputs, [x, y])
+    new = replace_tfop_arithmetic(model)
+    assert checks.count(new, keras.layers.Concatenate) == 1
+    assert sum(type(layer).__name__ == "TFOpLambda" for layer in new.layers) == 1
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
