@@ -148,9 +148,10 @@ def lift_1d(model):
             pad = None if pad is None else _L.ZeroPadding2D(
                 ((0, 0), pad), name=rb.unique(f"{layer.name}_causal_padding"))
             made[id(layer)] = (lifted, pad)
-            weights = [np.asarray(w)[None] if i < len(layer.weights) - int(
-                bool(getattr(layer, "use_bias", False))) else np.asarray(w)
-                for i, w in enumerate(layer.get_weights())]
+            # the kernels (all weights but the bias) take a leading axis of 1
+            kernels = len(layer.weights) - int(bool(getattr(layer, "use_bias", False)))
+            weights = [np.asarray(w)[None] if i < kernels else np.asarray(w)
+                       for i, w in enumerate(layer.get_weights())]
         lifted, pad = made[id(layer)]
         if pad is not None:
             x4 = pad(x4)
