@@ -5,7 +5,7 @@ import tf_keras as keras
 
 from ..tensors import FixedPoint
 from .base import register_keras
-from .reduction import QuantizedReduction, to_single_frac_bits
+from .reduction import QuantizedReduction, refuses_channels_first, to_single_frac_bits
 from .registry import BLOCK_END, register_twin
 
 __all__ = ["PaddedConv2D", "QuantizedConv2D", "QuantizedConv2DTranspose"]
@@ -137,7 +137,7 @@ class PaddedConv2D(keras.layers.Conv2D):
 # ---- quantized layers --------------------------------------------------------------------------
 @register_keras
 @register_twin(keras.layers.Conv2D, PaddedConv2D, weights=("weight_quantizer",), output=BLOCK_END,
-               export="conv")
+               export="conv", refuses=refuses_channels_first)
 class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
     """A convolutional layer that operates on quantized inputs and weights.
 
@@ -222,7 +222,7 @@ class QuantizedConv2D(QuantizedReduction, keras.layers.Conv2D):
 
 @register_keras
 @register_twin(keras.layers.Conv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END,
-               export="conv_transpose")
+               export="conv_transpose", refuses=refuses_channels_first)
 class QuantizedConv2DTranspose(QuantizedReduction, keras.layers.Conv2DTranspose):
     """A transposed convolutional layer that operates on quantized inputs and weights.
 

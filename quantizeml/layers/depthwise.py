@@ -6,7 +6,8 @@ import tf_keras as keras
 from ..tensors import is_per_tensor
 from .base import register_keras
 from .convolution import deconv_length, transpose_output_shape
-from .reduction import QuantizedReduction, check_channels_last, fold_scales
+from .reduction import (QuantizedReduction, check_channels_last, fold_scales,
+                        refuses_channels_first)
 from .registry import BLOCK_END, register_twin
 
 __all__ = ["QuantizedDepthwiseConv2D", "DepthwiseConv2DTranspose",
@@ -53,7 +54,7 @@ def depthwise_operands(layer, inputs, kernel, fn, training):
 
 @register_keras
 @register_twin(keras.layers.DepthwiseConv2D, weights=("weight_quantizer",), output=BLOCK_END,
-               export="depthwise_conv")
+               export="depthwise_conv", refuses=refuses_channels_first)
 class QuantizedDepthwiseConv2D(QuantizedReduction, keras.layers.DepthwiseConv2D):
     """A depthwise convolutional layer that operates on quantized inputs and weights.
 
@@ -225,7 +226,7 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
 
 @register_keras
 @register_twin(DepthwiseConv2DTranspose, weights=("weight_quantizer",), output=BLOCK_END,
-               export="depthwise_conv_transpose")
+               export="depthwise_conv_transpose", refuses=refuses_channels_first)
 class QuantizedDepthwiseConv2DTranspose(QuantizedReduction, DepthwiseConv2DTranspose):
     """A transposed depthwise convolutional layer that operates on quantized inputs and weights.
 

@@ -52,6 +52,16 @@ def check_linear_activation(layer_name, activation):
                          f"Received: activation={activation!r}")
 
 
+def refuses_channels_first(layer):
+    """The registry's ``refuses`` of the convolution twins: why a channels-first float layer
+    has no twin (None for a channels-last one), so that quantize() lists it with the other
+    unsupported layers and the float-island switch instead of failing on it alone."""
+    data_format = layer.get_config().get("data_format")
+    if data_format in (None, "channels_last"):
+        return None
+    return f"data_format={data_format!r} (the quantized convolutions are channels last)"
+
+
 def check_channels_last(layer_name, data_format):
     """Raises a ValueError unless the data format is channels_last."""
     if data_format not in (None, "channels_last"):

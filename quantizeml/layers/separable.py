@@ -5,7 +5,8 @@ import tf_keras as keras
 from ..tensors import is_per_tensor
 from .base import clip_to_buffer, register_keras
 from .depthwise import depthwise_operands
-from .reduction import QuantizedReduction, split_qtensor, to_single_frac_bits
+from .reduction import (QuantizedReduction, refuses_channels_first, split_qtensor,
+                        to_single_frac_bits)
 from .registry import BLOCK_END, register_twin
 
 __all__ = ["QuantizedSeparableConv2D"]
@@ -13,7 +14,7 @@ __all__ = ["QuantizedSeparableConv2D"]
 
 @register_keras
 @register_twin(keras.layers.SeparableConv2D, weights=("dw_weight_quantizer", "pw_weight_quantizer"),
-               output=BLOCK_END, export="separable_conv")
+               output=BLOCK_END, export="separable_conv", refuses=refuses_channels_first)
 class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D):
     """A separable convolutional layer that operates on quantized inputs and weights.
 

@@ -2,6 +2,7 @@
 TimeDistributed(Dense), TF ops), or the identity at inference (noise, spatial dropout): all
 integer, close to the float model, exported to ONNX bit-exactly."""
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
@@ -70,3 +71,28 @@ def test_squeeze_excite_written_with_tf_ops():
     assert _all_integer(qmodel)
     assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 25
     check_export_bit_exact(qmodel, x[32:])
+
+
+def test_channels_first_convolutions_listed_with_the_float_switch():
+    """A channels-first convolution has no twin: quantize() lists it with the other unsupported
+    layers, names the reason and the float-island switch; kept float, the model quantizes."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, name="first")(inputs)
+    x = L.Permute((3, 1, 2), name="to_nchw")(x)
+    x = L.Conv2D(4, 3, data_format="channels_first", name="conv_cf")(x)
+    x = L.DepthwiseConv2D(3, data_format="channels_first", name="dw_cf")(x)
+    x = L.Permute((2, 3, 1), name="to_nhwc")(x)
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="out")(L.ReLU()(x)))
+    samples = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    with pytest.raises(ValueError) as info:
+        quantize(model, samples=samples)
+    message = str(info.value)
+    for expected in ("conv_cf (Conv2D", "dw_cf (DepthwiseConv2D", "channels_first",
+                     "'float'"):
+        assert expected in message, message
+    qmodel = quantize(model, samples=samples,
+                      q_config={"conv_cf": "float", "dw_cf": "float"})
+    assert type(qmodel.get_layer("dw_cf")) is L.DepthwiseConv2D
+    assert type(qmodel.get_layer("out")).__name__ == "QuantizedConv2D"
+    y, yq = model(samples).numpy(), qmodel(samples).numpy()
+    assert _sqnr(y, yq) > 25
