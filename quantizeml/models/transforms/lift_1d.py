@@ -53,16 +53,18 @@ def _global(cls):
     return make
 
 
+def _steps(value):
+    """``((0, 0), (left, right))``: a 1-D padding or cropping (an int or a pair) on the width."""
+    left, right = value if isinstance(value, (list, tuple)) else (value, value)
+    return (0, 0), (int(left), int(right))
+
+
 def _padding(config, name):
-    left, right = config["padding"] if isinstance(config["padding"], (list, tuple)) \
-        else (config["padding"], config["padding"])
-    return _L.ZeroPadding2D(((0, 0), (int(left), int(right))), name=name), None
+    return _L.ZeroPadding2D(_steps(config["padding"]), name=name), None
 
 
 def _cropping(config, name):
-    left, right = config["cropping"] if isinstance(config["cropping"], (list, tuple)) \
-        else (config["cropping"], config["cropping"])
-    return _L.Cropping2D(((0, 0), (int(left), int(right))), name=name), None
+    return _L.Cropping2D(_steps(config["cropping"]), name=name), None
 
 
 def _upsampling(config, name):
