@@ -32,13 +32,19 @@ class QuantizedRescaling(QuantConfigMixin, keras.layers.Rescaling):
     - it only supports a scalar scale,
     - it only supports zero offsets.
 
-    This layer assumes the inputs are integers (8-bit unsigned by default, e.g. pixels): it
-    simply wraps them into a per-tensor QFloat with the specified scale. Inputs are rounded
-    (half up) and clipped to the input range, so non-integer or out-of-range inputs are still
-    valid integers (the clipping is recorded as saturation).
+    Float inputs are taken as integers (8-bit unsigned by default, e.g. pixels): it simply
+    wraps them into a per-tensor QFloat with the specified scale. Inputs are rounded (half up)
+    and clipped to the input range, so non-integer or out-of-range inputs are still valid
+    integers (the clipping is recorded as saturation; quantize() keeps a Rescaling float when
+    its calibration samples are not such integers).
+
+    Quantized inputs (a constant multiplication inside the model, ``x * 0.5`` written as a TF
+    op) keep their integers: only the scales change, ``QFloat(x.fp, x.scales * scale)`` (a
+    FixedPoint ``x`` gets the scales ``scale``); their scale must be positive.
 
     Integer maths: ``y = clip(round(x), int_min, int_max)`` with frac_bits 0 and scales
-    ``scale``; then the output quantizer if configured.
+    ``scale`` (float inputs), ``y = x`` with scales times ``scale`` (quantized inputs); then
+    the output quantizer if configured.
 
     Args:
         scale (float): a scalar scale.
@@ -70,14 +76,22 @@ class QuantizedRescaling(QuantConfigMixin, keras.layers.Rescaling):
         self.input_value_bits = bitwidth - 1 if self.input_signed else bitwidth
 
     def call(self, inputs):
+        value = float(np.ravel(self.scale)[0])
+        scale = tf.constant(value, tf.float32)
+        if isinstance(inputs, QTensor) and not value > 0:
+            raise ValueError(f"Layer {self.name} (QuantizedRescaling) expected a positive scale "
+                             f"for quantized inputs. Received: scale={value}")
+        if isinstance(inputs, QFloat):
+            return self._quantize_output(QFloat(inputs.fp, inputs.scales * scale))
+        if isinstance(inputs, FixedPoint):
+            return self._quantize_output(QFloat(inputs, scale))
         if isinstance(inputs, QTensor):
-            raise TypeError(f"Layer {self.name} (QuantizedRescaling) expected float inputs "
-                            f"holding integers. Received: inputs of type "
+            raise TypeError(f"Layer {self.name} (QuantizedRescaling) expected float, "
+                            f"FixedPoint or QFloat inputs. Received: inputs of type "
                             f"{type(inputs).__name__}")
         values = round_half_up(tf.cast(inputs, tf.float32))
         record_saturation(self, "input", values, self.input_value_bits)
         int_min = -2.0**self.input_value_bits if self.input_signed else 0.0
         values = tf.clip_by_value(values, int_min, 2.0**self.input_value_bits - 1)
-        scale = tf.constant(float(np.ravel(self.scale)[0]), tf.float32)
         output = QFloat(FixedPoint(values, self.input_value_bits, 0.0), scale)
         return self._quantize_output(output)

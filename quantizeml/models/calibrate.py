@@ -58,16 +58,31 @@ def calibration_required(model):
     return False
 
 
+def _layer_output(model, layer):
+    """The output of ``layer`` in ``model``; for a layer called several times in it (shared),
+    the outputs of all its calls, each flattened to ``(-1, channels)`` and concatenated, so
+    that its one OutputQuantizer is calibrated on every call."""
+    nodes = getattr(model, "_network_nodes", None)
+    outputs = []
+    for index in range(len(layer._inbound_nodes)):
+        if nodes is not None and f"{layer.name}_ib-{index}" not in nodes:
+            continue  # a call in another model
+        out = layer.get_output_at(index)
+        outputs.append(out[0] if isinstance(out, (list, tuple)) else out)
+    if len(outputs) <= 1:
+        out = layer.output
+        return out[0] if isinstance(out, (list, tuple)) else out
+    outputs = [_dequantized(t) for t in outputs]
+    return tf.concat([tf.reshape(t, (-1, t.shape[-1])) for t in outputs], axis=0)
+
+
 def _reference_tensors(model, names):
     tensors = {}
     for t in model.inputs:
         tensors[t._keras_history.layer.name] = t
     for layer in model.layers:
         if layer.name in names and layer.name not in tensors:
-            out = layer.output
-            if isinstance(out, (list, tuple)):
-                out = out[0]
-            tensors[layer.name] = out
+            tensors[layer.name] = _layer_output(model, layer)
     missing = sorted(set(names) - set(tensors))
     if missing:
         raise ValueError(f"calibrate expected the reference model to have the layers that the "

@@ -191,7 +191,8 @@ def check_quantization(model, samples=None, batch_size=32):
 
     Args:
         model (keras.Model): the model to check.
-        samples (np.ndarray, optional): samples to run through the model. Defaults to None.
+        samples (np.ndarray, optional): samples to run through the model (a list of arrays,
+            one per input, for a multi-input model). Defaults to None.
         batch_size (int, optional): batch size for the samples. Defaults to 32.
 
     Returns:
@@ -201,9 +202,14 @@ def check_quantization(model, samples=None, batch_size=32):
         for layer in model.layers:
             for sub in [layer, *_sublayers(layer)]:
                 sub.__dict__.pop("_saturation", None)
-        samples = np.asarray(samples, np.float32)
-        for start in range(0, len(samples), batch_size):
-            model(tf.constant(samples[start:start + batch_size]), training=False)
+        # one array per model input (a list or tuple of them for a multi-input model)
+        arrays = [np.asarray(x) for x in samples] \
+            if isinstance(samples, (list, tuple)) and len(model.inputs) > 1 \
+            else [np.asarray(samples)]
+        arrays = [x.astype(np.float32) if x.dtype.kind == "f" else x for x in arrays]
+        for start in range(0, len(arrays[0]), batch_size):
+            batch = [tf.constant(x[start:start + batch_size]) for x in arrays]
+            model(batch if len(batch) > 1 else batch[0], training=False)
     issues = [f"{name}: float island: kept float (dequantized before it, requantized after it "
               f"by {name}_quantizer); quantize it with a twin to keep the model integer"
               for name in float_islands(model)]

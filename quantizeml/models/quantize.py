@@ -15,7 +15,9 @@ How layers are quantized (the declarative table is the twin registry,
   inputs through. Activations are per-axis unless ``per_tensor_activations`` or unless they
   flow into a Flatten/Reshape/Permute/Concatenate (which need one fractional bit);
 * each float model input gets an InputQuantizer (signed when the samples have negative
-  values), except inputs consumed by a Rescaling (raw integer pixels), on
+  values), except inputs consumed by a Rescaling (raw integer pixels: when the calibration
+  samples are not integers of its input range, e.g. images already in [0, 1], the Rescaling
+  stays float as a preprocessing head and an InputQuantizer follows it), on
   ``max(activation_bits, min(input_weight_bits, 8))`` bits: a first layer kept on 8 bits in a
   low-bit model (the usual "first layer 8-bit" of low-bit recipes) reads 8-bit inputs too,
   instead of, e.g., 3-bit images (the same for the InputQuantizer ending a float preprocessing
@@ -133,10 +135,11 @@ def _refusal(layer):
     return spec.refusal(layer)
 
 
-def _unsupported(model, consumer_map, wrapped, islands=()):
+def _unsupported(model, consumer_map, wrapped, islands=(), refused=None):
     """Layers without a twin that accepts them (nor a QuantizeConfig, nor a float island), and
     which of them form the allowed float tail (no quantized layer after them) and float head
     (they only read the model inputs or other head layers: float preprocessing).
+    ``refused`` maps more layer names to the reason their twin does not fit them.
 
     Returns:
         tuple: the sets of tail and head layer names, and the list of ``(layer, reason)``
@@ -144,7 +147,8 @@ def _unsupported(model, consumer_map, wrapped, islands=()):
     """
     layers = [layer for layer in model.layers
               if not isinstance(layer, keras.layers.InputLayer)]
-    reasons = {layer.name: _refusal(layer) for layer in layers
+    reasons = {layer.name: _refusal(layer) or (refused or {}).get(layer.name)
+               for layer in layers
                if not _is_quantized_layer(layer) and layer.name not in wrapped
                and layer.name not in islands}
     bad = {name for name, reason in reasons.items() if reason is not None}
@@ -166,6 +170,39 @@ def _unsupported(model, consumer_map, wrapped, islands=()):
         else:
             errors.append((layer, reasons[layer.name]))
     return tail, head, errors
+
+
+def _rescaling_refusals(model, consumer_map, batches, q_config):
+    """Rescalings reading a model input whose calibration samples are not the integers
+    QuantizedRescaling takes (8-bit unsigned pixels unless its q_config entry says otherwise):
+    name -> reason. quantize() keeps them float (a float preprocessing head, an InputQuantizer
+    after it) rather than rounding, e.g., images in [0, 1] to {0, 1}."""
+    index = {producer(t).name: i for i, t in enumerate(model.inputs)}
+    refused = {}
+    for name, users in consumer_map.items():
+        if name not in index:
+            continue
+        for layer in users:
+            if type(layer) is not keras.layers.Rescaling or _refusal(layer) is not None \
+                    or layer.name in refused:
+                continue
+            entry = q_config.get(layer.name)
+            entry = entry if isinstance(entry, dict) else {}
+            bits = int(entry.get("input_bitwidth", 8))
+            signed = bool(entry.get("input_signed", False))
+            low, high = (-2**(bits - 1), 2**(bits - 1) - 1) if signed else (0, 2**bits - 1)
+            lowest, highest, integers = np.inf, -np.inf, True
+            for batch in batches:
+                x = np.asarray(batch[index[name]], np.float64)
+                lowest, highest = min(lowest, float(np.min(x))), max(highest, float(np.max(x)))
+                integers = integers and bool(np.all(x == np.floor(x)))
+            if not integers or lowest < low or highest > high:
+                refused[layer.name] = (
+                    f"QuantizedRescaling reads {bits}-bit {'signed' if signed else 'unsigned'} "
+                    f"integers [{low}, {high}]; the samples of {name!r} are "
+                    f"{'not integers' if not integers else 'integers'} in "
+                    f"[{lowest:.4g}, {highest:.4g}]")
+    return refused
 
 
 def _output_quantizer(bits, signed, per_tensor, qparams):
@@ -364,7 +401,11 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         config = as_quantize_config(q_config.get(layer.name)) or annotations.get(layer.name)
         if config is not None and not isinstance(layer, QuantizeWrapper):
             wrapped[layer.name] = config
-    tail, head, errors = _unsupported(model, consumer_map, wrapped, islands)
+    batches = Batches(model, samples, num_samples, batch_size, epochs)
+    # with samples, a Rescaling of the model inputs that are not integer pixels stays float
+    refused = {} if samples is None or requantize else \
+        _rescaling_refusals(model, consumer_map, batches, q_config)
+    tail, head, errors = _unsupported(model, consumer_map, wrapped, islands, refused)
     if errors:
         listing = ", ".join(
             f"{layer.name} ({type(layer).__name__}"
@@ -377,7 +418,6 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             "(quantizeml.layers.register_twin) or a QuantizeConfig for them, or keep them float "
             "after the last quantized layer.")
     floating = tail | islands | head | set(wrapped)
-    batches = Batches(model, samples, num_samples, batch_size, epochs)
     finals = set()
     for name in output_layers(model):
         finals.add(name)

@@ -1346,11 +1346,14 @@ def _concatenate(b, layer, xs):
 def _rescaling(b, layer, xs):
     """QuantizedRescaling (float inputs holding integers): ``clip(round_half_up(x))`` in float32
     (``floor(x) + (x - floor(x) >= 0.5)``, as ``round_half_up``), as int64 with frac bits 0
-    and the layer's scale as the QFloat scales."""
+    and the layer's scale as the QFloat scales. Quantized inputs keep their integers; their
+    scales (1 for a FixedPoint) are multiplied by the scale in float32, as Keras does."""
     x = xs[0]
+    scale = np.float32(float(np.ravel(layer.scale)[0]))
     if not isinstance(x, str):
-        raise ValueError(f"export expected float inputs for {layer.name} (QuantizedRescaling). "
-                         f"Received: a quantized tensor")
+        scales = scale if x.scales is None else (x.scales * scale).astype(np.float32)
+        return _finish(b, layer, _T(x.name, x.vb, x.frac, scales, x.unsigned, x.shape, x.dtype,
+                                    x.bound))
     v = b.node("Cast", [x], "rs_f32", to=TensorProto.FLOAT)
     floored = b.node("Floor", [v], "rs_floor")
     frac_part = b.node("Sub", [v, floored], "rs_frac")
@@ -1363,7 +1366,6 @@ def _rescaling(b, layer, xs):
                         b.const(np.array(2.0 ** vb - 1, np.float32))], "rs_clip")
     v = b.node("Cast", [v], "rs_int", to=TensorProto.INT64)
     shape = tuple(int(d) if d is not None else None for d in layer.input_shape[1:])
-    scale = np.float32(float(np.ravel(layer.scale)[0]))
     t = _T(v, vb, 0.0, scale, not layer.input_signed, shape)
     return _finish(b, layer, t)
 
@@ -1687,8 +1689,18 @@ def _check_supported(qmodel):
         supported = ", ".join(c.__name__ for c in supported_layers())
         raise ValueError(f"export expected a quantized model made of {supported}. Received: "
                          f"layers it cannot export: {listing}")
-    if any(len(layer.inbound_nodes) > 1 for layer in qmodel.layers):
-        raise ValueError("export expected each layer to be called once (no shared layers).")
+
+
+def graph_input(b, layer, ref):
+    """The ONNX graph input of a Keras model input and the float32 tensor that stands for it:
+    the input itself (float32), or its ``Cast`` to float32 for another element type (an
+    int32 token input keeps its type in the graph; the layers read float, as Keras casts)."""
+    dtype = tf.as_dtype(ref.tensor.dtype)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype.as_numpy_dtype))
+    info = oh.make_tensor_value_info(layer.name, elem, ["N"] + [int(d) for d in ref.shape[1:]])
+    if elem == TensorProto.FLOAT:
+        return info, layer.name
+    return info, b.node("Cast", [layer.name], f"{layer.name}_f32", to=TensorProto.FLOAT)
 
 
 #: The forms ``export`` writes.
@@ -1707,9 +1719,8 @@ def export_exact(qmodel, path=None):
     graph = Graph(qmodel)
     tensors, graph_inputs, outputs = {}, [], {}
     for layer, ref in zip(graph.input_layers, graph.inputs):
-        graph_inputs.append(oh.make_tensor_value_info(
-            layer.name, TensorProto.FLOAT, ["N"] + [int(d) for d in ref.shape[1:]]))
-        tensors[ref.key] = layer.name  # a float graph input
+        info, tensors[ref.key] = graph_input(b, layer, ref)  # a float graph input
+        graph_inputs.append(info)
     for node in graph.nodes:
         layer = node.layer
         args = [tensors[ref.key] for ref in node.inputs]

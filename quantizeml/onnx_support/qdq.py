@@ -800,9 +800,8 @@ def export_qdq(qmodel, path=None, depthwise="int8", ties="half_up"):
     graph = Graph(qmodel)
     states, graph_inputs, fallbacks, done = {}, [], [], set()
     for layer, ref in zip(graph.input_layers, graph.inputs):
-        graph_inputs.append(oh.make_tensor_value_info(
-            layer.name, TensorProto.FLOAT, ["N"] + [int(d) for d in ref.shape[1:]]))
-        states[ref.key] = layer.name
+        info, states[ref.key] = exact.graph_input(b, layer, ref)
+        graph_inputs.append(info)
     for node in graph.nodes:
         if node.index in done:
             continue

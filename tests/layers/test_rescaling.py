@@ -63,6 +63,31 @@ def test_rescaling_output_quantizer():
     assert np.all(np.abs(out.to_float().numpy() - expected) <= bound + 1e-6)
 
 
+@pytest.mark.parametrize("scale", [0.5, 3.0, 1 / 255], ids=["half", "3", "1/255"])
+def test_rescaling_quantized_inputs(scale):
+    """A constant multiplication inside the model: the integers stay, the scales change."""
+    fp = fixed_point(SHAPE)
+    out = QuantizedRescaling(scale)(fp)
+    assert isinstance(out, QFloat)
+    np.testing.assert_array_equal(ints(out), ints(fp))
+    np.testing.assert_array_equal(frac(out), frac(fp))
+    assert float(out.scales) == np.float32(scale)
+    qf = QFloat(fp, tf.constant([0.5, 0.25, 1.5], tf.float32))
+    out = QuantizedRescaling(scale)(qf)
+    np.testing.assert_array_equal(ints(out), ints(fp))
+    np.testing.assert_array_equal(out.scales.numpy(),
+                                  np.array([0.5, 0.25, 1.5], np.float32) * np.float32(scale))
+    np.testing.assert_allclose(out.to_float().numpy(), qf.to_float().numpy() * scale,
+                               rtol=1e-6)
+    # with an output quantizer: the requantized QFloat, as OutputQuantizer computes it
+    layer = QuantizedRescaling(scale, quant_config={"output_quantizer": {"bitwidth": 8}})
+    layer(fp)
+    layer.out_quantizer.range_max.assign(float(np.max(np.abs(fp.to_float().numpy())) * scale))
+    np.testing.assert_array_equal(ints(layer(fp)),
+                                  ints(layer.out_quantizer(QFloat(fp, tf.constant(
+                                      scale, tf.float32)))))
+
+
 def test_quantize_target_signature_config():
     assert QUANTIZATION_TARGETS[keras.layers.Rescaling] is QuantizedRescaling
     check_signature_parity(QuantizedRescaling, keras.layers.Rescaling)
@@ -95,8 +120,9 @@ def test_bad_inputs():
         QuantizedRescaling([0.5, 0.25], name="resc_scale")
     with pytest.raises(ValueError, match="resc_offset.*expected a zero offset.*offset=-1"):
         QuantizedRescaling(1 / 127.5, offset=-1, name="resc_offset")
-    with pytest.raises(TypeError, match="resc_q.*expected float inputs"):
-        QuantizedRescaling(0.5, name="resc_q")(fixed_point(SHAPE))
+    with pytest.raises(ValueError, match="resc_q.*expected a positive scale for quantized "
+                                         "inputs.*-0.5"):
+        QuantizedRescaling(-0.5, name="resc_q")(fixed_point(SHAPE))
     for key in ("input_bitwidth", "buffer_bitwidth"):
         for bits in (0, 33):
             with pytest.raises(ValueError, match=f"resc_bits: {key} .*{bits}"):

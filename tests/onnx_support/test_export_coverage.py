@@ -442,11 +442,13 @@ def test_export_quantized_rescaling(signed):
     y = L.Conv2D(3, 1, name="out")(y)
     model = keras.Model(inputs, y)
     low = -128 if signed else 0
-    x = np.round(_samples((6, 6, 3), low=low, high=255))
+    pixels = np.round(_samples((6, 6, 3), low=low, high=255))
+    x = pixels.copy()
     x[:, 0, 0, :] = [[0.5, 2.5, 254.5]] * 1  # halves round up
     x[:, 1, 0, :] = [[0.49999997, -0.5, 300.0]]  # below a half; negative half; saturation
     q_config = {"pre": {"input_signed": True, "input_bitwidth": 9}} if signed else None
-    qmodel = _quantize(model, x, q_config=q_config)
+    # calibrated on integer pixels (other samples keep the Rescaling float), run on all
+    qmodel = _quantize(model, pixels, q_config=q_config)
     assert isinstance(qmodel.get_layer("pre"), QuantizedRescaling)
     _check(qmodel, x)
 

@@ -198,6 +198,29 @@ def test_export_float_embedding_head_einsum_island():
     _check_tail(qmodel, ids)
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_export_integer_token_inputs(dtype):
+    """A model whose input is int32 (int64) token ids: the ONNX input keeps that type (fed
+    the same arrays as Keras), exact and QDQ forms both."""
+    inputs = keras.Input((SEQ,), dtype=dtype, name="ids")
+    y = L.Flatten(name="flat")(L.Dense(4, name="pre")(L.Embedding(10, DIM, name="emb")(inputs)))
+    qmodel = _quantize(keras.Model(inputs, L.Dense(3, name="out")(y)),
+                       np.random.default_rng(0).integers(0, 10, (16, SEQ)).astype(dtype), None)
+    ids = np.random.default_rng(1).integers(0, 10, (8, SEQ)).astype(dtype)
+    proto = export(qmodel)
+    elem = {"int32": TensorProto.INT32, "int64": TensorProto.INT64}[dtype]
+    assert proto.graph.input[0].type.tensor_type.elem_type == elem
+    floats, integers = _run(qmodel, ids)
+    keras_int = keras.Model(qmodel.inputs, qmodel.layers[-1].input)(ids).values.numpy()
+    np.testing.assert_array_equal(integers, keras_int.astype(np.int64))
+    np.testing.assert_array_equal(floats, qmodel(ids).numpy())
+    session = ort.InferenceSession(export(qmodel, format="qdq").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    qdq = session.run(None, {"ids": ids})[0]
+    step = float(np.max(np.abs(qmodel(ids).numpy()))) / 2**7
+    assert np.max(np.abs(qdq - qmodel(ids).numpy())) <= step
+
+
 def test_export_float_vit_tokens_attention():
     """quantizeml's transformer layers kept float in a tiny ViT block: ClassToken,
     AddPositionEmbs, Attention ('softmax') and ExtractToken, each a float island."""

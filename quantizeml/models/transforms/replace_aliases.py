@@ -2,7 +2,7 @@
 import tf_keras as keras
 
 from ...layers.skip import Add
-from ..graph import substitute_layers
+from ..graph import Graph, rebuild, substitute_layers
 
 __all__ = ["replace_aliases"]
 
@@ -29,6 +29,41 @@ def _alias(node):
 _PER_STEP_ALIKE = (_L.Dense, _L.Activation, _L.ReLU, _L.LeakyReLU, _L.Dropout)
 
 
+#: Merge layers whose n-ary call is the chain of binary calls, in input order: Keras merges
+#: ``out = x0; out = f(out, x1); out = f(out, x2) ...``, so the chain rounds the same.
+_CHAINED_MERGES = (_L.Add, _L.Multiply, _L.Maximum, _L.Minimum)
+
+
+def _split_merges(model):
+    """The model with each merge of three or more inputs (``_CHAINED_MERGES``, not an
+    averaging Add) replaced by a chain of binary merges: ``name_1``, ``name_2``... then
+    ``name`` (the last keeps the name, it makes the same output)."""
+    graph = Graph(model)
+
+    def chained(node):
+        layer = node.layer
+        return type(layer) in _CHAINED_MERGES + (Add,) and len(node.inputs) > 2 \
+            and not getattr(layer, "average", False)
+
+    split = {node.index for node in graph.nodes if chained(node)}
+    if not split:
+        return model
+
+    def rewrite(node, rb):
+        if node.index not in split:
+            return None
+        layer = node.layer
+        xs = rb.map(node.inputs)
+        name = rb.name_for(layer)
+        out = xs[0]
+        for k, x in enumerate(xs[1:], 1):
+            part = name if k == len(xs) - 1 else rb.unique(f"{name}_{k}")
+            out = type(layer).from_config({**layer.get_config(), "name": part})([out, x])
+        return out
+
+    return rebuild(graph, rewrite)
+
+
 def replace_aliases(model):
     """Replaces layers by the supported layer that computes the same function.
 
@@ -37,7 +72,10 @@ def replace_aliases(model):
       sum with one more fractional bit);
     * ``ThresholdedReLU(theta=0)`` becomes ``ReLU()``;
     * ``TimeDistributed(Dense)`` (or of an Activation, ReLU, LeakyReLU or Dropout) becomes the
-      inner layer itself, with its weights: Dense acts on the last axis of any rank.
+      inner layer itself, with its weights: Dense acts on the last axis of any rank;
+    * an ``Add``, ``Multiply``, ``Maximum`` or ``Minimum`` of three or more inputs becomes a
+      chain of binary ones (``name_1``, ``name_2``, ..., the last keeping ``name``): Keras
+      merges its inputs one after the other, so the chain computes the same, bit for bit.
 
     Other configurations (an ELU of another alpha, an average of three inputs) stay as they
     are (quantize() reports them). The outputs are unchanged; the input model is not modified.
@@ -53,4 +91,4 @@ def replace_aliases(model):
         model = replace_aliases(model)  # ELU() -> Activation('elu')
         ```
     """
-    return substitute_layers(model, _alias)
+    return _split_merges(substitute_layers(model, _alias))

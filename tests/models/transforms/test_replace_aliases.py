@@ -47,3 +47,26 @@ def test_other_configurations_stay():
     x = L.TimeDistributed(L.Conv1D(2, 1))(x)    # not per-step alike
     model = keras.Model(inputs, x)
     assert replace_aliases(model) is model
+
+
+def test_merges_of_three_or_more_inputs_become_chains(checks):
+    """Keras merges n inputs one after the other: the binary chain is bit-identical."""
+    inputs = keras.Input((6, 6, 3))
+    a, b, c = (L.Conv2D(4, 3, name=n)(inputs) for n in "abc")
+    added = L.Add(name="add3")([a, b, c])
+    product = L.Multiply(name="mul4")([a, b, c, added])
+    x = L.Maximum(name="max3")([a, product, c])
+    x = L.Minimum(name="min2")([x, b])
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="head")(x))
+    before = checks.snapshot(model)
+    new = replace_aliases(model)
+    for name, kind, parts in (("add3", L.Add, 2), ("mul4", L.Multiply, 3),
+                              ("max3", L.Maximum, 2)):
+        chain = [layer for layer in new.layers
+                 if layer.name == name or layer.name.startswith(name + "_")]
+        assert len(chain) == parts and all(type(layer) is kind for layer in chain)
+        assert all(len(layer.input) == 2 for layer in chain)
+    assert new.get_layer("min2") is not None and len(new.get_layer("min2").input) == 2
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x).numpy(), new(x).numpy())
+    checks.unchanged(model, before, new)
