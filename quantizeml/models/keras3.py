@@ -7,8 +7,10 @@ layer of the same class name, built from its translated config, called in the sa
 and given the same weights (the layers that Keras 3's applications define themselves, ConvNeXt's
 LayerScale and StochasticDepth and InceptionResNetV2's CustomScaleLayer, become their tf_keras
 applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
-``keras.ops.relu(x)``) become TF ops on the tf_keras tensors (TFOpLambda layers, that
-``sanitize()`` rewrites). The new model is checked to give the outputs of the Keras 3 model.
+``keras.ops.relu(x)``), ``keras.ops.mean`` / ``max`` (axis, keepdims) and
+``keras.ops.concatenate`` become TF ops on the tf_keras tensors (TFOpLambda layers, that
+``sanitize()`` rewrites). Options tf_keras names otherwise are renamed (LeakyReLU's
+``negative_slope`` is tf_keras' ``alpha``). The new model is checked to give the outputs of the Keras 3 model.
 
 Keras 3 is imported lazily: :func:`is_keras3_model` only looks at ``sys.modules``.
 """
@@ -35,6 +37,13 @@ _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.mu
         "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
         "Silu": "swish", "Swish": "swish", "HardSigmoid": HARD_SIGMOID,
         "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH}
+# Keras 3 ops with options -> (TF function, the options it takes as keyword arguments):
+# reductions (spatial ones become global pooling layers in quantize()) and concatenation
+_OPTION_OPS = {"Mean": (tf.math.reduce_mean, ("axis", "keepdims")),
+               "Max": (tf.math.reduce_max, ("axis", "keepdims")),
+               "Concatenate": (tf.concat, ("axis",))}
+# Keras 3 layer options that tf_keras names otherwise: (class name, key) -> tf_keras key
+_RENAMED = {("LeakyReLU", "negative_slope"): "alpha"}
 _OP_MODULE = "keras.src.ops"
 _MODELS = ("Functional", "Sequential", "Model")
 # Layer.__init__ keyword arguments of tf_keras
@@ -194,6 +203,7 @@ def _translate(cls, config):
     """The tf_keras config of a Keras 3 layer config."""
     out = {}
     for key, value in config.items():
+        key = _RENAMED.get((cls.__name__, key), key)
         if key == "dtype":
             value = _dtype(value, cls.__name__)
         elif key.endswith("_initializer"):
@@ -269,10 +279,19 @@ def _lambda_builder(source, name):
 
 def _op_builder(class_name, config, name):
     function = _OPS.get(class_name)
-    options = {k: v for k, v in config.items() if k != "name"}
+    # ``initial=None`` (Max): the default, nothing to translate
+    options = {k: v for k, v in config.items()
+               if k != "name" and not (k == "initial" and v is None)}
+    if class_name in _OPTION_OPS and set(options) <= set(_OPTION_OPS[class_name][1]):
+        function = _OPTION_OPS[class_name][0]
+        options = {k: _value(v) for k, v in options.items()}
+        options = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in options.items()}
+        return _Builder(name, lambda: lambda *args, **kwargs: function(*args, **kwargs,
+                                                                       **options))
     if function is None or options:
         raise _Unsupported(f"the Keras 3 op {class_name} (options {options}) has no tf_keras "
-                           f"equivalent here (supported ops: {', '.join(sorted(_OPS))})")
+                           f"equivalent here (supported ops: "
+                           f"{', '.join(sorted({**_OPS, **_OPTION_OPS}))})")
     if isinstance(function, str):
         return _Builder(name, lambda: keras.layers.Activation(function, name=name))
     return _Builder(name, lambda: function)
@@ -295,7 +314,8 @@ def _plan(entries, sources):
             "from_keras3 expected Keras 3 layers that tf_keras can rebuild: the built-in "
             "layers of keras.layers that tf_keras also has (with options tf_keras takes), "
             "Lambda layers, nested functional or Sequential models and the ops "
-            f"{', '.join(sorted(_OPS))}. Received: {len(errors)} layer(s) that cannot be "
+            f"{', '.join(sorted({**_OPS, **_OPTION_OPS}))}. Received: {len(errors)} layer(s) "
+            "that cannot be "
             "converted: " + "; ".join(errors))
     return builders
 

@@ -287,3 +287,26 @@ def test_wrapper_of_unknown_layer_is_named():
     model = keras3.Model(inputs, K3.TimeDistributed(Shift(), name="td")(inputs))
     with pytest.raises(ValueError, match=r"td \(TimeDistributed\).*wraps Shift"):
         from_keras3(model)
+
+
+def test_ops_with_options_and_renamed_options_convert_and_quantize():
+    """keras.ops.concatenate / mean / max with their options (spatial reductions become
+    global pooling in quantize()) and LeakyReLU(negative_slope) (tf_keras' alpha): converted
+    with equal outputs, then quantized to an all-integer model."""
+    inputs = keras3.Input((8, 8, 3))
+    a = K3.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = K3.LeakyReLU(negative_slope=0.2, name="leaky")(K3.Conv2D(4, 1, name="b")(inputs))
+    x = keras3.ops.concatenate([K3.ReLU()(a), b], axis=-1)
+    pooled = keras3.ops.max(x, axis=[1, 2], keepdims=True)
+    x = keras3.ops.mean(x, axis=[1, 2])
+    x = K3.Concatenate()([x, K3.Flatten()(pooled)])
+    model = _randomize(keras3.Model(inputs, K3.Dense(3, name="out")(x)))
+    new = from_keras3(model)
+    _check_equal(model, new)
+    assert new.get_layer("leaky").get_config()["alpha"] == pytest.approx(0.2)
+    samples = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=samples[:32])
+    assert all(type(layer).__module__.startswith("quantizeml")
+               or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
+    y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
