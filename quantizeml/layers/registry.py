@@ -41,10 +41,12 @@ class TwinSpec:
         float_classes (tuple): the float Keras layer classes it replaces (exact classes).
         weights (tuple of str): the quant_config keys of its weight quantizers, in the order
             quantize() configures them (empty for a layer without quantized weights).
-        output (str or None): ``BLOCK_END``, ``ACTIVATION`` or None (no OutputQuantizer from
-            quantize()).
-        pass_through (bool): a shape-only layer: quantize() looks through it to find the real
-            consumers of a tensor.
+        output (str, None or callable): ``BLOCK_END``, ``ACTIVATION`` or None (no
+            OutputQuantizer from quantize()); a callable ``output(float_layer)`` returns one of
+            them per layer (e.g. a bilinear upsampling ends a block, a nearest one does not).
+        pass_through (bool or callable): a shape-only layer: quantize() looks through it to
+            find the real consumers of a tensor; a callable ``pass_through(float_layer)`` says
+            it per layer.
         per_tensor_inputs (bool or callable): its inputs must have one fractional bit for all
             channels; a callable ``per_tensor_inputs(float_layer) -> bool`` says it per layer
             (e.g. a Reshape that keeps the last axis takes per-axis inputs).
@@ -66,6 +68,17 @@ class TwinSpec:
     float_inputs: bool = False
     export: str = None
     refuses: object = None
+
+    def output_for(self, layer):
+        """str or None: the OutputQuantizer kind quantize() gives the twin of ``layer``."""
+        return self.output(layer) if callable(self.output) else self.output
+
+    def passes_through(self, layer):
+        """bool: whether the twin of ``layer`` only moves values (quantize() looks through
+        it)."""
+        if callable(self.pass_through):
+            return bool(self.pass_through(layer))
+        return bool(self.pass_through)
 
     def needs_per_tensor_inputs(self, layer):
         """bool: whether the twin of the float ``layer`` needs per-tensor inputs."""
@@ -91,8 +104,10 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
         *float_classes (type): the float Keras layer classes the twin replaces.
         weights (tuple of str, optional): quant_config keys of its weight quantizers.
             Defaults to ().
-        output (str, optional): ``BLOCK_END``, ``ACTIVATION`` or None. Defaults to None.
-        pass_through (bool, optional): a shape-only layer. Defaults to False.
+        output (str or callable, optional): ``BLOCK_END``, ``ACTIVATION`` or None (a
+            callable: ``output(float_layer)`` returns one of them). Defaults to None.
+        pass_through (bool or callable, optional): a shape-only layer (a callable:
+            ``pass_through(float_layer) -> bool``). Defaults to False.
         per_tensor_inputs (bool or callable, optional): needs per-tensor inputs (a callable:
             ``per_tensor_inputs(float_layer) -> bool``). Defaults to False.
         float_inputs (bool, optional): takes the model's float inputs. Defaults to False.
@@ -104,7 +119,7 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
         ValueError: when a float class is already mapped to another twin, or an argument is
             out of its range.
     """
-    if output not in _OUTPUTS:
+    if not callable(output) and output not in _OUTPUTS:
         raise ValueError(f"register_twin expected output among {_OUTPUTS}. "
                          f"Received: output={output!r}")
     if isinstance(weights, str) or not all(isinstance(k, str) for k in weights):

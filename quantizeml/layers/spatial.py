@@ -7,17 +7,24 @@ per-tensor or per-axis, keep their parameters and the result is exact. A zero is
 symmetric grid (``0 * 2^-f * s == 0``), so padding needs no alignment.
 
 ``quantize()`` looks through them (``pass_through=True``). ``unsupported_reason(layer)`` tells
-why a float layer of this family has no exact twin (channels_first data, a non-nearest
-upsampling): it is the twins' registry ``refuses``, so quantize() reports such a layer as
-unsupported up front, with the reason, and the twins refuse those configurations when built.
+why a float layer of this family has no exact twin (channels_first data, an upsampling other
+than nearest or bilinear by powers of two): it is the twins' registry ``refuses``, so
+quantize() reports such a layer as unsupported up front, with the reason, and the twins refuse
+those configurations when built.
+
+A bilinear upsampling by powers of two is exact too, but it computes: its output is a weighted
+sum of two neighbours per axis with weights in multiples of ``1 / (2 s)`` (TensorFlow's
+half-pixel bilinear resize), i.e. integers with ``log2(2 s)`` more value and fractional bits
+per upsampled axis; it ends a block (an OutputQuantizer after it) instead of passing through.
 """
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ..tensors import FixedPoint, QFloat
+from ..tensors import FixedPoint, QFloat, carrier_dtype
 from .base import check_qtensor, register_keras
 from .quant_config import OUTPUT_KEYS, QuantConfigMixin
-from .registry import register_twin
+from .registry import BLOCK_END, register_twin
 
 __all__ = ["QuantizedCropping2D", "QuantizedUpSampling2D", "QuantizedZeroPadding2D",
            "unsupported_reason"]
@@ -36,20 +43,46 @@ def unsupported_reason(layer):
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"data_format={layer.data_format!r}"
     interpolation = getattr(layer, "interpolation", "nearest")
-    if interpolation != "nearest":
+    if interpolation == "bilinear":
+        size = tuple(int(s) for s in layer.size)
+        if not all(s >= 1 and s & (s - 1) == 0 for s in size):
+            return f"interpolation='bilinear' with size={size} (powers of two only)"
+    elif interpolation != "nearest":
         return f"interpolation={interpolation!r}"
     return None
+
+
+def _is_bilinear(layer):
+    return getattr(layer, "interpolation", "nearest") == "bilinear"
 
 
 def _check_supported(layer):
     reason = unsupported_reason(layer)
     if reason is None:
         return
-    expected = ("interpolation='nearest' (the only integer-exact upsampling)"
+    expected = ("interpolation='nearest', or 'bilinear' with sizes that are powers of two "
+                "(the integer-exact upsamplings)"
                 if reason.startswith("interpolation") else
                 "data_format='channels_last' (per-axis parameters follow the last axis)")
     raise ValueError(f"Layer {layer.name} ({type(layer).__name__}) expected {expected}. "
                      f"Received: {reason}")
+
+
+def bilinear_axis(n, s):
+    """TensorFlow's half-pixel bilinear resize of an axis of ``n`` values by ``s`` (a power
+    of two), as integers: ``out[o] = (w_lo[o] * x[lo[o]] + w_hi[o] * x[hi[o]]) / (2 s)``.
+
+    The source coordinate of ``o`` is ``(o + 0.5) / s - 0.5``: its fraction is a multiple of
+    ``1 / (2 s)`` (exact), its neighbours are clamped to the axis (edges repeat).
+
+    Returns:
+        tuple: the int64 numpy arrays ``lo``, ``hi``, ``w_lo``, ``w_hi`` of length ``n * s``
+        (``w_lo + w_hi == 2 s``).
+    """
+    twice = 2 * np.arange(n * s, dtype=np.int64) + 1 - s  # 2 s * coordinate
+    lo = np.floor_divide(twice, 2 * s)
+    w_hi = twice - lo * 2 * s
+    return (np.clip(lo, 0, n - 1), np.minimum(lo + 1, n - 1), 2 * s - w_hi, w_hi)
 
 
 def _map_values(layer, inputs, fn):
@@ -131,26 +164,32 @@ class QuantizedCropping2D(QuantConfigMixin, keras.layers.Cropping2D):
 
 
 @register_keras
-@register_twin(keras.layers.UpSampling2D, pass_through=True,
-               export="upsample_nearest", refuses=unsupported_reason)
+@register_twin(keras.layers.UpSampling2D,
+               pass_through=lambda layer: not _is_bilinear(layer),
+               output=lambda layer: BLOCK_END if _is_bilinear(layer) else None,
+               export="upsample", refuses=unsupported_reason)
 class QuantizedUpSampling2D(QuantConfigMixin, keras.layers.UpSampling2D):
-    """A nearest-neighbour UpSampling2D layer that operates on quantized inputs
-    (channels_last).
+    """An UpSampling2D layer (nearest, or bilinear by powers of two) that operates on
+    quantized inputs (channels_last).
 
-    Integer maths: ``y[n, i, j, c] = x[n, i // sh, j // sw, c]`` (same frac_bits and scales),
-    then the output quantizer if configured.
+    Integer maths, nearest: ``y[n, i, j, c] = x[n, i // sh, j // sw, c]`` (same frac_bits and
+    scales). Bilinear (TensorFlow's half-pixel resize, sizes powers of two): per upsampled
+    axis, ``y[o] = w_lo[o] * x[lo[o]] + w_hi[o] * x[hi[o]]`` with the integer weights of
+    :func:`bilinear_axis` (``w_lo + w_hi = 2 s``), and ``log2(2 s)`` more value and fractional
+    bits (same scales): ``y * 2^-f'`` is the float resize of ``x * 2^-f`` exactly. Then the
+    output quantizer if configured (quantize() gives a bilinear one).
 
     Args:
         size (int or tuple, optional): the upsampling factors ``(sh, sw)``. Defaults to (2, 2).
         data_format (str, optional): 'channels_last' only (None: the Keras image data format).
             Defaults to None.
-        interpolation (str, optional): 'nearest' only (the other interpolations are not
-            integer-exact). Defaults to 'nearest'.
+        interpolation (str, optional): 'nearest', or 'bilinear' with sizes that are powers of
+            two (the other interpolations are not integer-exact). Defaults to 'nearest'.
         quant_config (dict, optional): the serialized quantization configuration, keys
             "output_quantizer" and "buffer_bitwidth". Defaults to None.
 
     Raises:
-        ValueError: for channels_first data or an interpolation other than 'nearest'.
+        ValueError: for channels_first data or another interpolation.
     """
 
     def __init__(self, size=(2, 2), data_format=None, interpolation="nearest",
@@ -162,5 +201,31 @@ class QuantizedUpSampling2D(QuantConfigMixin, keras.layers.UpSampling2D):
 
     def call(self, inputs):
         rows, cols = self.size
+        if _is_bilinear(self):
+            return self._bilinear(inputs)
         return _map_values(self, inputs, lambda v: tf.repeat(tf.repeat(v, rows, axis=1),
                                                              cols, axis=2))
+
+    def _bilinear(self, inputs):
+        x = check_qtensor(self, inputs, (FixedPoint, QFloat))
+        fp = x.fp if isinstance(x, QFloat) else x
+        if x.shape.rank != 4 or None in x.shape[1:3]:
+            raise ValueError(f"Layer {self.name} ({type(self).__name__}) expected 4D inputs of "
+                             f"static height and width. Received: inputs of shape {x.shape}")
+        extra = sum(int(np.log2(2 * s)) for s in self.size if s > 1)
+        value_bits = fp.value_bits + extra
+        values = tf.cast(fp.values, carrier_dtype(value_bits))
+        for axis, s in ((1, int(self.size[0])), (2, int(self.size[1]))):
+            if s == 1:
+                continue
+            lo, hi, w_lo, w_hi = bilinear_axis(int(values.shape[axis]), s)
+            shape = [1, 1, 1, 1]
+            shape[axis] = -1
+            values = (tf.gather(values, lo, axis=axis)
+                      * tf.reshape(tf.constant(w_lo, values.dtype), shape)
+                      + tf.gather(values, hi, axis=axis)
+                      * tf.reshape(tf.constant(w_hi, values.dtype), shape))
+        output = FixedPoint(values, value_bits, fp.frac_bits + extra, clip=False)
+        if isinstance(x, QFloat):
+            output = QFloat(output, x.scales)
+        return self._quantize_output(output)

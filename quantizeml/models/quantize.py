@@ -66,6 +66,7 @@ import tf_keras as keras
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer, WeightQuantizer
 from ..layers.registry import ACTIVATION, BLOCK_END, QUANTIZATION_TARGETS, twin_spec
+from ..layers.table import activation_name
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
 from ..recipes.fast_paths import eager_layer_calls, unfused
 from .bias_correction import correct_biases
@@ -90,12 +91,12 @@ def _has_weights(layer):
 
 def _is_pass_through(layer):
     spec = _spec(layer)
-    return spec is not None and spec.pass_through
+    return spec is not None and spec.passes_through(layer)
 
 
 def _is_activation(layer):
     spec = _spec(layer)
-    return spec is not None and spec.output == ACTIVATION
+    return spec is not None and spec.output_for(layer) == ACTIVATION
 
 
 def _is_quantized_layer(layer):
@@ -205,13 +206,53 @@ def _rescaling_refusals(model, consumer_map, batches, q_config):
     return refused
 
 
+#: Elementwise activations whose outputs are >= 0 (their table needs no negative level).
+NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "hard_sigmoid_relu6",
+                           "softplus", "exponential")
+#: Layers whose output is >= 0 when all their inputs are (averages, maxima, sums, products,
+#: concatenations, interpolations with nonnegative weights, and moves of values); Maximum
+#: needs one nonnegative input only.
+_SIGN_KEEPING = (keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D,
+                 keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D,
+                 keras.layers.UpSampling2D, keras.layers.ZeroPadding2D,
+                 keras.layers.Cropping2D, keras.layers.Flatten, keras.layers.Reshape,
+                 keras.layers.Permute, keras.layers.Dropout, keras.layers.Concatenate,
+                 keras.layers.Add, keras.layers.Multiply, keras.layers.Minimum)
+
+
+def _nonnegative_layers(model, consumer_map):
+    """The names of the layers whose float output is >= 0 whatever the model inputs: ReLUs,
+    nonnegative activations (``NONNEGATIVE_ACTIVATIONS``, LeakyReLU excluded) and the
+    sign-keeping layers of such outputs. quantize() gives their OutputQuantizers an unsigned
+    range: a signed one would spend half its levels on values that never occur (a 4-bit
+    global average pooling after a ReLU keeps 8 of its 16 levels)."""
+    producers = {}
+    for name, users in consumer_map.items():
+        for user in users:
+            producers.setdefault(user.name, []).append(name)
+    found = set()
+    for layer in model.layers:  # topological order: producers first
+        inputs = producers.get(layer.name, [])
+        if type(layer) is keras.layers.ReLU and not float(layer.negative_slope) \
+                and not float(layer.threshold) < 0:
+            found.add(layer.name)
+        elif type(layer) is keras.layers.Activation \
+                and activation_name(layer.activation) in NONNEGATIVE_ACTIVATIONS:
+            found.add(layer.name)
+        elif type(layer) is keras.layers.Maximum and any(n in found for n in inputs):
+            found.add(layer.name)
+        elif isinstance(layer, _SIGN_KEEPING) and inputs and all(n in found for n in inputs):
+            found.add(layer.name)
+    return found
+
+
 def _output_quantizer(bits, signed, per_tensor, qparams):
     return {"bitwidth": bits, "signed": signed,
             "axis": "per-tensor" if per_tensor else "per-axis",
             "buffer_bitwidth": qparams.buffer_bits}
 
 
-def _default_config(layer, qparams, consumer_map, final, first_weights):
+def _default_config(layer, qparams, consumer_map, final, first_weights, nonnegative=False):
     spec = _spec(layer)
     config = {}
     if spec.has_weights:
@@ -221,15 +262,16 @@ def _default_config(layer, qparams, consumer_map, final, first_weights):
     effective = _effective_consumers(layer, consumer_map)
     per_tensor = qparams.per_tensor_activations or any(
         _spec(c) is not None and _spec(c).needs_per_tensor_inputs(c) for c in effective)
-    if spec.output == ACTIVATION:
+    output = spec.output_for(layer)
+    if output == ACTIVATION:
         config["output_quantizer"] = _output_quantizer(qparams.activation_bits, False,
                                                        per_tensor, qparams)
-    elif spec.output == BLOCK_END and not final:
+    elif output == BLOCK_END and not final:
         real = [c for c in effective if not _is_pass_through(c)]
         if not real or not all(_is_activation(c) for c in real):
-            config["output_quantizer"] = _output_quantizer(qparams.output_bits, True,
+            config["output_quantizer"] = _output_quantizer(qparams.output_bits, not nonnegative,
                                                            per_tensor, qparams)
-    if config or spec.has_weights or spec.output == ACTIVATION:
+    if config or spec.has_weights or output == ACTIVATION:
         config["buffer_bitwidth"] = qparams.buffer_bits
     return config
 
@@ -433,6 +475,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
                     if not _is_pass_through(u)):
             finals.add(layer.name)
     first = [True]
+    nonnegative = _nonnegative_layers(model, consumer_map)
 
     def config_for(layer):
         is_first = first[0] and _has_weights(layer)
@@ -444,7 +487,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             raise ValueError(f"quantize expected a q_config entry for every quantized layer when "
                              f"re-quantizing a quantized model. Received: none for "
                              f"{layer.name!r} (use dump_config)")
-        return _default_config(layer, qparams, consumer_map, layer.name in finals, is_first)
+        return _default_config(layer, qparams, consumer_map, layer.name in finals, is_first,
+                               layer.name in nonnegative)
 
     def convert(layer):
         if layer.name in wrapped:

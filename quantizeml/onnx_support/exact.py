@@ -73,6 +73,7 @@ from onnx import numpy_helper
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.pooling import average_table
+from ..layers.spatial import bilinear_axis
 from ..layers.registry import twin_spec, twin_specs
 from ..models.graph import Graph
 from ..tensors import MAX_VALUE_BITS, FixedPoint, QFloat, bits_for
@@ -1288,11 +1289,29 @@ def _crop(b, layer, x):
     return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
 
 
-def _upsample_nearest(b, layer, x):
-    """QuantizedUpSampling2D (nearest): ``Unsqueeze`` to (N, H, 1, W, 1, C), ``Expand`` to
+def _upsample(b, layer, x):
+    """QuantizedUpSampling2D, nearest: ``Unsqueeze`` to (N, H, 1, W, 1, C), ``Expand`` to
     (N, H, sh, W, sw, C) and ``Reshape`` to (N, H * sh, W * sw, C), all int64 (onnxruntime's
-    ``Resize`` does not take int64)."""
+    ``Resize`` does not take int64). Bilinear: per upsampled axis, two int64 ``Gather`` of
+    the neighbours times their integer weights (``bilinear_axis``), as the Keras twin."""
     h, w_, c = _static_shape(layer, x)
+    if layer.interpolation == "bilinear":
+        x = as_int64(b, x)
+        v, vb, frac, dims = x.name, x.vb, x.frac, [h, w_]
+        for axis, s in ((1, int(layer.size[0])), (2, int(layer.size[1]))):
+            if s == 1:
+                continue
+            lo, hi, w_lo, w_hi = bilinear_axis(dims[axis - 1], s)
+            shape = [1, 1, 1, 1]
+            shape[axis] = -1
+            v = b.node("Add", [
+                b.node("Mul", [b.node("Gather", [v, b.i64(lo)], "bil_lo", axis=axis),
+                               b.i64(w_lo.reshape(shape))], "bil_wlo"),
+                b.node("Mul", [b.node("Gather", [v, b.i64(hi)], "bil_hi", axis=axis),
+                               b.i64(w_hi.reshape(shape))], "bil_whi")], "bilinear")
+            dims[axis - 1] *= s
+            vb, frac = vb + int(np.log2(2 * s)), frac + int(np.log2(2 * s))
+        return _finish(b, layer, _T(v, vb, frac, x.scales, x.unsigned, (*dims, c)))
     rows, cols = layer.size
     v = b.node("Unsqueeze", [x.name, b.i64([2, 4])], "up_unsq")
     v = b.node("Expand", [v, b.i64([1, 1, rows, 1, cols, 1])], "up_expand")
@@ -1423,7 +1442,7 @@ _CORE_EMITTERS = {
     "table": (_one_input(_table), None),
     "zero_pad": (_one_input(_zero_pad), None),
     "crop": (_one_input(_crop), None),
-    "upsample_nearest": (_one_input(_upsample_nearest), None),
+    "upsample": (_one_input(_upsample), None),
     "permute": (_one_input(_permute), None),
     "concatenate": (_concatenate, None),
     "rescaling": (_rescaling, None),

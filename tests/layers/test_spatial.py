@@ -8,12 +8,13 @@ import tf_keras as keras
 from quantizeml.layers import eager_layer_calls
 from quantizeml.layers.base import QUANTIZATION_TARGETS
 from quantizeml.layers.quantizers import Dequantizer, InputQuantizer
-from quantizeml.layers.registry import twin_spec
+from quantizeml.layers.registry import BLOCK_END, twin_spec
 from quantizeml.layers.spatial import (QuantizedCropping2D, QuantizedUpSampling2D,
                                        QuantizedZeroPadding2D, unsupported_reason)
 from quantizeml.models import quantize
 from quantizeml.models.transforms import remove_zeropadding2d, sanitize
 from quantizeml.tensors import QFloat
+from tests.onnx_support.test_export_merging import check_export_bit_exact
 from tests.layers.references import (INPUTS, fixed_point, float_gradient, frac, ints,
                                      output_quantizer, random_inputs, single_layer_model)
 from tests.utils import (check_config_roundtrip, check_gradients_reach, check_save_load,
@@ -114,9 +115,13 @@ def test_registry_and_signatures():
     for float_cls, cls in TWINS:
         assert QUANTIZATION_TARGETS[float_cls] is cls
         spec = twin_spec(cls)
-        assert spec.pass_through and spec.output is None and not spec.has_weights
-        assert spec.export is not None
+        assert spec.passes_through(float_cls()) and spec.output_for(float_cls()) is None
+        assert not spec.has_weights and spec.export is not None
         check_signature_parity(cls, float_cls)
+    # a bilinear upsampling computes: it ends a block
+    spec = twin_spec(QuantizedUpSampling2D)
+    bilinear = L.UpSampling2D(2, interpolation="bilinear")
+    assert not spec.passes_through(bilinear) and spec.output_for(bilinear) == BLOCK_END
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
@@ -145,16 +150,21 @@ def test_save_load_and_gradients(case, per_axis):
 
 def test_refusals():
     with pytest.raises(ValueError, match=r"up \(QuantizedUpSampling2D\) expected "
-                                         r"interpolation='nearest'.*Received: "
-                                         r"interpolation='bilinear'"):
-        QuantizedUpSampling2D(interpolation="bilinear", name="up")
+                                         r"interpolation='nearest', or 'bilinear'.*Received: "
+                                         r"interpolation='bilinear' with size=\(3, 2\)"):
+        QuantizedUpSampling2D((3, 2), interpolation="bilinear", name="up")
+    with pytest.raises(ValueError, match=r"Received: interpolation='bicubic'"):
+        QuantizedUpSampling2D(interpolation="bicubic", name="up")
     for _, cls in TWINS:
         with pytest.raises(ValueError, match=rf"cf \({cls.__name__}\) expected "
                                              r"data_format='channels_last'.*Received: "
                                              r"data_format='channels_first'"):
             cls(data_format="channels_first", name="cf")
-    assert unsupported_reason(L.UpSampling2D(interpolation="bilinear")) == \
-        "interpolation='bilinear'"
+    assert unsupported_reason(L.UpSampling2D(interpolation="bicubic")) == \
+        "interpolation='bicubic'"
+    assert unsupported_reason(L.UpSampling2D(3, interpolation="bilinear")) == \
+        "interpolation='bilinear' with size=(3, 3) (powers of two only)"
+    assert unsupported_reason(L.UpSampling2D((4, 1), interpolation="bilinear")) is None
     assert unsupported_reason(L.ZeroPadding2D(data_format="channels_first")) == \
         "data_format='channels_first'"
     assert unsupported_reason(L.UpSampling2D()) is None
@@ -170,19 +180,111 @@ def test_quantize_reports_bilinear_upsampling_up_front():
     the other unsupported layers and before any twin is built; at the end it stays float."""
     inputs = keras.Input((4, 4, 3))
     y = L.Conv2D(4, 3, padding="same", name="conv")(inputs)
-    y = L.UpSampling2D(2, interpolation="bilinear", name="up_bilinear")(y)
+    y = L.UpSampling2D(3, interpolation="bilinear", name="up_bilinear")(y)
     y = L.Softmax(name="softmax")(y)
     model = keras.Model(inputs, L.Conv2D(2, 3, name="conv2")(y))
     x = random_inputs((4, 4, 4, 3), scale=1.0)
     with pytest.raises(ValueError, match=r"unsupported layers .*up_bilinear \(UpSampling2D: "
-                                         r"interpolation='bilinear'\)") as info:
+                                         r"interpolation='bilinear' with size=\(3, 3\)") \
+            as info:
         quantize(model, samples=x, num_samples=4)
     assert "softmax (Softmax)" in str(info.value)
-    tail = keras.Model(inputs, L.UpSampling2D(2, interpolation="bilinear", name="up_tail")(
+    tail = keras.Model(inputs, L.UpSampling2D(2, interpolation="bicubic", name="up_tail")(
         L.Conv2D(4, 3, padding="same", name="conv3")(inputs)))
     qmodel = quantize(tail, samples=x, num_samples=4)
     assert type(qmodel.get_layer("up_tail")) is L.UpSampling2D
     np.testing.assert_allclose(qmodel(x).numpy(), tail(x).numpy(), atol=0.1)
+
+
+def np_bilinear(v, rows, cols):
+    """TensorFlow's half-pixel bilinear resize of integers, from the source coordinates in
+    float64 (the weights, multiples of 1 / (2 s), are exact): ``2 s`` times the resize per
+    upsampled axis, as int64."""
+    for axis, s in ((1, rows), (2, cols)):
+        if s == 1:
+            continue
+        n = v.shape[axis]
+        coord = (np.arange(n * s) + 0.5) / s - 0.5
+        lo = np.floor(coord).astype(np.int64)
+        weight = coord - lo
+        low = np.take(v, np.clip(lo, 0, n - 1), axis=axis)
+        high = np.take(v, np.clip(lo + 1, 0, n - 1), axis=axis)
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        weight = weight.reshape(shape)
+        v = np.round((low * (1 - weight) + high * weight) * 2 * s).astype(np.int64)
+    return v
+
+
+BILINEAR = {"bil-2": (2, 2), "bil-4x2": (4, 2), "bil-1x8": (1, 8)}
+
+
+@pytest.mark.parametrize("kind", list(INPUTS), ids=list(INPUTS))
+@pytest.mark.parametrize("size", list(BILINEAR), ids=list(BILINEAR))
+def test_bilinear_upsampling_exact(kind, size):
+    rows, cols = BILINEAR[size]
+    x = INPUTS[kind](SHAPE)
+    layer = QuantizedUpSampling2D((rows, cols), interpolation="bilinear")
+    out = layer(x)
+    extra = sum(int(np.log2(2 * s)) for s in (rows, cols) if s > 1)
+    assert type(out) is type(x) and out.value_bits == x.value_bits + extra
+    np.testing.assert_array_equal(ints(out), np_bilinear(ints(x), rows, cols))
+    np.testing.assert_array_equal(frac(out), frac(x) + extra)
+    if isinstance(x, QFloat):
+        np.testing.assert_array_equal(out.scales.numpy(), x.scales.numpy())
+    # float: the float Keras layer's output (TensorFlow's bilinear resize), exactly on a
+    # FixedPoint (dyadic weights); a QFloat's float32 scales round the products once more
+    expected = L.UpSampling2D((rows, cols), interpolation="bilinear")(x.to_float()).numpy()
+    if isinstance(x, QFloat):
+        np.testing.assert_allclose(out.to_float().numpy(), expected, rtol=1e-5,
+                                   atol=1e-6 * np.max(np.abs(expected)))
+    else:
+        np.testing.assert_array_equal(out.to_float().numpy(), expected)
+    with eager_layer_calls():
+        eager = layer(x)
+    np.testing.assert_array_equal(ints(eager), ints(tf.function(layer)(x)))
+
+
+def test_bilinear_upsampling_config_save_load_gradients():
+    layer = QuantizedUpSampling2D((2, 4), interpolation="bilinear", name="bil", quant_config={
+        "output_quantizer": {"bitwidth": 8, "axis": "per-axis"}})
+    clone = check_config_roundtrip(layer)
+    assert clone.interpolation == "bilinear" and clone.quant_config == layer.quant_config
+    model = single_layer_model(QuantizedUpSampling2D((2, 4), interpolation="bilinear"),
+                               SHAPE[1:], per_axis=True)
+    x = random_inputs(SHAPE, scale=0.5)
+    check_save_load(model, x)
+    grad = float_gradient(model, x).numpy()
+    # the straight-through gradient is the float resize's gradient at the quantized inputs
+    # (zero where the input quantizer clips)
+    xq = tf.constant(model.layers[1](x).to_float())
+    with tf.GradientTape() as tape:
+        tape.watch(xq)
+        loss = tf.reduce_sum(tf.square(L.UpSampling2D((2, 4), interpolation="bilinear")(xq)))
+    ref = tape.gradient(loss, xq).numpy()
+    same = np.isclose(grad, ref, rtol=1e-5, atol=1e-5)
+    assert np.all(same | (grad == 0)) and np.mean(same) > 0.9
+
+
+def test_quantize_bilinear_upsampling_model():
+    """Conv -> ReLU -> bilinear UpSampling2D (2, 4) -> Conv -> bilinear x2 -> Conv: all integer
+    (each bilinear upsampling ends a block, an OutputQuantizer requantizes its wider
+    integers), close to the float model, ONNX bit-exact."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 7, 3))
+    y = L.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inputs)
+    y = L.UpSampling2D((2, 4), interpolation="bilinear", name="up1")(y)
+    y = L.Conv2D(4, 3, padding="same", name="conv2")(y)
+    y = L.UpSampling2D(2, interpolation="bilinear", name="up2")(y)
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="out")(y))
+    x = random_inputs((40, 6, 7, 3), scale=1.0)
+    qmodel = quantize(model, samples=x[:32])
+    for name in ("up1", "up2"):
+        assert isinstance(qmodel.get_layer(name), QuantizedUpSampling2D)
+        assert qmodel.get_layer(name).out_quantizer is not None
+    y, yq = model(x[32:]).numpy(), qmodel(x[32:]).numpy()
+    assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - yq) ** 2)) > 25
+    check_export_bit_exact(qmodel, x[32:])
 
 
 def _padded_model():

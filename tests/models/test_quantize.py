@@ -207,15 +207,15 @@ def test_unsupported_layers_listed_together():
     x = keras.layers.Conv2D(4, 3)(inp)
     x = keras.layers.Lambda(lambda t: t * t, name="square")(x)
     x = keras.layers.Conv2D(4, 3)(x)
-    x = keras.layers.UpSampling2D(name="up", interpolation="bilinear")(x)
+    x = keras.layers.UpSampling2D(name="up", interpolation="bicubic")(x)
     x = keras.layers.Flatten()(x)
     out = keras.layers.Dense(3)(x)
     model = keras.Model(inp, out)
     with pytest.raises(ValueError) as info:
         quantize(model, num_samples=8)
     message = str(info.value)
-    # (LeakyReLU and nearest UpSampling2D have twins now: a Lambda and a bilinear upsampling
-    # have none)
+    # (LeakyReLU and nearest / bilinear UpSampling2D have twins now: a Lambda and a bicubic
+    # upsampling have none)
     assert "square (Lambda)" in message and "up (UpSampling2D" in message
     assert "'float'" in message  # the float-island switch
 
@@ -429,3 +429,36 @@ def test_bias_correction_streamed_equals_sequential(monkeypatch):
         last = keras.Model(q.inputs, q.get_layer("c5").output)(samples).to_float().numpy()
         shift = np.abs((last - float_last).reshape(-1, 6).mean(0))
         assert np.all(shift < 0.05 * np.abs(float_last).mean())
+
+
+def test_block_ends_of_nonnegative_values_get_unsigned_output_quantizers():
+    """Averages, sums, products, maxima and concatenations of ReLU (or sigmoid) outputs are
+    >= 0: their OutputQuantizers are unsigned (all their levels used); anything that can be
+    negative stays signed. The model stays close to the float one at 4 bits."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    a = L.ReLU(name="relu_a")(L.Conv2D(8, 3, padding="same", name="conv_a")(inputs))
+    b = L.ReLU(name="relu_b")(L.Conv2D(8, 3, padding="same", name="conv_b")(inputs))
+    c = L.Conv2D(8, 3, padding="same", name="conv_c")(inputs)
+    s = L.Activation("sigmoid", name="sig")(L.Conv2D(8, 1, name="conv_s")(a))
+    added = L.Add(name="add_pos")([a, b])
+    mixed = L.Add(name="add_mixed")([a, c])
+    gated = L.Multiply(name="mul_pos")([added, s])
+    larger = L.Maximum(name="max_pos")([mixed, b])
+    pooled = L.AveragePooling2D(2, name="avg_pos")(gated)
+    cat = L.Concatenate(name="cat_pos")([pooled, L.MaxPooling2D(2)(larger)])
+    heads = [L.GlobalAveragePooling2D(name="gap_pos")(cat),
+             L.GlobalAveragePooling2D(name="gap_mixed")(mixed)]
+    model = keras.Model(inputs, L.Dense(4, name="out")(L.Concatenate(name="cat")(heads)))
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 3)).astype(np.float32)
+    qparams = QuantizationParams(weight_bits=4, activation_bits=4, output_bits=4,
+                                 input_weight_bits=8)
+    qmodel = quantize(model, qparams=qparams, samples=x[:48])
+    unsigned = {"sig", "add_pos", "mul_pos", "max_pos", "avg_pos", "gap_pos"}
+    signed = {"add_mixed", "gap_mixed"}
+    for name in unsigned | signed:
+        quantizer = qmodel.get_layer(name).out_quantizer
+        assert quantizer is not None and quantizer.signed == (name in signed), name
+    y, yq = model(x[48:]).numpy(), qmodel(x[48:]).numpy()
+    assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - yq) ** 2)) > 12

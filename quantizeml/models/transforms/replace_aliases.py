@@ -18,10 +18,31 @@ def _alias(node):
         return lambda name: Add(average=True, name=name)
     if type(layer) is getattr(_L, "ThresholdedReLU", None) and float(config["theta"]) == 0.0:
         return lambda name: _L.ReLU(name=name)
+    if type(layer) is getattr(_L, "Resizing", None):
+        factors = _upsampling_factors(node, config)
+        if factors is not None:
+            return lambda name: _L.UpSampling2D(factors, interpolation=config["interpolation"],
+                                                name=name)
     if type(layer) is _L.TimeDistributed and type(layer.layer) in _PER_STEP_ALIKE:
         inner = layer.layer
         return lambda name: type(inner).from_config({**inner.get_config(), "name": name})
     return None
+
+
+def _upsampling_factors(node, config):
+    """The integer factors ``(sh, sw)`` of a Resizing that is an UpSampling2D: nearest or
+    bilinear, no cropping, a static input whose size divides the output size (both call
+    ``tf.image.resize`` with the same size, half-pixel centers)."""
+    if config.get("interpolation") not in ("nearest", "bilinear") \
+            or config.get("crop_to_aspect_ratio") or len(node.inputs) != 1:
+        return None
+    shape = node.inputs[0].shape
+    if shape.rank != 4 or shape[1] is None or shape[2] is None:
+        return None
+    (h, w), (out_h, out_w) = shape[1:3], (int(config["height"]), int(config["width"]))
+    if out_h % h or out_w % w or (out_h // h, out_w // w) == (1, 1):
+        return None
+    return out_h // h, out_w // w
 
 
 #: Layers that compute the same on each time step of a TimeDistributed as on the whole
@@ -73,6 +94,8 @@ def replace_aliases(model):
     * ``ThresholdedReLU(theta=0)`` becomes ``ReLU()``;
     * ``TimeDistributed(Dense)`` (or of an Activation, ReLU, LeakyReLU or Dropout) becomes the
       inner layer itself, with its weights: Dense acts on the last axis of any rank;
+    * ``Resizing`` (nearest or bilinear, no cropping) to a multiple of its static input size
+      becomes ``UpSampling2D`` by those factors (both are ``tf.image.resize``);
     * an ``Add``, ``Multiply``, ``Maximum`` or ``Minimum`` of three or more inputs becomes a
       chain of binary ones (``name_1``, ``name_2``, ..., the last keeping ``name``): Keras
       merges its inputs one after the other, so the chain computes the same, bit for bit.

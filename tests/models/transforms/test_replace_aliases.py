@@ -70,3 +70,21 @@ def test_merges_of_three_or_more_inputs_become_chains(checks):
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(x).numpy(), new(x).numpy())
     checks.unchanged(model, before, new)
+
+
+def test_resizing_to_a_multiple_becomes_upsampling(checks):
+    inputs = keras.Input((5, 6, 3))
+    x = L.Conv2D(4, 1, name="a")(inputs)
+    up = L.Resizing(10, 24, interpolation="bilinear", name="bil")(x)
+    near = L.Resizing(15, 6, interpolation="nearest", name="near")(x)
+    kept = L.Resizing(7, 6, interpolation="bilinear", name="kept")(x)  # not a multiple
+    model = keras.Model(inputs, [up, near, kept])
+    new = replace_aliases(model)
+    assert type(new.get_layer("bil")) is L.UpSampling2D
+    assert new.get_layer("bil").size == (2, 4) and new.get_layer("bil").interpolation == \
+        "bilinear"
+    assert new.get_layer("near").size == (3, 1)
+    assert type(new.get_layer("kept")) is L.Resizing
+    x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
+    for a, b in zip(model(x), new(x)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
