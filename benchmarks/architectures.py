@@ -134,7 +134,8 @@ def _reestimate_batchnorm(model, x):
 
 def _model_and_inputs(name, size=None, seed=0):
     """The float model of a builder (weights drawn with ``seed``), its input size, and its
-    calibration and held-out inputs (uniform, drawn with ``seed``), its BatchNormalization
+    calibration and held-out inputs (uniform, drawn with ``seed``; integer pixels in [0, 255]
+    for a model that starts with a Rescaling or Normalization), its BatchNormalization
     statistics re-estimated on the calibration inputs."""
     import numpy as np
     import tf_keras as keras
@@ -142,7 +143,9 @@ def _model_and_inputs(name, size=None, seed=0):
     model, size = build(name, size)
     rng = np.random.default_rng(seed)
     shape = (CALIBRATION + HELD_OUT, size, size, 3)
-    x = (rng.uniform(0, 255, shape) if _raw_pixels(model) else rng.uniform(-1, 1, shape))
+    # raw pixels are 8-bit integers (quantize() keeps a Rescaling float for other values)
+    x = (np.floor(rng.uniform(0, 256, shape)) if _raw_pixels(model)
+         else rng.uniform(-1, 1, shape))
     x = x.astype(np.float32)
     x_calib, x_eval = x[:CALIBRATION], x[CALIBRATION:]
     _reestimate_batchnorm(model, x_calib)

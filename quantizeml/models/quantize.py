@@ -10,7 +10,8 @@ How layers are quantized (the declarative table is the twin registry,
   with weights, in topological order);
 * OutputQuantizers are placed at block ends: on every ReLU (unsigned, ``activation_bits``), and
   on every layer with weights, Add and GlobalAveragePooling2D that is not followed by a ReLU
-  (signed, ``output_bits``), except the layers that produce the model outputs, whose exact
+  (signed, ``output_bits``; unsigned where the float values cannot be negative, see
+  ``_nonnegative_layers``: a global average of ReLU outputs uses all its levels), except the layers that produce the model outputs, whose exact
   accumulators are dequantized. Shape-only layers (pooling, reshaping, dropout) pass their
   inputs through. Activations are per-axis unless ``per_tensor_activations`` or unless they
   flow into a Flatten/Reshape/Permute/Concatenate (which need one fractional bit);
