@@ -10,7 +10,8 @@ applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
 ``keras.ops.relu(x)``), ``keras.ops.mean`` / ``max`` (axis, keepdims) and
 ``keras.ops.concatenate`` become TF ops on the tf_keras tensors (TFOpLambda layers, that
 ``sanitize()`` rewrites). Options tf_keras names otherwise are renamed (LeakyReLU's
-``negative_slope`` is tf_keras' ``alpha``). The new model is checked to give the outputs of the Keras 3 model.
+``negative_slope`` is tf_keras' ``alpha``). The new model is checked to give the outputs of
+the Keras 3 model.
 
 Keras 3 is imported lazily: :func:`is_keras3_model` only looks at ``sys.modules``.
 """

@@ -11,10 +11,11 @@ How layers are quantized (the declarative table is the twin registry,
 * OutputQuantizers are placed at block ends: on every ReLU (unsigned, ``activation_bits``), and
   on every layer with weights, Add and GlobalAveragePooling2D that is not followed by a ReLU
   (signed, ``output_bits``; unsigned where the float values cannot be negative, see
-  ``_nonnegative_layers``: a global average of ReLU outputs uses all its levels), except the layers that produce the model outputs, whose exact
-  accumulators are dequantized. Shape-only layers (pooling, reshaping, dropout) pass their
-  inputs through. Activations are per-axis unless ``per_tensor_activations`` or unless they
-  flow into a Flatten/Reshape/Permute/Concatenate (which need one fractional bit);
+  ``_nonnegative_layers``: a global average of ReLU outputs uses all its levels), except the
+  layers that produce the model outputs, whose exact accumulators are dequantized. Shape-only
+  layers (pooling, reshaping, dropout) pass their inputs through. Activations are per-axis
+  unless ``per_tensor_activations`` or unless they flow into a Flatten/Reshape/Permute/
+  Concatenate (which need one fractional bit);
 * each float model input gets an InputQuantizer (signed when the samples have negative
   values), except inputs consumed by a Rescaling (raw integer pixels: when the calibration
   samples are not integers of its input range, e.g. images already in [0, 1], the Rescaling
