@@ -138,6 +138,15 @@ def _refusal(layer):
     return spec.refusal(layer)
 
 
+def _producers(consumer_map):
+    """Layer name -> the set of names of the layers it reads (``consumer_map`` reversed)."""
+    producers = {}
+    for name, users in consumer_map.items():
+        for user in users:
+            producers.setdefault(user.name, set()).add(name)
+    return producers
+
+
 def _unsupported(model, consumer_map, wrapped, islands=(), refused=None):
     """Layers without a twin that accepts them (nor a QuantizeConfig, nor a float island), and
     which of them form the allowed float tail (no quantized layer after them) and float head
@@ -155,10 +164,7 @@ def _unsupported(model, consumer_map, wrapped, islands=(), refused=None):
                if not _is_quantized_layer(layer) and layer.name not in wrapped
                and layer.name not in islands}
     bad = {name for name, reason in reasons.items() if reason is not None}
-    producers = {}
-    for name, users in consumer_map.items():
-        for user in users:
-            producers.setdefault(user.name, set()).add(name)
+    producers = _producers(consumer_map)
     inputs = {layer.name for layer in model.layers
               if isinstance(layer, keras.layers.InputLayer)}
     head, tail, errors = set(), set(), []
@@ -228,13 +234,10 @@ def _nonnegative_layers(model, consumer_map):
     sign-keeping layers of such outputs. quantize() gives their OutputQuantizers an unsigned
     range: a signed one would spend half its levels on values that never occur (a 4-bit
     global average pooling after a ReLU keeps 8 of its 16 levels)."""
-    producers = {}
-    for name, users in consumer_map.items():
-        for user in users:
-            producers.setdefault(user.name, []).append(name)
+    producers = _producers(consumer_map)
     found = set()
     for layer in model.layers:  # topological order: producers first
-        inputs = producers.get(layer.name, [])
+        inputs = producers.get(layer.name, set())
         if type(layer) is keras.layers.ReLU and not float(layer.negative_slope) \
                 and not float(layer.threshold) < 0:
             found.add(layer.name)
