@@ -12,7 +12,8 @@ from .calibration import (FixedPointRecorder, NonTrackFixedPointVariable, NonTra
 from .quantizers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer, OutputQuantizer,
                          Quantizer, WeightQuantizer)
 from .activations import QuantizedReLU
-from .table import QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU
+from .table import (QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU,
+                    QuantizedTableReLU, TableReLU)
 from .dropout import QuantizedDropout
 from .normalization import QuantizedBatchNormalization
 from .pooling import (QuantizedAveragePooling2D, QuantizedGlobalAveragePooling2D,

@@ -15,7 +15,8 @@ def _refuses(layer):
     odd = {key: config.get(key) for key in ("negative_slope", "threshold") if config.get(key)}
     if odd:
         return (f"QuantizedReLU supports negative_slope=0 and threshold=0 only, got {odd} "
-                "(a ReLU with a slope and no threshold nor max_value becomes a LeakyReLU)")
+                "(quantize() turns such a ReLU into a LeakyReLU or a TableReLU, "
+                "replace_leaky_relu)")
     return None
 
 

@@ -416,3 +416,67 @@ class QuantizedPReLU(TableActivation, keras.layers.PReLU):
             slope = tf.cast(alpha, x.dtype)
             return tf.nn.relu(x) - slope * tf.nn.relu(-x)
         return prelu
+
+
+def general_relu(negative_slope, max_value, threshold):
+    """``tf_keras.backend.relu(x, negative_slope, max_value, threshold)``, in the dtype of
+    ``x`` (float64 for the tables): ``x`` above the threshold (clipped at ``max_value``),
+    ``negative_slope * (x - threshold)`` below it, computed in the same steps as tf_keras."""
+    slope = float(negative_slope or 0.0)
+    threshold = float(threshold or 0.0)
+
+    def relu(x):
+        clip_max = max_value is not None
+        if threshold != 0:
+            y = x * tf.cast(x > threshold, x.dtype)
+        elif max_value is not None and float(max_value) == 6:
+            y, clip_max = tf.nn.relu6(x), False
+        else:
+            y = tf.nn.relu(x)
+        if clip_max:
+            y = tf.clip_by_value(y, tf.cast(0, x.dtype), tf.cast(max_value, x.dtype))
+        if slope != 0:
+            y = y - tf.cast(slope, x.dtype) * tf.nn.relu(tf.cast(threshold, x.dtype) - x)
+        return y
+    return relu
+
+
+@register_keras
+class TableReLU(keras.layers.ReLU):
+    """keras.layers.ReLU itself (same config, same outputs), under the name of the ReLUs that
+    QuantizedReLU does not take: a threshold, or a negative slope with a maximum
+    (``replace_leaky_relu`` renames them; their twin is the table QuantizedTableReLU)."""
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("max_value", "negative_slope", "threshold"):
+            if config.get(key) is not None:  # numpy scalars in keras' ReLU config
+                config[key] = float(np.asarray(config[key]))
+        return config
+
+
+@register_keras
+@register_twin(TableReLU, output=BLOCK_END, export="table")
+class QuantizedTableReLU(TableActivation, TableReLU):
+    """A ReLU with a threshold, or a negative slope and a maximum, as an exact integer table.
+
+    Integer maths: ``y = T[x + 2^vb]``, ``T`` the table of :func:`general_relu` (tf_keras'
+    ``backend.relu``) by :func:`build_table`. Gradient (QAT): the float function's, straight
+    through the table.
+
+    Args:
+        max_value (float, optional): as keras.layers.ReLU. Defaults to None.
+        negative_slope (float, optional): as keras.layers.ReLU. Defaults to 0.
+        threshold (float, optional): as keras.layers.ReLU. Defaults to 0.
+        quant_config (dict, optional): the serialized quantization configuration, keys
+            "output_quantizer" and "buffer_bitwidth". Defaults to None.
+    """
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, quant_config=None,
+                 **kwargs):
+        super().__init__(max_value=max_value, negative_slope=negative_slope,
+                         threshold=threshold, **kwargs)
+        self._init_quant_config(quant_config, OUTPUT_KEYS)
+
+    def _function(self):
+        return general_relu(self.negative_slope, self.max_value, self.threshold)

@@ -68,7 +68,7 @@ import tf_keras as keras
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer, WeightQuantizer
 from ..layers.registry import ACTIVATION, BLOCK_END, QUANTIZATION_TARGETS, twin_spec
-from ..layers.table import activation_name
+from ..layers.table import TableReLU, activation_name
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
 from ..recipes.fast_paths import eager_layer_calls, unfused
 from .bias_correction import correct_biases
@@ -238,7 +238,7 @@ def _nonnegative_layers(model, consumer_map):
     found = set()
     for layer in model.layers:  # topological order: producers first
         inputs = producers.get(layer.name, set())
-        if type(layer) is keras.layers.ReLU and not float(layer.negative_slope) \
+        if type(layer) in (keras.layers.ReLU, TableReLU) and not float(layer.negative_slope) \
                 and not float(layer.threshold) < 0:
             found.add(layer.name)
         elif type(layer) is keras.layers.Activation \

@@ -10,7 +10,8 @@ from quantizeml.layers import eager_layer_calls
 from quantizeml.layers.registry import twin_spec
 from quantizeml.layers.table import (DEFAULT_OUTPUT_VALUE_BITS, MAX_TABLE_VALUE_BITS,
                                      QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU,
-                                     build_table, gelu_approximate, hard_swish, lookup)
+                                     QuantizedTableReLU, TableReLU, build_table,
+                                     gelu_approximate, hard_swish, lookup)
 from quantizeml.models import QuantizationParams, quantize
 from quantizeml.tensors import FixedPoint, QFloat
 from tests.layers.references import frac, ints, quantize_scales
@@ -108,6 +109,15 @@ def _layer_function(layer):
     if isinstance(layer, QuantizedLeakyReLU):
         alpha = float(layer.alpha)
         return lambda x: np.where(x >= 0, x, alpha * x)
+    if isinstance(layer, QuantizedTableReLU):
+        # keras' ReLU: x above the threshold (at most max_value), slope * (x - t) below
+        slope, top, t = float(layer.negative_slope), layer.max_value, float(layer.threshold)
+
+        def relu(x):
+            y = np.where(x > t, x, 0.0) if t else np.maximum(x, 0.0)
+            y = y if top is None else np.minimum(y, float(top))
+            return y - slope * np.maximum(t - x, 0.0)
+        return relu
     alpha = np.asarray(layer.alpha.numpy(), np.float64).reshape(-1)
     return lambda x: np.maximum(x, 0) - alpha * np.maximum(-x, 0)
 
@@ -244,6 +254,48 @@ def test_leaky_relu_table():
     _check_layer(QuantizedLeakyReLU(0.2), _input("qfloat-per-tensor"))
 
 
+TABLE_RELUS = {"slope-max": dict(max_value=6.0, negative_slope=0.1),
+               "threshold": dict(threshold=0.5),
+               "threshold-slope-max": dict(threshold=1.0, negative_slope=0.2, max_value=4.0)}
+
+
+@pytest.mark.parametrize("kind", ["per-axis", "qfloat-per-tensor"])
+@pytest.mark.parametrize("config", list(TABLE_RELUS))
+def test_table_relu(config, kind):
+    """ReLUs with a threshold, or a slope and a maximum: tables of keras' ReLU."""
+    layer = _with_oq(QuantizedTableReLU, axis="per-axis", **TABLE_RELUS[config])
+    x = _input(kind)
+    _calibrated(layer, x, np.array([1.0, 2.0, 4.0, 8.0]))
+    _check_layer(layer, x)
+    _check_layer(QuantizedTableReLU(**TABLE_RELUS[config]), x)
+    # the float layer they stand for is keras' ReLU itself
+    y = np.linspace(-8, 8, 257).astype(np.float32)
+    np.testing.assert_array_equal(TableReLU(**TABLE_RELUS[config])(y).numpy(),
+                                  L.ReLU(**TABLE_RELUS[config])(y).numpy())
+
+
+def test_quantize_table_relus_end_to_end():
+    """quantize() turns them into tables (replace_leaky_relu -> TableReLU): all integer,
+    bit-identical reload, ONNX bit-exact."""
+    from tests.onnx_support.test_export_merging import check_export_bit_exact
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    y = L.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    y = L.ReLU(max_value=6.0, negative_slope=0.1, name="r1")(y)
+    y = L.Conv2D(8, 3, padding="same", name="c2")(y)
+    y = L.ReLU(threshold=0.1, name="r2")(y)
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="out")(y))
+    x = np.random.default_rng(0).uniform(-1, 1, (40, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x[:32])
+    assert isinstance(qmodel.get_layer("r1"), QuantizedTableReLU)
+    assert isinstance(qmodel.get_layer("r2"), QuantizedTableReLU)
+    assert qmodel.get_layer("r1").out_quantizer.signed  # slope: negative values
+    assert not qmodel.get_layer("r2").out_quantizer.signed
+    assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 15
+    check_save_load(qmodel, x[32:])
+    check_export_bit_exact(qmodel, x[32:])
+
+
 def test_prelu_tables_per_channel():
     layer = _with_oq(QuantizedPReLU, shared_axes=[1],
                         alpha_initializer=keras.initializers.RandomUniform(0.05, 0.5))
@@ -276,12 +328,14 @@ def test_value_bits_and_activation_refusals():
 def test_config_roundtrip_and_signature():
     for layer in (QuantizedActivation("gelu", quant_config={"output_quantizer": {}}),
                   QuantizedActivation(hard_swish), QuantizedLeakyReLU(0.2),
-                  QuantizedPReLU(shared_axes=[1, 2])):
+                  QuantizedPReLU(shared_axes=[1, 2]),
+                  QuantizedTableReLU(max_value=6.0, negative_slope=0.1, threshold=0.5)):
         clone = check_config_roundtrip(layer)
         assert getattr(clone, "activation_name", None) == getattr(layer, "activation_name", None)
     check_signature_parity(QuantizedActivation, L.Activation)
     check_signature_parity(QuantizedLeakyReLU, L.LeakyReLU)
     check_signature_parity(QuantizedPReLU, L.PReLU)
+    check_signature_parity(QuantizedTableReLU, TableReLU)
 
 
 # ---- models --------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
 from quantizeml.layers.skip import QuantizedAdd, QuantizedConcatenate
 from quantizeml.layers.spatial import (QuantizedCropping2D, QuantizedUpSampling2D,
                                        QuantizedZeroPadding2D)
-from quantizeml.layers.table import QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU
+from quantizeml.layers.table import (QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU,
+                                     QuantizedTableReLU)
 from quantizeml.layers.tokens import (AddPositionEmbs, ClassToken, ExtractToken,
                                       QuantizedAddPositionEmbs, QuantizedClassToken,
                                       QuantizedExtractToken)
@@ -141,6 +142,7 @@ CASES = {
     QuantizedReLU: lambda: _conv_then(L.ReLU(6.0)),
     QuantizedActivation: lambda: _conv_then(L.Activation("swish"), L.Conv2D(3, 1)),
     QuantizedLeakyReLU: lambda: _conv_then(L.LeakyReLU(0.2)),  # a model output: default grid
+    QuantizedTableReLU: lambda: _conv_then(L.ReLU(6.0, negative_slope=0.1), L.Conv2D(3, 1)),
     QuantizedPReLU: lambda: _conv_then(L.PReLU(
         shared_axes=[1, 2], alpha_initializer=keras.initializers.Constant(0.25)),
         L.GlobalAveragePooling2D(), L.Dense(3)),
@@ -277,6 +279,7 @@ REFERENCES = {
     QuantizedReLU: _relu,
     QuantizedActivation: table_reference,
     QuantizedLeakyReLU: table_reference,
+    QuantizedTableReLU: table_reference,
     QuantizedPReLU: table_reference,
     QuantizedDropout: _identity,
     QuantizedMaxPool2D: _max_pool,

@@ -1,6 +1,8 @@
-"""Replaces a ReLU with a negative slope (and no threshold nor maximum) by a LeakyReLU."""
+"""Replaces a ReLU with a negative slope (and no threshold nor maximum) by a LeakyReLU, and
+the other ReLUs QuantizedReLU does not take by a TableReLU."""
 import tf_keras as keras
 
+from ...layers.table import TableReLU
 from ..graph import substitute_layers
 
 __all__ = ["replace_leaky_relu"]
@@ -18,7 +20,9 @@ def replace_leaky_relu(model):
 
     The two compute the same function (``x`` for ``x >= 0``, ``a * x`` below); the
     LeakyReLU has a quantized twin (an exact integer table), the sloped ReLU has none. A ReLU
-    with a threshold or a maximum besides its slope is left as it is (quantize() reports it).
+    with a threshold, or with a maximum besides its slope, becomes a
+    ``quantizeml.layers.TableReLU`` (keras' ReLU under another name, same config and outputs),
+    whose twin is an exact integer table too.
 
     Args:
         model (keras.Model): a model.
@@ -32,9 +36,14 @@ def replace_leaky_relu(model):
         ```
     """
     def substitute(node):
-        if type(node.layer) is not keras.layers.ReLU or not _leaky(node.layer):
+        if type(node.layer) is not keras.layers.ReLU:
             return None
-        slope = float(node.layer.get_config()["negative_slope"])
-        return lambda name: keras.layers.LeakyReLU(alpha=slope, name=name)
+        config = node.layer.get_config()
+        if _leaky(node.layer):
+            slope = float(config["negative_slope"])
+            return lambda name: keras.layers.LeakyReLU(alpha=slope, name=name)
+        if float(config.get("threshold") or 0.0) or float(config.get("negative_slope") or 0.0):
+            return lambda name: TableReLU.from_config({**config, "name": name})
+        return None
 
     return substitute_layers(model, substitute)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from quantizeml.layers.table import QuantizedTableReLU, TableReLU
 from quantizeml.models import quantize
 from quantizeml.models.transforms import replace_leaky_relu
 
@@ -26,15 +27,23 @@ def test_sloped_relu_becomes_leaky_relu():
     np.testing.assert_array_equal(model(x), new(x))
 
 
-@pytest.mark.parametrize("relu", [{}, {"negative_slope": 0.2, "threshold": 0.5},
-                                  {"negative_slope": 0.2, "max_value": 6.0}],
-                         ids=["plain", "threshold", "max_value"])
-def test_other_relus_untouched(relu):
-    model = _model(**relu)
+def test_plain_relu_untouched():
+    model = _model()
     assert replace_leaky_relu(model) is model
 
 
-def test_relu_with_threshold_reported_up_front():
-    model = _model(threshold=0.5)
-    with pytest.raises(ValueError, match=r"relu \(ReLU: QuantizedReLU supports .*threshold"):
-        quantize(model, num_samples=8)
+@pytest.mark.parametrize("relu", [{"negative_slope": 0.2, "threshold": 0.5},
+                                  {"negative_slope": 0.2, "max_value": 6.0},
+                                  {"threshold": 0.5}],
+                         ids=["slope-threshold", "slope-max_value", "threshold"])
+def test_other_relus_become_table_relus(relu):
+    """A ReLU with a threshold, or a slope and a maximum: TableReLU (keras' ReLU under
+    another name, same outputs), which quantize() turns into an exact table."""
+    model = _model(**relu)
+    new = replace_leaky_relu(model)
+    assert type(new.get_layer("relu")) is TableReLU
+    assert type(model.get_layer("relu")) is L.ReLU  # the input model is not modified
+    x = np.random.default_rng(0).normal(size=(8, 6, 6, 2)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), new(x))
+    qmodel = quantize(model, num_samples=8)
+    assert isinstance(qmodel.get_layer("relu"), QuantizedTableReLU)
