@@ -51,7 +51,8 @@ Before all this, a float model is **prepared** by the equivalence-preserving tra
 nested models are flattened; fused activations split into layers of their own; Lambda /
 TFOpLambda layers replaced by layers (ReLU, Permute, Reshape, Add, Subtract, Multiply,
 Rescaling, Activation), the MobileNetV3 hard-swish / hard-sigmoid patterns fused into one
-Activation; ReLUs with a negative slope become LeakyReLUs; ZeroPadding2D merged into the next
+Activation; ReLUs with a negative slope become LeakyReLUs (TableReLUs with a threshold or a
+maximum too); ZeroPadding2D merged into the next
 'valid' convolution where it is a 'same' padding; BatchNormalization moved before pooling and
 folded into the layer before it, Normalization (preprocessing) and LayerScale folded into
 their neighbour layers; MaxPool2D moved before ReLU and Rescaling offsets moved into the next

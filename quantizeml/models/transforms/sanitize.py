@@ -42,7 +42,8 @@ def sanitize(model):
        hard-sigmoid ``relu6(x + 3) / 6`` become one Activation layer, and
        :func:`replace_tfop_arithmetic`: the other TFOpLambda arithmetic and activations become
        Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers,
-       and :func:`replace_leaky_relu`: a ReLU with a negative slope becomes a LeakyReLU,
+       and :func:`replace_leaky_relu`: a ReLU with a negative slope becomes a LeakyReLU
+       (a TableReLU with a threshold or a maximum too),
     3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a
        'same' convolution,
     4. :func:`invert_batchnorm_pooling`: BatchNormalization layers move before the pooling
