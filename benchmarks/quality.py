@@ -104,7 +104,7 @@ def accuracy(model, x, y):
 
 
 def _clone(qmodel):
-    clone = keras.Model.from_config(qmodel.get_config())
+    clone = type(qmodel).from_config(qmodel.get_config())
     clone.set_weights(qmodel.get_weights())
     return clone
 

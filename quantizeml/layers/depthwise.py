@@ -70,6 +70,8 @@ class QuantizedDepthwiseConv2D(QuantizedReduction, keras.layers.DepthwiseConv2D)
             Defaults to None.
     """
 
+    weight_variables = ("depthwise_kernel",)
+
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
                  data_format=None, dilation_rate=(1, 1), activation=None, use_bias=True,
                  depthwise_initializer="glorot_uniform", bias_initializer="zeros",
@@ -240,6 +242,8 @@ class QuantizedDepthwiseConv2DTranspose(QuantizedReduction, DepthwiseConv2DTrans
             'weight_quantizer', 'bias_quantizer', 'output_quantizer', 'buffer_bitwidth'.
             Defaults to None.
     """
+
+    weight_variables = ("depthwise_kernel",)
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", output_padding=None,
                  data_format=None, activation=None, use_bias=True,

@@ -85,6 +85,8 @@ class QuantizedReduction(QuantConfigMixin):
 
     #: quant_config keys of the weight quantizers (one attribute of the same name each).
     weight_keys = ("weight_quantizer",)
+    #: the float variables they quantize (attribute names, in the order of ``weight_keys``).
+    weight_variables = ("kernel",)
 
     def init_reduction(self, quant_config, activation=None, data_format=None):
         """Validates ``quant_config`` and creates the sub-quantizers (weights, bias, output)."""

@@ -38,6 +38,7 @@ class QuantizedSeparableConv2D(QuantizedReduction, keras.layers.SeparableConv2D)
     """
 
     weight_keys = ("dw_weight_quantizer", "pw_weight_quantizer")
+    weight_variables = ("depthwise_kernel", "pointwise_kernel")
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
                  dilation_rate=(1, 1), depth_multiplier=1, activation=None, use_bias=True,

@@ -414,7 +414,7 @@ def _check_models(model, qmodel):
 
 
 def _copy(qmodel):
-    clone = keras.Model.from_config(qmodel.get_config())
+    clone = type(qmodel).from_config(qmodel.get_config())
     clone.set_weights(qmodel.get_weights())
     return clone
 

@@ -78,6 +78,7 @@ from .graph import (check_functional, consumers, is_qtensor, output_layers, prod
                     replace_layers)
 from .keras3 import from_keras3, is_keras3_model
 from .learned_rounding import learn_rounding
+from .qat import QuantizedModel, as_quantized_model
 from .quantization_params import QuantizationParams, get_quantization_params
 from .samples import Batches
 from .transforms.sanitize import sanitize
@@ -395,7 +396,9 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             Defaults to False.
 
     Returns:
-        keras.Model or onnx.ModelProto: the quantized model.
+        keras.Model or onnx.ModelProto: the quantized model; a Keras one is a
+        :class:`~quantizeml.models.qat.QuantizedModel` (its ``fit`` scales the updates of the
+        2-3-bit kernels).
 
     Raises:
         ValueError: unsupported layers (all listed), invalid samples or q_config, learned
@@ -627,9 +630,11 @@ def _rounding_options(learned_rounding):
 
 
 def _append_dequantizers(qmodel):
+    """The quantized model as a :class:`~quantizeml.models.qat.QuantizedModel`, with a
+    Dequantizer after each quantized output."""
     outputs = qmodel.outputs
     if not any(is_qtensor(t) for t in outputs):
-        return qmodel
+        return as_quantized_model(qmodel)
     new = [Dequantizer(name="dequantizer" if len(outputs) == 1 else f"dequantizer_{i}")(t)
            if is_qtensor(t) else t for i, t in enumerate(outputs)]
-    return keras.Model(qmodel.inputs, new if len(new) > 1 else new[0], name=qmodel.name)
+    return QuantizedModel(qmodel.inputs, new if len(new) > 1 else new[0], name=qmodel.name)
