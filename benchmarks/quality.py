@@ -23,7 +23,8 @@ Configurations (``QuantizationParams``; "first" is the first layer with weights)
   digits);
 * ``_qat``: then the plain QAT recipe: ``compile(Adam(1e-4), SparseCategoricalCrossentropy(
   from_logits=True))``, ``fit`` batch 32, 3 epochs (5 for ``w2a4``), after
-  ``set_random_seed(seed)``.
+  ``set_random_seed(seed)``. ``fit`` is the one of the ``QuantizedModel`` quantize() returns:
+  the updates of 2-3-bit kernels are scaled (``--plain-updates``: not, the baseline).
 
 Drops are in accuracy points, ``100 * (float - quantized)``: negative means above float.
 
@@ -118,9 +119,11 @@ def _same(a, b, x):
                        b.predict(x, batch_size=256, verbose=0))
 
 
-def qat(qmodel, x, y, epochs, seed, samples=None):
-    """The plain QAT recipe on a copy of qmodel."""
+def qat(qmodel, x, y, epochs, seed, samples=None, scaled_updates=True):
+    """The plain QAT recipe on a copy of qmodel (a QuantizedModel: with ``scaled_updates``
+    False its 2-3-bit kernels get the optimizer's update unscaled, as before)."""
     qmodel = _clone(qmodel)
+    qmodel.scaled_updates = scaled_updates
     keras.utils.set_random_seed(seed)
     qmodel.compile(optimizer=keras.optimizers.Adam(1e-4),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -157,7 +160,8 @@ def measure_path(model, float_acc, path, configs, data, args, seed, log):
             extra["lr_errors"] = {e["name"]: [round(e["error_nearest"], 5),
                                               round(e["error_learned"], 5)] for e in layers}
         if epochs:
-            qmodel = qat(qmodel, x_train, y_train, epochs, seed, args.fit_samples)
+            qmodel = qat(qmodel, x_train, y_train, epochs, seed, args.fit_samples,
+                         not args.plain_updates)
         acc = accuracy(qmodel, x_test, y_test)
         rows[name] = {"config": name, "path": path, "seed": seed, "float": float_acc,
                       "accuracy": acc, "drop": round(100 * (float_acc - acc), 4),
@@ -259,6 +263,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="1 CNN seed, no ViT, 2 training epochs, 50 rounding iterations, "
                              "QAT on 128 samples: a smoke run")
+    parser.add_argument("--plain-updates", action="store_true",
+                        help="QAT without the scaled updates of 2-3-bit kernels "
+                             "(QuantizedModel.scaled_updates = False): the baseline")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "quality.json"))
     args = parser.parse_args(argv)
     args.epochs, args.vit_epochs, args.fit_samples = 10, 40, None
