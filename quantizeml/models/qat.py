@@ -28,7 +28,8 @@ weight quantizers round), so saving, learned rounding, the integer weights and t
 are unchanged.
 
 The gain applies in ``fit`` (``train_step``) only. A custom training loop gets the same with
-:func:`update_gains` (the ``(variable, gain)`` pairs) around its ``apply_gradients``; a model
+:func:`update_gains` (the ``(variable, gain)`` pairs) and :func:`apply_update_gains` after
+its ``apply_gradients``; a model
 rebuilt from the quantized layers as a plain ``keras.Model`` trains without it.
 ``QuantizedModel(..., scaled_updates=False)`` (or setting ``qmodel.scaled_updates = False``
 before ``compile``) turns it off. It is in the model config, so h5 and SavedModel reloads keep
@@ -76,11 +77,10 @@ def update_gains(model):
         Conv2D / Conv2DTranspose / Dense / DepthwiseConv2D / SeparableConv2D (both kernels)
         whose gain is not 1, in layer order.
     """
-    pairs, seen = [], set()
-    for layer in model.submodules:
-        if not isinstance(layer, QuantizedReduction) or not layer.trainable or id(layer) in seen:
+    pairs = []
+    for layer in model.submodules:  # each module once
+        if not isinstance(layer, QuantizedReduction) or not layer.trainable:
             continue
-        seen.add(id(layer))
         for key, attribute in zip(layer.weight_keys, layer.weight_variables):
             variable = getattr(layer, attribute, None)
             if variable is None or not variable.trainable:
@@ -162,11 +162,10 @@ class QuantizedModel(keras.Model):
 keras.utils.get_custom_objects()[QuantizedModel.__name__] = QuantizedModel
 
 
-def as_quantized_model(model, scaled_updates=True):
+def as_quantized_model(model):
     """A :class:`QuantizedModel` on the inputs, outputs and layers of a functional model (the
     layers are shared, not copied); ``model`` itself when it is one."""
     if isinstance(model, QuantizedModel):
         return model
     return QuantizedModel(model.inputs, model.outputs if len(model.outputs) > 1
-                          else model.outputs[0], name=model.name,
-                          scaled_updates=scaled_updates)
+                          else model.outputs[0], name=model.name)
