@@ -12,14 +12,15 @@ from .calibration import (FixedPointRecorder, NonTrackFixedPointVariable, NonTra
 from .quantizers import (AlignedWeightQuantizer, Dequantizer, InputQuantizer, OutputQuantizer,
                          Quantizer, WeightQuantizer)
 from .activations import QuantizedReLU
-from .table import (QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU,
+from .table import (QuantizedActivation, QuantizedELU, QuantizedLeakyReLU, QuantizedPReLU,
                     QuantizedTableReLU, TableReLU)
 from .dropout import QuantizedDropout
 from .normalization import QuantizedBatchNormalization
 from .pooling import (QuantizedAveragePooling2D, QuantizedGlobalAveragePooling2D,
                       QuantizedGlobalMaxPooling2D, QuantizedMaxPool2D)
 from .rescaling import QuantizedRescaling
-from .reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
+from .reshaping import (QuantizedFlatten, QuantizedPermute, QuantizedReshape, QuantizedSlicing,
+                        Slicing)
 from .skip import Add, QuantizedAdd, QuantizedConcatenate
 from .merging import QuantizedMaximum, QuantizedMinimum, QuantizedMultiply, QuantizedSubtract
 from .spatial import QuantizedCropping2D, QuantizedUpSampling2D, QuantizedZeroPadding2D

@@ -1,4 +1,5 @@
-"""Quantized reshaping: QuantizedFlatten, QuantizedReshape, QuantizedPermute.
+"""Quantized reshaping: QuantizedFlatten, QuantizedReshape, QuantizedPermute, QuantizedSlicing
+(and Slicing, the float strided slice it twins).
 
 They move integer values only (exact). Per-axis fractional bits and scales follow the last
 axis: a reshaping that changes the last axis of a per-axis input raises a ValueError.
@@ -144,3 +145,100 @@ class QuantizedPermute(QuantConfigMixin, keras.layers.Permute):
         if perm[-1] != x.shape.rank - 1:
             _check_last_axis(self, x, None)
         return self._quantize_output(tf.transpose(x, perm))
+
+
+@register_keras
+class Slicing(keras.layers.Layer):
+    """A strided slice of the non-batch axes: ``y = x[:, b0:e0:s0, b1:e1:s1, ...]``.
+
+    The float layer that ``replace_tfop_arithmetic`` (run by ``sanitize`` and ``quantize()``)
+    puts in place of tf_keras' ``SlicingOpLambda`` (``x[..., :16]``, ``x[:, 1:5, ::2]``): a
+    plain layer with a config, which has the quantized twin QuantizedSlicing.
+
+    Args:
+        begin (list of int): the first index of each non-batch axis (>= 0).
+        end (list of int): the end (exclusive) of each non-batch axis (>= begin).
+        strides (list of int, optional): the steps (>= 1). Defaults to None (all 1).
+
+    Raises:
+        ValueError: for lists of different lengths, negative indices or steps below 1.
+    """
+
+    def __init__(self, begin, end, strides=None, **kwargs):
+        super().__init__(**kwargs)
+        strides = [1] * len(begin) if strides is None else strides
+        self.begin, self.end, self.strides = ([int(v) for v in values]
+                                              for values in (begin, end, strides))
+        if not (len(self.begin) == len(self.end) == len(self.strides)) or \
+                any(b < 0 or e < b for b, e in zip(self.begin, self.end)) or \
+                any(s < 1 for s in self.strides):
+            raise ValueError(f"Layer {self.name} (Slicing) expected begin, end and strides of "
+                             "the same length with 0 <= begin <= end and strides >= 1. "
+                             f"Received: begin={begin}, end={end}, strides={strides}")
+
+    def slices_last_axis(self, input_shape):
+        """bool: whether the slice drops values of the last axis of ``input_shape``."""
+        last = input_shape[-1]
+        return self.begin[-1] != 0 or self.strides[-1] != 1 or last is None \
+            or self.end[-1] < int(last)
+
+    def _slice(self, values):
+        rank = len(self.begin) + 1
+        if values.shape.rank != rank:
+            raise ValueError(f"Layer {self.name} (Slicing) expected inputs of rank {rank}. "
+                             f"Received: inputs of shape {values.shape}")
+        return tf.strided_slice(values, [0] + self.begin, [0] + self.end, [1] + self.strides,
+                                begin_mask=1, end_mask=1)
+
+    def call(self, inputs):
+        return self._slice(inputs)
+
+    def compute_output_shape(self, input_shape):
+        shape = [input_shape[0]]
+        for dim, b, e, s in zip(input_shape[1:], self.begin, self.end, self.strides):
+            e = e if dim is None else min(e, int(dim))
+            shape.append(max(0, -(-(e - b) // s)))
+        return tf.TensorShape(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "begin": list(self.begin), "end": list(self.end),
+                "strides": list(self.strides)}
+
+
+def _slices_last_axis(layer):
+    """Whether a float Slicing drops values of its input's last axis (its quantized inputs must
+    then be per-tensor)."""
+    try:
+        return layer.slices_last_axis(layer.input_shape)
+    except (AttributeError, RuntimeError, TypeError, IndexError):  # not called, or shared
+        return True
+
+
+@register_keras
+@register_twin(Slicing, pass_through=True, per_tensor_inputs=_slices_last_axis, export="slice")
+class QuantizedSlicing(QuantConfigMixin, Slicing):
+    """A Slicing layer that operates on quantized inputs.
+
+    Integer maths: ``y = x[:, b0:e0:s0, ...]`` on the integer values (exact; same frac_bits and
+    scales), then the output quantizer if configured. A slice of the last axis takes a
+    per-tensor input (quantize() makes its producer's output quantizer per-tensor).
+
+    Args:
+        begin, end, strides: as :class:`Slicing`.
+        quant_config (dict, optional): the serialized quantization configuration, keys
+            "output_quantizer" and "buffer_bitwidth". Defaults to None.
+    """
+
+    def __init__(self, begin, end, strides=None, quant_config=None, **kwargs):
+        super().__init__(begin, end, strides, **kwargs)
+        self._init_quant_config(quant_config, OUTPUT_KEYS)
+
+    def call(self, inputs):
+        x = check_qtensor(self, inputs, (FixedPoint, QFloat))
+        if not x.per_tensor and self.slices_last_axis(x.shape):
+            _check_last_axis(self, x, None)
+        fp = x.fp if isinstance(x, QFloat) else x
+        output = FixedPoint(self._slice(fp.values), fp.value_bits, fp.frac_bits)
+        if isinstance(x, QFloat):
+            output = QFloat(output, x.scales)
+        return self._quantize_output(output)

@@ -1,4 +1,4 @@
-"""Lookup-table activations: QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU.
+"""Lookup-table activations: QuantizedActivation, QuantizedLeakyReLU, QuantizedELU, QuantizedPReLU.
 
 After a requantization an activation's input holds few distinct integers (8 bits: 256), so
 any elementwise function of it is an exact table of output integers: ``y = T[x - x_min]``.
@@ -368,6 +368,36 @@ class QuantizedLeakyReLU(TableActivation, keras.layers.LeakyReLU):
         def leaky_relu(x):
             return tf.where(x >= 0, x, tf.cast(alpha, x.dtype) * x)
         return leaky_relu
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": float(self.alpha)}
+
+
+@register_keras
+@register_twin(keras.layers.ELU, output=BLOCK_END, export="table")
+class QuantizedELU(TableActivation, keras.layers.ELU):
+    """An ELU of quantized inputs (any ``alpha``), as an exact integer table.
+
+    Integer maths: ``y = T[x + 2^vb]``, ``T`` the table of ``f(x) = x if x > 0 else
+    alpha (exp(x) - 1)`` (:func:`build_table`, tf_keras' ``ELU`` layer). Gradient (QAT):
+    ``f'(x)`` (1 or ``alpha exp(x)``), straight through the table.
+
+    Args:
+        alpha (float, optional): the scale of the negative part. Defaults to 1.0.
+        quant_config (dict, optional): the serialized quantization configuration, keys
+            "output_quantizer" and "buffer_bitwidth". Defaults to None.
+    """
+
+    def __init__(self, alpha=1.0, quant_config=None, **kwargs):
+        super().__init__(alpha=alpha, **kwargs)
+        self._init_quant_config(quant_config, OUTPUT_KEYS)
+
+    def _function(self):
+        alpha = float(self.alpha)
+
+        def elu(x):
+            return tf.where(x > 0, x, tf.cast(alpha, x.dtype) * tf.math.expm1(tf.minimum(x, 0)))
+        return elu
 
     def get_config(self):
         return {**super().get_config(), "alpha": float(self.alpha)}

@@ -1289,6 +1289,19 @@ def _crop(b, layer, x):
     return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
 
 
+def _slice(b, layer, x):
+    """QuantizedSlicing: one ``Slice`` of the non-batch axes (any carrier: values only move;
+    a slice of the last axis has a per-tensor input, as the Keras twin checks)."""
+    if x.shape is None or any(d is None for d in x.shape):
+        raise ValueError(f"export expected inputs with static dimensions for {layer.name} "
+                         f"(Slicing). Received: shape {x.shape}")
+    axes = list(range(1, len(layer.begin) + 1))
+    v = b.node("Slice", [x.name, b.i64(layer.begin), b.i64(layer.end), b.i64(axes),
+                         b.i64(layer.strides)], "slice")
+    shape = tuple(layer.compute_output_shape([None] + list(x.shape))[1:])
+    return _finish(b, layer, _like(x, v, shape=shape))
+
+
 def _upsample(b, layer, x):
     """QuantizedUpSampling2D, nearest: ``Unsqueeze`` to (N, H, 1, W, 1, C), ``Expand`` to
     (N, H, sh, W, sw, C) and ``Reshape`` to (N, H * sh, W * sw, C), all int64 (onnxruntime's
@@ -1442,6 +1455,7 @@ _CORE_EMITTERS = {
     "table": (_one_input(_table), None),
     "zero_pad": (_one_input(_zero_pad), None),
     "crop": (_one_input(_crop), None),
+    "slice": (_one_input(_slice), None),
     "upsample": (_one_input(_upsample), None),
     "permute": (_one_input(_permute), None),
     "concatenate": (_concatenate, None),
@@ -1452,7 +1466,7 @@ _CORE_EMITTERS = {
 #: their inputs cast to int64.
 _FLOAT_CARRIER_EMITTERS = ("conv", "depthwise_conv", "dense", "relu", "global_average_pool",
                            "add", "max_pool", "global_max_pool", "flatten", "reshape",
-                           "identity", "zero_pad")
+                           "identity", "zero_pad", "slice")
 
 
 def register_emitters(table):

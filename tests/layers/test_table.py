@@ -9,8 +9,8 @@ import tf_keras as keras
 from quantizeml.layers import eager_layer_calls
 from quantizeml.layers.registry import twin_spec
 from quantizeml.layers.table import (DEFAULT_OUTPUT_VALUE_BITS, MAX_TABLE_VALUE_BITS,
-                                     QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU,
-                                     QuantizedTableReLU, TableReLU, build_table,
+                                     QuantizedActivation, QuantizedELU, QuantizedLeakyReLU,
+                                     QuantizedPReLU, QuantizedTableReLU, TableReLU, build_table,
                                      gelu_approximate, hard_swish, lookup)
 from quantizeml.models import QuantizationParams, quantize
 from quantizeml.tensors import FixedPoint, QFloat
@@ -109,6 +109,9 @@ def _layer_function(layer):
     if isinstance(layer, QuantizedLeakyReLU):
         alpha = float(layer.alpha)
         return lambda x: np.where(x >= 0, x, alpha * x)
+    if isinstance(layer, QuantizedELU):
+        alpha = float(layer.alpha)
+        return lambda x: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
     if isinstance(layer, QuantizedTableReLU):
         # keras' ReLU: x above the threshold (at most max_value), slope * (x - t) below
         slope, top, t = float(layer.negative_slope), layer.max_value, float(layer.threshold)

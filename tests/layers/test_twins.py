@@ -29,14 +29,15 @@ from quantizeml.layers.pooling import (QuantizedAveragePooling2D, QuantizedGloba
 from quantizeml.layers.quant_config import OUTPUT_KEYS, QuantConfigMixin
 from quantizeml.layers.registry import register_twin, twin_spec, twin_specs
 from quantizeml.layers.rescaling import QuantizedRescaling
-from quantizeml.layers.reshaping import QuantizedFlatten, QuantizedPermute, QuantizedReshape
+from quantizeml.layers.reshaping import (QuantizedFlatten, QuantizedPermute, QuantizedReshape,
+                                        QuantizedSlicing, Slicing)
 from quantizeml.layers.separable import QuantizedSeparableConv2D
 from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
 from quantizeml.layers.skip import QuantizedAdd, QuantizedConcatenate
 from quantizeml.layers.spatial import (QuantizedCropping2D, QuantizedUpSampling2D,
                                        QuantizedZeroPadding2D)
-from quantizeml.layers.table import (QuantizedActivation, QuantizedLeakyReLU, QuantizedPReLU,
-                                     QuantizedTableReLU)
+from quantizeml.layers.table import (QuantizedActivation, QuantizedELU, QuantizedLeakyReLU,
+                                     QuantizedPReLU, QuantizedTableReLU)
 from quantizeml.layers.tokens import (AddPositionEmbs, ClassToken, ExtractToken,
                                       QuantizedAddPositionEmbs, QuantizedClassToken,
                                       QuantizedExtractToken)
@@ -142,6 +143,7 @@ CASES = {
     QuantizedReLU: lambda: _conv_then(L.ReLU(6.0)),
     QuantizedActivation: lambda: _conv_then(L.Activation("swish"), L.Conv2D(3, 1)),
     QuantizedLeakyReLU: lambda: _conv_then(L.LeakyReLU(0.2)),  # a model output: default grid
+    QuantizedELU: lambda: _conv_then(L.ELU(0.5), L.Conv2D(3, 1)),
     QuantizedTableReLU: lambda: _conv_then(L.ReLU(6.0, negative_slope=0.1), L.Conv2D(3, 1)),
     QuantizedPReLU: lambda: _conv_then(L.PReLU(
         shared_axes=[1, 2], alpha_initializer=keras.initializers.Constant(0.25)),
@@ -157,6 +159,8 @@ CASES = {
     QuantizedFlatten: lambda: _conv_then(L.Flatten(), L.Dense(3)),
     QuantizedReshape: lambda: _conv_then(L.Reshape((36, 4)), L.Dense(3)),
     QuantizedPermute: lambda: _conv_then(L.Permute((3, 1, 2)), L.Dense(3)),
+    QuantizedSlicing: lambda: _conv_then(Slicing([1, 0, 1], [6, 5, 3], [2, 1, 1]),
+                                         L.Conv2D(3, 1)),
     QuantizedAdd: lambda: _merge(L.Add()),
     QuantizedConcatenate: lambda: _merge(L.Concatenate()),
     QuantizedMultiply: lambda: _merge_broadcast(L.Multiply()),
@@ -279,6 +283,7 @@ REFERENCES = {
     QuantizedReLU: _relu,
     QuantizedActivation: table_reference,
     QuantizedLeakyReLU: table_reference,
+    QuantizedELU: table_reference,
     QuantizedTableReLU: table_reference,
     QuantizedPReLU: table_reference,
     QuantizedDropout: _identity,
@@ -288,6 +293,7 @@ REFERENCES = {
     QuantizedFlatten: _reshaped(lambda v: v.reshape(v.shape[0], -1)),
     QuantizedReshape: _reshaped(lambda v: v.reshape(v.shape[0], 36, 4)),
     QuantizedPermute: _reshaped(lambda v: v.transpose(0, 3, 1, 2)),
+    QuantizedSlicing: _reshaped(lambda v: v[:, 1:6:2, 0:5, 1:3]),
     QuantizedAdd: _add,
     QuantizedMultiply: _merging,
     QuantizedSubtract: _merging,

@@ -64,9 +64,9 @@ def test_export_activation_tables_bit_exact(per_tensor, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_leaky_relu_prelu_bit_exact(tmp_path):
+def test_export_leaky_relu_elu_prelu_bit_exact(tmp_path):
     x = _samples((8, 8, 3))
-    model = _conv_model(L.LeakyReLU(0.1),
+    model = _conv_model(L.LeakyReLU(0.1), L.ELU(0.5),
                         L.PReLU(shared_axes=[1, 2],
                                 alpha_initializer=keras.initializers.RandomUniform(0.0, 0.4)),
                         L.PReLU(alpha_initializer=keras.initializers.RandomUniform(0.0, 0.4)))

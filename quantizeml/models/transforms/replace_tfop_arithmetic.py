@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from ...layers.reshaping import Slicing
 from ..graph import Graph, TensorRef, rebuild
 
 __all__ = ["replace_tfop_arithmetic", "tfop_constant", "tfop_operands"]
@@ -37,10 +38,12 @@ _GLOBAL_POOLING = {("avg", 4): keras.layers.GlobalAveragePooling2D,
                    ("avg", 3): keras.layers.GlobalAveragePooling1D,
                    ("max", 3): keras.layers.GlobalMaxPooling1D}
 _CONCAT = {"concat"}
+_GETITEM = {"__operators__.getitem"}
 
 
 def _function_name(layer):
-    if type(layer).__name__ != "TFOpLambda" or not hasattr(layer, "function"):
+    if type(layer).__name__ not in ("TFOpLambda", "SlicingOpLambda") \
+            or not hasattr(layer, "function"):
         return None
     return layer.get_config().get("function")
 
@@ -213,6 +216,49 @@ def _concat(node):
     return keras.layers.Concatenate, {"axis": axis}, list(values)
 
 
+def _slice_bounds(item, dim):
+    """``(begin, end, step)`` of a slice item (a dict of tf_keras' serialized slice) on an
+    axis of static size ``dim``, or None when it is not a plain forward slice."""
+    if not isinstance(item, dict) or set(item) != {"start", "stop", "step"}:
+        return None
+    step = 1 if item["step"] is None else item["step"]
+    if not isinstance(step, int) or step < 1 or dim is None:
+        return None
+    start = 0 if item["start"] is None else item["start"]
+    stop = dim if item["stop"] is None else item["stop"]
+    if not isinstance(start, int) or not isinstance(stop, int):
+        return None
+    start, stop = (v + dim if v < 0 else v for v in (start, stop))
+    start, stop = min(max(start, 0), dim), min(max(stop, 0), dim)
+    return start, max(start, stop), step
+
+
+def _slicing(node):
+    """``x[...]`` of slices only (an Ellipsis allowed, the batch axis whole) -> Slicing."""
+    if len(node.args) != 2 or node.kwargs or not isinstance(node.args[0], TensorRef):
+        return None
+    x, spec = node.args
+    spec = list(spec) if isinstance(spec, (tuple, list)) else [spec]
+    shape = x.shape
+    if shape is None or shape.rank is None or spec.count(Ellipsis) > 1:
+        return None
+    rank = shape.rank
+    if Ellipsis in spec:
+        at = spec.index(Ellipsis)
+        whole = {"start": None, "stop": None, "step": None}
+        spec = spec[:at] + [whole] * (rank - len(spec) + 1) + spec[at + 1:]
+    spec = spec + [{"start": None, "stop": None, "step": None}] * (rank - len(spec))
+    batch = spec[0] if len(spec) == rank else None
+    if not isinstance(batch, dict) or batch.get("start") not in (None, 0) \
+            or batch.get("stop") is not None or batch.get("step") not in (None, 1):
+        return None
+    bounds = [_slice_bounds(item, dim) for item, dim in zip(spec[1:], shape[1:])]
+    if any(b is None for b in bounds):
+        return None
+    begin, end, strides = (list(v) for v in zip(*bounds))
+    return Slicing, {"begin": begin, "end": end, "strides": strides}, x
+
+
 def _replacement(node):
     """``(class, config, inputs)`` of the layer that replaces ``node``, or None."""
     name = _function_name(node.layer)
@@ -227,6 +273,8 @@ def _replacement(node):
         return _reduction(node, _REDUCTIONS[name])
     if name in _CONCAT:
         return _concat(node)
+    if name in _GETITEM:
+        return _slicing(node)
     return None
 
 
@@ -251,6 +299,8 @@ def replace_tfop_arithmetic(model):
       ``tf.nn.selu``, ``tf.math.softplus``, ``tf.nn.softsign``, ``tf.math.exp``
       (``'exponential'``), ``tf.nn.gelu`` (exact) and ``tf.nn.softmax`` (last axis) ->
       ``Activation(name)``,
+    - ``x[...]`` of forward slices (``x[..., :16]``, ``x[:, 1:5, ::2, :]``; static shapes,
+      the batch axis whole, no integer index or new axis) -> :class:`Slicing`,
     - ``tf.reduce_mean`` / ``tf.reduce_max`` over axes ``[1, 2]`` of a rank-4 tensor (axis 1
       of a rank-3 one) -> GlobalAveragePooling2D / GlobalMaxPooling2D (1-D), ``keepdims``
       kept; ``tf.concat`` of float tensors -> Concatenate.

@@ -41,7 +41,8 @@ def sanitize(model):
        then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
        hard-sigmoid ``relu6(x + 3) / 6`` become one Activation layer, and
        :func:`replace_tfop_arithmetic`: the other TFOpLambda arithmetic and activations become
-       Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers,
+       Add/Subtract/Multiply, Rescaling (a constant operand), ReLU and Activation layers
+       (and slices ``x[..., :16]`` Slicing layers),
        and :func:`replace_leaky_relu`: a ReLU with a negative slope becomes a LeakyReLU
        (a TableReLU with a threshold or a maximum too),
     3. :func:`remove_zeropadding2d`: ZeroPadding2D followed by a 'valid' convolution become a

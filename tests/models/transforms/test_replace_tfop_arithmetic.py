@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from quantizeml.layers import Slicing
 from quantizeml.models.transforms import replace_tfop_arithmetic
 
 L = keras.layers
@@ -155,3 +156,43 @@ def test_other_reductions_stay_and_concat_becomes_a_layer(checks):
     assert checks.count(new, keras.layers.Concatenate) == 1
     assert sum(type(layer).__name__ == "TFOpLambda" for layer in new.layers) == 1
     checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+
+
+# name -> (slice of a (None, 4, 4, 3) tensor, expected Slicing (begin, end, strides))
+SLICES = {
+    "channels": (lambda x: x[..., 1:3], ([0, 0, 1], [4, 4, 3], [1, 1, 1])),
+    "spatial_steps": (lambda x: x[:, 1:4:2, -3:, :], ([1, 1, 0], [4, 4, 3], [2, 1, 1])),
+    "negative_stop": (lambda x: x[:, :, :-1], ([0, 0, 0], [4, 3, 3], [1, 1, 1])),
+    "ellipsis_middle": (lambda x: x[:, 2:, ..., ::2], ([2, 0, 0], [4, 4, 3], [1, 1, 2])),
+}
+
+
+@pytest.mark.parametrize("case", list(SLICES))
+def test_slicing_becomes_a_layer(checks, case):
+    x = keras.Input((4, 4, 3))
+    model = keras.Model(x, L.Conv2D(2, 1)(SLICES[case][0](L.Conv2D(3, 1)(x))))
+    before = checks.snapshot(model)
+    new = replace_tfop_arithmetic(model)
+    slices = [layer for layer in new.layers if type(layer) is Slicing]
+    assert len(slices) == 1
+    assert (slices[0].begin, slices[0].end, slices[0].strides) == SLICES[case][1]
+    assert not any(type(layer).__name__ == "SlicingOpLambda" for layer in new.layers)
+    checks.equivalent(model, new, rtol=0, atol=0)
+    checks.unchanged(model, before, new)
+    keras.Model.from_config(new.get_config())
+
+
+@pytest.mark.parametrize("case", ["index", "batch", "new_axis", "reversed"])
+def test_other_slicings_stay(case):
+    x = keras.Input((4, 4, 3))
+    fn = {"index": lambda t: t[:, 1], "batch": lambda t: t[:2], "new_axis": lambda t: t[:, None],
+          "reversed": lambda t: t[:, ::-1]}[case]
+    model = keras.Model(x, fn(x))
+    assert replace_tfop_arithmetic(model) is model
+
+
+def test_slicing_arguments_checked():
+    with pytest.raises(ValueError, match="Slicing"):
+        Slicing([0, 2], [4, 1])
+    with pytest.raises(ValueError, match="strides"):
+        Slicing([0], [4], [0])
