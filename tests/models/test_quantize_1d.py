@@ -115,3 +115,19 @@ def test_recurrent_activation_is_not_split():
     assert qmodel.get_layer("lstm").get_config()["activation"] == "tanh"
     assert "lstm_activation" not in {layer.name for layer in qmodel.layers}
     assert _sqnr(model(x[48:]).numpy(), qmodel(x[48:]).numpy()) > 25
+
+
+def test_conv1d_transpose_decoder():
+    """A 1-D autoencoder (strided Conv1D, Conv1DTranspose back up): every layer integer,
+    close to the float model, exported bit-exact."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 6))
+    x = L.Conv1D(8, 3, strides=2, padding="same", activation="relu", name="down")(inputs)
+    x = L.Conv1DTranspose(6, 3, strides=2, padding="same", name="up")(x)
+    model = keras.Model(inputs, x)
+    x = _samples()
+    qmodel = quantize(model, samples=x[:32])
+    assert type(qmodel.get_layer("up")).__name__ == "QuantizedConv2DTranspose"
+    assert not float_islands(qmodel)
+    assert _sqnr(model(x[32:]).numpy(), qmodel(x[32:]).numpy()) > 25
+    check_export_bit_exact(qmodel, x[32:])

@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 from quantizeml.layers import (Dequantizer, InputQuantizer, QuantizedCropping2D,
@@ -113,3 +114,22 @@ def test_export_slicing_bit_exact():
     y_float = model(x).numpy()
     rms = np.sqrt(np.mean((qmodel(x).numpy() - y_float) ** 2) / np.mean(y_float ** 2))
     assert rms < 0.05, rms
+
+
+def test_export_split_and_clip_bit_exact():
+    """A GhostNet-like block: ``tf.split`` of the channels (two Slicings), a depthwise
+    convolution on one half, Concatenate, ``tf.clip_by_value(x, 0, 6)`` (a ReLU6): every
+    layer integer, exported bit-exact."""
+    inputs = keras.Input((8, 8, 3), name="inp")
+    y = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+    a, b = tf.split(y, 2, axis=-1)
+    b = L.DepthwiseConv2D(3, padding="same", name="dw")(b)
+    y = tf.clip_by_value(L.Concatenate(name="cat")([a, b]), 0.0, 6.0)
+    model = keras.Model(inputs, L.Conv2D(4, 1, name="head")(y))
+    x = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x, num_samples=16, batch_size=16)
+    names = [type(layer).__name__ for layer in qmodel.layers]
+    assert names.count("QuantizedSlicing") == 2 and names.count("QuantizedReLU") == 2, names
+    assert all(n.startswith(("Quantized", "InputLayer", "InputQuantizer", "Dequantizer"))
+               for n in names), names
+    _check_bit_exact(qmodel, x)

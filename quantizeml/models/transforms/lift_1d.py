@@ -37,6 +37,17 @@ def _conv(cls):
     return make
 
 
+def _conv_transpose(config, name):
+    kwargs = {k: config[k] for k in _CONV_KEYS if k in config}
+    output_padding = config.get("output_padding")
+    output_padding = None if output_padding is None else (0, _one(output_padding))
+    return _L.Conv2DTranspose(kernel_size=(1, _one(config["kernel_size"])),
+                              strides=(1, _one(config["strides"])), padding=config["padding"],
+                              output_padding=output_padding,
+                              dilation_rate=(1, _one(config.get("dilation_rate", 1))),
+                              name=name, **kwargs), None
+
+
 def _pooling(cls):
     def make(config, name):
         pool = _one(config["pool_size"])
@@ -77,6 +88,7 @@ _LIFTS = {
     _L.Conv1D: _conv(_L.Conv2D),
     _L.SeparableConv1D: _conv(_L.SeparableConv2D),
     _L.DepthwiseConv1D: _conv(_L.DepthwiseConv2D),
+    _L.Conv1DTranspose: _conv_transpose,
     _L.MaxPooling1D: _pooling(_L.MaxPooling2D),
     _L.AveragePooling1D: _pooling(_L.AveragePooling2D),
     _L.GlobalAveragePooling1D: _global(_L.GlobalAveragePooling2D),
@@ -101,7 +113,7 @@ def _liftable(node):
 def lift_1d(model):
     """Replaces the 1-D layers of a model by their 2-D counterparts on inputs of height 1.
 
-    ``Conv1D``, ``SeparableConv1D``, ``DepthwiseConv1D``, ``MaxPooling1D``,
+    ``Conv1D``, ``SeparableConv1D``, ``DepthwiseConv1D``, ``Conv1DTranspose``, ``MaxPooling1D``,
     ``AveragePooling1D``, ``GlobalAveragePooling1D``, ``GlobalMaxPooling1D``,
     ``ZeroPadding1D``, ``Cropping1D`` and ``UpSampling1D`` (channels last) compute on a
     ``(batch, steps, channels)`` tensor what the 2-D layer with a ``(1, k)`` kernel, pool,

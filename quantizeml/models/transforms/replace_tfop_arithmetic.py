@@ -39,6 +39,8 @@ _GLOBAL_POOLING = {("avg", 4): keras.layers.GlobalAveragePooling2D,
                    ("max", 3): keras.layers.GlobalMaxPooling1D}
 _CONCAT = {"concat"}
 _GETITEM = {"__operators__.getitem"}
+_SPLIT = {"split"}
+_CLIP = {"clip_by_value"}
 
 
 def _function_name(layer):
@@ -180,6 +182,11 @@ def _unary(node, name):
             (keras.layers.Activation, {"activation": "softmax"}, x)
     if name in _ACTIVATIONS:
         return keras.layers.Activation, {"activation": _ACTIVATIONS[name]}, x
+    if name in _CLIP:
+        low = tfop_constant(arguments.get("clip_value_min"), x)
+        high = tfop_constant(arguments.get("clip_value_max"), x)
+        if low == 0.0 and isinstance(high, float) and high > 0:
+            return keras.layers.ReLU, {"max_value": high}, x
     return None
 
 
@@ -259,15 +266,54 @@ def _slicing(node):
     return Slicing, {"begin": begin, "end": end, "strides": strides}, x
 
 
+def _split(node):
+    """``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part
+    (a list of ``(class, config, inputs)``)."""
+    args = _arguments(node)
+    if args is None or not isinstance(args.get("value"), TensorRef) or args.get("num"):
+        return None
+    x, splits, axis = args["value"], args["num_or_size_splits"], args["axis"]
+    shape = x.shape
+    if shape is None or shape.rank is None or not isinstance(axis, int):
+        return None
+    axis = axis + shape.rank if axis < 0 else axis
+    if not 0 < axis < shape.rank or shape[axis] is None:
+        return None
+    dim = int(shape[axis])
+    if isinstance(splits, int) and not isinstance(splits, bool):
+        if splits < 1 or dim % splits:
+            return None
+        sizes = [dim // splits] * splits
+    elif isinstance(splits, (list, tuple)) and all(isinstance(v, int) and v >= 0
+                                                   for v in splits) and sum(splits) == dim:
+        sizes = list(splits)
+    else:
+        return None
+    if len(sizes) != len(node.outputs):
+        return None
+    parts, start = [], 0
+    for size in sizes:
+        begin = [0] * (shape.rank - 1)
+        end = [int(d) if d is not None else 2**31 - 1 for d in shape[1:]]
+        begin[axis - 1], end[axis - 1] = start, start + size
+        parts.append((Slicing, {"begin": begin, "end": end,
+                                "strides": [1] * (shape.rank - 1)}, x))
+        start += size
+    return parts
+
+
 def _replacement(node):
-    """``(class, config, inputs)`` of the layer that replaces ``node``, or None."""
+    """``(class, config, inputs)`` of the layer that replaces ``node`` (a list of them, one
+    per output, for a split), or None."""
     name = _function_name(node.layer)
+    if name in _SPLIT:
+        return _split(node)
     if name is None or len(node.outputs) != 1:
         return None
     if name in _ADD or name in _SUBTRACT or name in _MULTIPLY or name in _DIVIDE:
         return _binary(node)
     if name in _NEGATIVE or name in _RELU or name in _LEAKY_RELU or name in _GELU \
-            or name in _SOFTMAX or name in _ACTIVATIONS:
+            or name in _SOFTMAX or name in _ACTIVATIONS or name in _CLIP:
         return _unary(node, name)
     if name in _REDUCTIONS:
         return _reduction(node, _REDUCTIONS[name])
@@ -294,13 +340,15 @@ def replace_tfop_arithmetic(model):
       ``c - x`` -> ``Rescaling(-1, c)``, ``x * c`` -> ``Rescaling(c)``,
       ``x / c`` -> ``Rescaling(1 / c)``, ``-x`` -> ``Rescaling(-1)``,
     - ``tf.nn.relu`` -> ReLU, ``tf.nn.relu6`` -> ``ReLU(max_value=6)``,
+      ``tf.clip_by_value(x, 0, m)`` -> ``ReLU(max_value=m)``,
       ``tf.nn.leaky_relu(x, alpha)`` -> ``ReLU(negative_slope=alpha)``,
     - ``tf.math.sigmoid``, ``tf.math.tanh``, ``tf.nn.silu`` (``'swish'``), ``tf.nn.elu``,
       ``tf.nn.selu``, ``tf.math.softplus``, ``tf.nn.softsign``, ``tf.math.exp``
       (``'exponential'``), ``tf.nn.gelu`` (exact) and ``tf.nn.softmax`` (last axis) ->
       ``Activation(name)``,
     - ``x[...]`` of forward slices (``x[..., :16]``, ``x[:, 1:5, ::2, :]``; static shapes,
-      the batch axis whole, no integer index or new axis) -> :class:`Slicing`,
+      the batch axis whole, no integer index or new axis) -> :class:`Slicing`, and
+      ``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part,
     - ``tf.reduce_mean`` / ``tf.reduce_max`` over axes ``[1, 2]`` of a rank-4 tensor (axis 1
       of a rank-3 one) -> GlobalAveragePooling2D / GlobalMaxPooling2D (1-D), ``keepdims``
       kept; ``tf.concat`` of float tensors -> Concatenate.
@@ -333,7 +381,12 @@ def replace_tfop_arithmetic(model):
     def rewrite(node, rb):
         if node.index not in found:
             return None
-        cls, config, inputs = found[node.index]
+        replacement = found[node.index]
+        if isinstance(replacement, list):  # a split: one layer per output
+            name = rb.name_for(node.layer)
+            return [cls(**config, name=rb.unique(f"{name}_{i}"))(rb.map(inputs))
+                    for i, (cls, config, inputs) in enumerate(replacement)]
+        cls, config, inputs = replacement
         layer = cls(**config, name=rb.name_for(node.layer))
         return layer(rb.map(inputs))
 

@@ -10,7 +10,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 ONE_D = (L.Conv1D, L.SeparableConv1D, L.DepthwiseConv1D, L.MaxPooling1D, L.AveragePooling1D,
          L.GlobalAveragePooling1D, L.GlobalMaxPooling1D, L.ZeroPadding1D, L.Cropping1D,
-         L.UpSampling1D)
+         L.UpSampling1D, L.Conv1DTranspose)
 
 LAYERS = {
     "conv_valid": lambda: L.Conv1D(4, 3, bias_initializer="random_normal"),
@@ -25,6 +25,10 @@ LAYERS = {
                                            bias_initializer="random_normal"),
     "depthwise_same": lambda: L.DepthwiseConv1D(3, padding="same"),
     "separable_causal": lambda: L.SeparableConv1D(4, 3, padding="causal", dilation_rate=2),
+    "conv_transpose_same": lambda: L.Conv1DTranspose(4, 3, strides=2, padding="same",
+                                                     bias_initializer="random_normal"),
+    "conv_transpose_output_padding": lambda: L.Conv1DTranspose(4, 3, strides=2,
+                                                               output_padding=1),
     "max_pool": lambda: L.MaxPooling1D(3, strides=2, padding="same"),
     "avg_pool_same": lambda: L.AveragePooling1D(3, strides=2, padding="same"),
     "avg_pool_valid": lambda: L.AveragePooling1D(2),

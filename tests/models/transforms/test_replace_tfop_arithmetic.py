@@ -37,6 +37,7 @@ CASES = {
     "relu": (lambda x, y: tf.nn.relu(x), L.ReLU, None),
     "relu6": (lambda x, y: tf.nn.relu6(x), L.ReLU, None),
     "leaky_relu": (lambda x, y: tf.nn.leaky_relu(x, 0.1), L.ReLU, None),
+    "clip_zero_to_six": (lambda x, y: tf.clip_by_value(x, 0.0, 6.0), L.ReLU, None),
     "sigmoid": (lambda x, y: tf.math.sigmoid(x), L.Activation, None),
     "tanh": (lambda x, y: tf.math.tanh(x), L.Activation, None),
     "silu": (lambda x, y: tf.nn.silu(x), L.Activation, None),
@@ -89,13 +90,15 @@ def test_operand_order_kept(checks):
 
 
 @pytest.mark.parametrize("case", ["rdivide", "divide_tensors", "channels_other_axis",
-                                  "integer", "untouched"])
+                                  "integer", "untouched", "clip_symmetric"])
 def test_unchanged(case):
     x = keras.Input((4, 4, 3))
     if case == "rdivide":
         y = 1.0 / x
     elif case == "divide_tensors":
         y = x / L.ReLU()(x)
+    elif case == "clip_symmetric":
+        y = tf.clip_by_value(x, -1.0, 1.0)
     elif case == "channels_other_axis":
         y = x * np.ones((1, 4, 1, 1), np.float32)
     elif case == "integer":
@@ -196,3 +199,28 @@ def test_slicing_arguments_checked():
         Slicing([0, 2], [4, 1])
     with pytest.raises(ValueError, match="strides"):
         Slicing([0], [4], [0])
+
+
+@pytest.mark.parametrize("case", ["halves_channels", "sizes_rows"])
+def test_split_becomes_slicings(checks, case):
+    x = keras.Input((4, 4, 6))
+    y = L.Conv2D(6, 1)(x)
+    parts = tf.split(y, 2, axis=-1) if case == "halves_channels" else tf.split(y, [1, 3], 1)
+    axis = -1 if case == "halves_channels" else 1
+    out = L.Concatenate(axis)([L.Conv2D(2, 1)(parts[1]), L.Conv2D(2, 1)(parts[0])])
+    model = keras.Model(x, out)
+    new = replace_tfop_arithmetic(model)
+    slices = [layer for layer in new.layers if type(layer) is Slicing]
+    assert len(slices) == 2
+    assert not any(layer.get_config().get("function") == "split" for layer in new.layers
+                   if type(layer).__name__ == "TFOpLambda")
+    expected = ([([0, 0, 0], [4, 4, 3]), ([0, 0, 3], [4, 4, 6])] if case == "halves_channels"
+                else [([0, 0, 0], [1, 4, 6]), ([1, 0, 0], [4, 4, 6])])
+    assert sorted((s.begin, s.end) for s in slices) == sorted(expected)
+    checks.equivalent(model, new, rtol=0, atol=0)
+
+
+def test_split_of_a_dynamic_axis_stays():
+    x = keras.Input((None, 4, 6))
+    model = keras.Model(x, tf.split(x, 2, axis=1)[0])
+    assert replace_tfop_arithmetic(model) is model
