@@ -7,9 +7,9 @@ layer of the same class name, built from its translated config, called in the sa
 and given the same weights (the layers that Keras 3's applications define themselves, ConvNeXt's
 LayerScale and StochasticDepth and InceptionResNetV2's CustomScaleLayer, become their tf_keras
 applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
-``keras.ops.relu(x)``), ``keras.ops.mean`` / ``max`` (axis, keepdims) and
-``keras.ops.concatenate`` become TF ops on the tf_keras tensors (TFOpLambda layers, that
-``sanitize()`` rewrites). Options tf_keras names otherwise are renamed (LeakyReLU's
+``keras.ops.relu(x)``), ``keras.ops.mean`` / ``max`` (axis, keepdims),
+``keras.ops.concatenate``, slices (``x[..., :4]``) and ``keras.ops.split`` become TF ops on the
+tf_keras tensors (TFOpLambda and SlicingOpLambda layers, that ``sanitize()`` rewrites). Options tf_keras names otherwise are renamed (LeakyReLU's
 ``negative_slope`` is tf_keras' ``alpha``). The new model is checked to give the outputs of
 the Keras 3 model.
 
@@ -30,6 +30,27 @@ __all__ = ["from_keras3", "is_keras3_model"]
 # Keras 3 activation names that tf_keras spells differently or defines otherwise
 _ACTIVATIONS = {"silu": "swish", "hard_sigmoid": HARD_SIGMOID, "hard_silu": HARD_SWISH,
                 "hard_swish": HARD_SWISH}
+
+
+def _getitem(x, key):
+    """Keras 3's ``x[key]`` (``GetItem``) on a tf_keras tensor: a SlicingOpLambda, which
+    ``replace_tfop_arithmetic`` turns into a Slicing layer."""
+    return x[tuple(key) if isinstance(key, list) else key]
+
+
+def _split(x, indices_or_sections=2, axis=0):
+    """Keras 3's ``ops.split`` (numpy's: a number of equal sections, or split indices) as
+    ``tf.split`` (a number of sections, or sizes: the indices of a static axis become sizes)."""
+    if isinstance(indices_or_sections, int):
+        return tf.split(x, indices_or_sections, axis=axis)
+    dim = x.shape[axis]
+    if dim is None:
+        raise ValueError("from_keras3 expected ops.split indices on a static axis. Received: "
+                         f"axis {axis} of shape {x.shape}")
+    bounds = [0] + [int(i) for i in indices_or_sections] + [int(dim)]
+    return tf.split(x, [b - a for a, b in zip(bounds[:-1], bounds[1:])], axis=axis)
+
+
 # Keras 3 ops (class name in ``keras.src.ops``) -> the TF function applied to the tf_keras
 # tensors (arithmetic: a TFOpLambda layer) or an activation name (an Activation layer)
 _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.multiply,
@@ -37,12 +58,13 @@ _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.mu
         "Negative": tf.math.negative, "Maximum": tf.math.maximum, "Minimum": tf.math.minimum,
         "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
         "Silu": "swish", "Swish": "swish", "HardSigmoid": HARD_SIGMOID,
-        "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH}
+        "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH, "GetItem": _getitem}
 # Keras 3 ops with options -> (TF function, the options it takes as keyword arguments):
 # reductions (spatial ones become global pooling layers in quantize()) and concatenation
 _OPTION_OPS = {"Mean": (tf.math.reduce_mean, ("axis", "keepdims")),
                "Max": (tf.math.reduce_max, ("axis", "keepdims")),
-               "Concatenate": (tf.concat, ("axis",))}
+               "Concatenate": (tf.concat, ("axis",)),
+               "Split": (_split, ("indices_or_sections", "axis"))}
 # Keras 3 layer options that tf_keras names otherwise: (class name, key) -> tf_keras key
 _RENAMED = {("LeakyReLU", "negative_slope"): "alpha"}
 _OP_MODULE = "keras.src.ops"
@@ -131,6 +153,11 @@ def _value(value, tensors=None):
             return np.asarray(config["value"], dtype=config.get("dtype"))
         if kind == "__keras_tensor__" and tensors is not None:
             return tensors[tuple(value["config"]["keras_history"])]
+        if kind == "__slice__":
+            config = value["config"]
+            return slice(config.get("start"), config.get("stop"), config.get("step"))
+        if kind == "__ellipsis__":
+            return Ellipsis
         return {k: _value(v, tensors) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_value(v, tensors) for v in value)

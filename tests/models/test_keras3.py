@@ -310,3 +310,26 @@ def test_ops_with_options_and_renamed_options_convert_and_quantize():
                or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
     y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
     assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
+
+
+def test_slices_and_splits_convert_and_quantize():
+    """Keras 3 slices (``x[..., a:b]``, ``x[:, a:b:s]``: GetItem ops) and ``keras.ops.split``
+    (sections and split indices, numpy's semantics): converted with equal outputs, then
+    quantized to an all-integer model (Slicing layers)."""
+    inputs = keras3.Input((8, 8, 3))
+    y = K3.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    a = K3.Conv2D(4, 1, name="a")(y[..., 2:6])
+    b = K3.Conv2D(4, 1, name="b")(y[:, 1:7:2, 3:, :])
+    low, high = keras3.ops.split(y, [3], axis=-1)
+    top, bottom = keras3.ops.split(y, 2, axis=1)
+    x = K3.Concatenate()([K3.Flatten()(t) for t in (a, b, low, high, top, bottom)])
+    model = _randomize(keras3.Model(inputs, K3.Dense(3, name="out")(x)))
+    new = from_keras3(model)
+    _check_equal(model, new)
+    samples = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=samples[:32])
+    assert sum(type(layer).__name__ == "QuantizedSlicing" for layer in qmodel.layers) == 6
+    assert all(type(layer).__module__.startswith("quantizeml")
+               or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
+    y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
