@@ -1,7 +1,7 @@
 """Models: quantize(), calibration, quantization parameters, transforms and utilities."""
 from . import transforms, zoo  # noqa: F401
 from .zoo_vit import digits_vit, train_digits_vit
-from .calibrate import calibrate, calibration_required
+from .calibrate import calibrate, calibration_required, search_output_ranges
 from .check import check_quantization, float_islands
 from .config import dump_config
 from .keras3 import from_keras3, is_keras3_model
@@ -15,7 +15,8 @@ from .quantize import quantize
 from .saving import (apply_weights_to_model, load_model, record_quantization_variables,
                      save_model)
 
-__all__ = ["quantize", "calibrate", "calibration_required", "check_quantization", "float_islands",
+__all__ = ["quantize", "calibrate", "calibration_required", "search_output_ranges",
+           "check_quantization", "float_islands",
            "dump_config", "integer_weights", "save_integer_weights", "load_integer_weights",
            "QuantizationParams", "get_quantization_params", "quantization",
            "apply_weights_to_model", "load_model", "record_quantization_variables", "save_model",

@@ -27,6 +27,9 @@ How layers are quantized (the declarative table is the twin registry,
 * a Dequantizer is appended to each model output;
 * after calibration, the biases of layers with weights of 4 bits or less are corrected for the
   mean output shift their weight rounding causes (``bias_correction.correct_biases``);
+* with activations below 8 bits (``range_search``), each OutputQuantizer's range then moves by
+  a factor of two where that brings the model outputs closer to the float model's on the
+  first calibration samples (``calibrate.search_output_ranges``);
 * on request (``learned_rounding``), the rounding of the quantized weights is then learned on
   the calibration samples (``learned_rounding.learn_rounding``, AdaRound), layer by layer;
 * the float tail rule: layers without a quantized twin are allowed only after the last
@@ -73,7 +76,8 @@ from ..layers.table import TableReLU, activation_name
 from ..layers.quantize_wrapper import QuantizeWrapper, annotated_config, as_quantize_config
 from ..recipes.fast_paths import eager_layer_calls, unfused
 from .bias_correction import correct_biases
-from .calibrate import calibrate
+from .calibrate import (OUTPUT_SEARCH_MAX_QUANTIZERS, calibrate, output_quantizers,
+                        search_output_ranges)
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
                     replace_layers)
 from .keras3 import from_keras3, is_keras3_model
@@ -358,7 +362,8 @@ def _head_signed(model, layer, batches):
 
 @unfused
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
-             batch_size=None, epochs=1, verbose=False, learned_rounding=False):
+             batch_size=None, epochs=1, verbose=False, learned_rounding=False,
+             range_search=None):
     """Quantizes a Keras or ONNX model using the provided configuration or parameters.
 
     * q_config has priority over qparams: when a layer name is found in q_config, its
@@ -394,6 +399,14 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             ``asymmetric``, ``report``, ``seed``). Worth it at 4 bits or less; it costs about
             ``iterations`` small steps per layer. Keras models quantized from float only.
             Defaults to False.
+        range_search (bool, optional): after calibration and bias correction, move each
+            OutputQuantizer's range by a factor of two where that brings the quantized
+            model's outputs closer to the float model's on the first calibration samples
+            (:func:`~quantizeml.models.calibrate.search_output_ranges`; the ranges stay powers
+            of two). None (auto): when some OutputQuantizer has fewer than 8 bits and the model
+            has at most ``OUTPUT_SEARCH_MAX_QUANTIZERS`` (64) of them (each costs two passes of
+            the quantized model over 512 samples per sweep); True: always; False: never.
+            Defaults to None.
 
     Returns:
         keras.Model or onnx.ModelProto: the quantized model; a Keras one is a
@@ -406,6 +419,9 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         TypeError: learned_rounding neither a bool nor a dict.
     """
     rounding_options = _rounding_options(learned_rounding)
+    if range_search is not None and not isinstance(range_search, bool):
+        raise TypeError(f"quantize expected range_search to be None, True or False. "
+                        f"Received: range_search={range_search!r}")
     if type(model).__module__.startswith("onnx"):
         if q_config is not None:
             raise ValueError("quantize expected q_config=None for an ONNX model (only qparams "
@@ -579,6 +595,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     calibrate(model, qmodel, batches=batches, verbose=verbose)
     if not requantize:
         correct_biases(model, qmodel, batches)
+    if not requantize and _searches_ranges(qmodel, range_search):
+        search_output_ranges(model, qmodel, batches)
     if rounding_options is not None:
         qmodel = learn_rounding(model, qmodel, batches, verbose=verbose, **rounding_options)
     return qmodel
@@ -627,6 +645,15 @@ def _rounding_options(learned_rounding):
         raise ValueError(f"quantize expected learned_rounding options among "
                          f"{list(ROUNDING_OPTIONS)}. Received: unknown options {unknown}")
     return dict(learned_rounding)
+
+
+def _searches_ranges(qmodel, range_search):
+    """Whether quantize() runs the output-aware range search (its ``range_search``)."""
+    if range_search is not None:
+        return range_search
+    targets = output_quantizers(qmodel)
+    low = any(oq.bitwidth < 8 for oq in targets.values() if not isinstance(oq, InputQuantizer))
+    return low and len(targets) <= OUTPUT_SEARCH_MAX_QUANTIZERS
 
 
 def _append_dequantizers(qmodel):
