@@ -65,7 +65,7 @@ class DenseKernelConfig(QuantizeConfig):
 def _model(activation=None):
     inp = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="conv")(inp)
-    # a QuantizeConfig overrides the twin (LeakyReLU has a table twin; ELU(alpha=0.5) has none)
+    # a QuantizeConfig overrides the twin (LeakyReLU has a table twin; UnitNormalization none)
     x = (activation or keras.layers.LeakyReLU(0.1, name="leaky"))(x)
     x = keras.layers.Flatten()(x)
     out = keras.layers.Dense(5, name="head")(x)
@@ -95,9 +95,8 @@ def test_layer_without_twin_is_fake_quantized(data, how):
 
 
 def test_without_config_the_layer_is_reported(data):
-    # (ELU() with alpha 1 is an Activation('elu') table; another alpha has no twin)
-    with pytest.raises(ValueError, match="elu \\(ELU\\)"):
-        quantize(_model(keras.layers.ELU(alpha=0.5, name="elu")), samples=data[0])
+    with pytest.raises(ValueError, match="unit \\(UnitNormalization\\)"):
+        quantize(_model(keras.layers.UnitNormalization(name="unit")), samples=data[0])
 
 
 def test_config_overrides_twin_and_quantizes_kernel(data):
