@@ -247,7 +247,8 @@ def _slicing(node):
     x, spec = node.args
     spec = list(spec) if isinstance(spec, (tuple, list)) else [spec]
     shape = x.shape
-    if shape is None or shape.rank is None or spec.count(Ellipsis) > 1:
+    if shape is None or shape.rank is None or spec.count(Ellipsis) > 1 \
+            or not x.tensor.dtype.is_floating:
         return None
     rank = shape.rank
     if Ellipsis in spec:
@@ -274,7 +275,8 @@ def _split(node):
         return None
     x, splits, axis = args["value"], args["num_or_size_splits"], args["axis"]
     shape = x.shape
-    if shape is None or shape.rank is None or not isinstance(axis, int):
+    if shape is None or shape.rank is None or not isinstance(axis, int) \
+            or not x.tensor.dtype.is_floating:
         return None
     axis = axis + shape.rank if axis < 0 else axis
     if not 0 < axis < shape.rank or shape[axis] is None:

@@ -224,3 +224,9 @@ def test_split_of_a_dynamic_axis_stays():
     x = keras.Input((None, 4, 6))
     model = keras.Model(x, tf.split(x, 2, axis=1)[0])
     assert replace_tfop_arithmetic(model) is model
+
+
+def test_integer_slices_and_splits_stay():
+    i = keras.Input((4, 6), dtype="int32")
+    model = keras.Model(i, [i[:, 1:3], tf.split(i, 2, axis=-1)[0]])
+    assert replace_tfop_arithmetic(model) is model
