@@ -25,6 +25,7 @@ Configurations (``QuantizationParams``; "first" is the first layer with weights)
   from_logits=True))``, ``fit`` batch 32, 3 epochs (5 for ``w2a4``), after
   ``set_random_seed(seed)``. ``fit`` is the one of the ``QuantizedModel`` quantize() returns:
   the updates of 2-3-bit kernels are scaled (``--plain-updates``: not, the baseline).
+  ``--range-search``: quantize() with ``range_search=True`` (the output-aware range search).
 
 Drops are in accuracy points, ``100 * (float - quantized)``: negative means above float.
 
@@ -142,7 +143,8 @@ def measure_path(model, float_acc, path, configs, data, args, seed, log):
         extra = {}
         if base not in bases:
             bases[base] = quantize(source, qparams=BASES[base], samples=x_train,
-                                   num_samples=args.calibration_samples)
+                                   num_samples=args.calibration_samples,
+                                   range_search=args.range_search)
         qmodel = bases[base]
         if lr:
             if base not in learned:
@@ -187,7 +189,7 @@ def measure_seed(kind, seed, configs, data, args, log):
     same = {}
     for base in sorted({CONFIGS[name][0] for name in configs}):
         raw = quantize(model, qparams=BASES[base], samples=x_train,
-                       num_samples=args.calibration_samples)
+                       num_samples=args.calibration_samples, range_search=args.range_search)
         same[base] = _same(raw, bases[base], x_test)
     log(f"  raw path: PTQ model identical to the sanitized one: {same}")
     copied = [name for name in configs if same[CONFIGS[name][0]]]
@@ -263,6 +265,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="1 CNN seed, no ViT, 2 training epochs, 50 rounding iterations, "
                              "QAT on 128 samples: a smoke run")
+    parser.add_argument("--range-search", action="store_true",
+                        help="quantize with range_search=True (output-aware range search)")
     parser.add_argument("--plain-updates", action="store_true",
                         help="QAT without the scaled updates of 2-3-bit kernels "
                              "(QuantizedModel.scaled_updates = False): the baseline")

@@ -240,7 +240,7 @@ def _calibrate_ranges(model, qmodel, batches, verbose):
 
 #: The samples (first of the calibration batches) :func:`search_output_ranges` scores on.
 OUTPUT_SEARCH_SAMPLES = 512
-#: The most OutputQuantizers quantize() searches by default (``range_search=None``): each
+#: The most OutputQuantizers quantize(range_search=None) searches: each
 #: costs two passes of the quantized model over the samples per sweep.
 OUTPUT_SEARCH_MAX_QUANTIZERS = 64
 #: Relative gain of the output error a range change must bring to be kept.
@@ -284,8 +284,8 @@ def search_output_ranges(model, qmodel, batches, num_samples=OUTPUT_SEARCH_SAMPL
     ``num_samples`` calibration samples, and the best of the three is kept (a change must lower
     the error by 0.1 %); ``sweeps`` passes, stopping early when nothing changes. Ranges stay
     powers of two (per channel for a per-axis quantizer, all channels moved together): the
-    model stays integer-exact. ``quantize()`` runs it after calibration and bias correction
-    when activations have fewer than 8 bits (``range_search``).
+    model stays integer-exact. ``quantize(..., range_search=True)`` runs it after calibration
+    and bias correction.
 
     Args:
         model (keras.Model): the float (sanitized) model, with the outputs of ``qmodel``.

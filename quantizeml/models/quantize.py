@@ -27,7 +27,7 @@ How layers are quantized (the declarative table is the twin registry,
 * a Dequantizer is appended to each model output;
 * after calibration, the biases of layers with weights of 4 bits or less are corrected for the
   mean output shift their weight rounding causes (``bias_correction.correct_biases``);
-* with activations below 8 bits (``range_search``), each OutputQuantizer's range then moves by
+* on request (``range_search``), each OutputQuantizer's range then moves by
   a factor of two where that brings the model outputs closer to the float model's on the
   first calibration samples (``calibrate.search_output_ranges``);
 * on request (``learned_rounding``), the rounding of the quantized weights is then learned on
@@ -363,7 +363,7 @@ def _head_signed(model, layer, batches):
 @unfused
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
              batch_size=None, epochs=1, verbose=False, learned_rounding=False,
-             range_search=None):
+             range_search=False):
     """Quantizes a Keras or ONNX model using the provided configuration or parameters.
 
     * q_config has priority over qparams: when a layer name is found in q_config, its
@@ -403,10 +403,11 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             OutputQuantizer's range by a factor of two where that brings the quantized
             model's outputs closer to the float model's on the first calibration samples
             (:func:`~quantizeml.models.calibrate.search_output_ranges`; the ranges stay powers
-            of two). None (auto): when some OutputQuantizer has fewer than 8 bits and the model
-            has at most ``OUTPUT_SEARCH_MAX_QUANTIZERS`` (64) of them (each costs two passes of
-            the quantized model over 512 samples per sweep); True: always; False: never.
-            Defaults to None.
+            of two). True: always; None (auto): when some OutputQuantizer has fewer than 8 bits
+            and the model has at most ``OUTPUT_SEARCH_MAX_QUANTIZERS`` (64) of them (each costs
+            two passes of the quantized model over 512 samples per sweep); False: never. It
+            helps nearest-rounding PTQ at low bits, not learned rounding or QAT (measured in
+            ``benchmarks/README.md``), hence off by default. Defaults to False.
 
     Returns:
         keras.Model or onnx.ModelProto: the quantized model; a Keras one is a

@@ -69,18 +69,24 @@ def test_search_recovers_a_misset_range_and_stays_exact():
     np.testing.assert_array_equal(eager, traced)
 
 
-def test_quantize_searches_below_8_bits_only():
+def _same(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights()))
+
+
+def test_quantize_range_search_option():
     model, x = _model(), _samples()
-    off = quantize(model, qparams=Q4, samples=x, range_search=False)
-    auto = quantize(model, qparams=Q4, samples=x)
+    off = quantize(model, qparams=Q4, samples=x)  # off by default
+    searched = quantize(model, qparams=Q4, samples=x, range_search=True)
+    auto = quantize(model, qparams=Q4, samples=x, range_search=None)  # below 8 bits: on
     manual = quantize(model, qparams=Q4, samples=x, range_search=False)
+    assert _same(off, manual)
     search_output_ranges(sanitize(model), manual, [[x]])
-    assert all(np.array_equal(a, b) for a, b in zip(auto.get_weights(), manual.get_weights()))
-    assert _error(model, auto, x) <= _error(model, off, x)
-    # 8-bit activations: nothing searched by default
-    eight = quantize(model, samples=x)
-    plain = quantize(model, samples=x, range_search=False)
-    assert all(np.array_equal(a, b) for a, b in zip(eight.get_weights(), plain.get_weights()))
+    assert _same(searched, manual) and _same(auto, manual)
+    assert _error(model, searched, x) <= _error(model, off, x)
+    # 8-bit activations: nothing searched in auto mode
+    eight = quantize(model, samples=x, range_search=None)
+    plain = quantize(model, samples=x)
+    assert _same(eight, plain)
 
 
 def test_range_search_argument_checked():
