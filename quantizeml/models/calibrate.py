@@ -307,7 +307,7 @@ def search_output_ranges(model, qmodel, batches, num_samples=OUTPUT_SEARCH_SAMPL
     x = x if len(x) > 1 else x[0]
     size = batch_size or num_samples
 
-    def outputs(m, fn):
+    def outputs(fn):
         chunks = []
         n = len(x[0]) if isinstance(x, list) else len(x)
         for start in range(0, n, size):
@@ -318,9 +318,9 @@ def search_output_ranges(model, qmodel, batches, num_samples=OUTPUT_SEARCH_SAMPL
         return [np.concatenate(c) for c in zip(*chunks)]
 
     references = [np.asarray(r, np.float64)
-                  for r in outputs(model, lambda a: model(a, training=False))]
+                  for r in outputs(lambda a: model(a, training=False))]
     scored = tf.function(lambda a: qmodel(a, training=False), reduce_retracing=True)
-    best = _output_error(outputs(qmodel, scored), references)
+    best = _output_error(outputs(scored), references)
     moved = {}
     for _ in range(sweeps):
         changed = False
@@ -329,7 +329,7 @@ def search_output_ranges(model, qmodel, batches, num_samples=OUTPUT_SEARCH_SAMPL
             choice = 1.0
             for factor in (2.0, 0.5):
                 oq.range_max.assign(start * factor)
-                error = _output_error(outputs(qmodel, scored), references)
+                error = _output_error(outputs(scored), references)
                 if error < best * (1 - _OUTPUT_SEARCH_GAIN):
                     best, choice = error, factor
             oq.range_max.assign(start * choice)

@@ -9,7 +9,8 @@ LayerScale and StochasticDepth and InceptionResNetV2's CustomScaleLayer, become 
 applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
 ``keras.ops.relu(x)``), ``keras.ops.mean`` / ``max`` (axis, keepdims),
 ``keras.ops.concatenate``, slices (``x[..., :4]``) and ``keras.ops.split`` become TF ops on the
-tf_keras tensors (TFOpLambda and SlicingOpLambda layers, that ``sanitize()`` rewrites). Options tf_keras names otherwise are renamed (LeakyReLU's
+tf_keras tensors (TFOpLambda and SlicingOpLambda layers, that ``sanitize()`` rewrites).
+Options tf_keras names otherwise are renamed (LeakyReLU's
 ``negative_slope`` is tf_keras' ``alpha``). The new model is checked to give the outputs of
 the Keras 3 model.
 
