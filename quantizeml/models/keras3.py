@@ -75,7 +75,10 @@ _BASE_KWARGS = {"name", "trainable", "dtype", "dynamic", "input_dim", "input_sha
                 "batch_input_shape", "batch_size", "weights", "activity_regularizer",
                 "autocast", "implementation"}
 # Keras 3 options without effect at inference that tf_keras layers do not take
-_DROPPED = {"synchronized"}
+_DROPPED = {"synchronized", "seed"}
+# tf_keras layers whose from_config expects keys of their own get_config (MultiHeadAttention:
+# the build shapes): built from the translated options by their constructor instead
+_CONSTRUCTED = (keras.layers.MultiHeadAttention,)
 # The layers that Keras 3's applications define themselves (not in keras.layers), by
 # (module, class name) -> (tf_keras module, class name) of the same layer in tf_keras'
 # applications (same config keys, same weights): ConvNeXt, InceptionResNetV2
@@ -295,6 +298,8 @@ def _layer_builder(entry, source):
     if cls is keras.layers.Lambda:
         return _lambda_builder(source, name)
     new_config = _translate(cls, config)
+    if cls in _CONSTRUCTED:
+        return _Builder(name, lambda: cls(**new_config), source)
     return _Builder(name, lambda: cls.from_config(dict(new_config)), source)
 
 
@@ -388,8 +393,9 @@ _DROPPED_KWARGS = {"training"}  # tf_keras layers follow the learning phase
 
 
 def _call_kwargs(kwargs):
+    # unset masks (``mask``, MultiHeadAttention's ``query_mask``...) are tf_keras' default
     return {k: v for k, v in kwargs.items()
-            if k not in _DROPPED_KWARGS and not (k == "mask" and v is None)}
+            if k not in _DROPPED_KWARGS and not (k.endswith("mask") and v is None)}
 
 
 def _functional(model, config):

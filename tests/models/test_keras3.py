@@ -333,3 +333,27 @@ def test_slices_and_splits_convert_and_quantize():
                or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
     y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
     assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
+
+
+def test_multi_head_attention_converts_and_quantizes():
+    """Keras 3's MultiHeadAttention becomes tf_keras' (self- and cross-attention: equal
+    outputs); quantize() splits the self-attention into Dense projections and an Attention
+    (and ``x[:, 0]`` becomes an ExtractToken): an all-integer model close to the float one
+    (SQNR above 20 dB)."""
+    tokens, other = keras3.Input((6, 16)), keras3.Input((4, 16))
+    y = K3.LayerNormalization(name="norm")(tokens)
+    y = K3.MultiHeadAttention(2, 8, name="self")(y, y)
+    x = K3.Add(name="add")([tokens, y])
+    cross = K3.MultiHeadAttention(2, 4, name="cross")(x, other)
+    y = K3.Dense(8, activation="gelu", name="mlp")(x)
+    model = _randomize(keras3.Model([tokens, other], [y[:, 0], cross]), kernels=False)
+    _check_equal(model, from_keras3(model))
+    single = keras3.Model(tokens, model.outputs[0])
+    samples = np.random.default_rng(0).normal(size=(40, 6, 16)).astype(np.float32)
+    qmodel = quantize(single, samples=samples[:32])
+    names = [type(layer).__name__ for layer in qmodel.layers]
+    assert "QuantizedAttention" in names and "QuantizedExtractToken" in names, names
+    assert all(type(layer).__module__.startswith("quantizeml")
+               or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
+    y, q = np.asarray(single(samples[32:])), np.asarray(qmodel(samples[32:]))
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ...layers.reshaping import Slicing
+from ...layers.tokens import ExtractToken
 from ..graph import Graph, TensorRef, rebuild
 
 __all__ = ["replace_tfop_arithmetic", "tfop_constant", "tfop_operands"]
@@ -260,11 +261,29 @@ def _slicing(node):
     if not isinstance(batch, dict) or batch.get("start") not in (None, 0) \
             or batch.get("stop") is not None or batch.get("step") not in (None, 1):
         return None
+    indices = [axis for axis, item in enumerate(spec) if isinstance(item, int)
+               and not isinstance(item, bool)]
+    if indices:
+        return _extract_token(x, spec, indices)
     bounds = [_slice_bounds(item, dim) for item, dim in zip(spec[1:], shape[1:])]
     if any(b is None for b in bounds):
         return None
     begin, end, strides = (list(v) for v in zip(*bounds))
     return Slicing, {"begin": begin, "end": end, "strides": strides}, x
+
+
+def _extract_token(x, spec, indices):
+    """``x[:, i]`` (one integer index on a static non-batch axis, every other axis whole) ->
+    ``ExtractToken(i, axis)`` (a negative index counted from the end)."""
+    whole = {"start": None, "stop": None, "step": None}
+    if len(indices) != 1 or any(item != whole for axis, item in enumerate(spec)
+                                if axis not in (0, indices[0])):
+        return None
+    axis = indices[0]
+    dim, index = x.shape[axis], spec[axis]
+    if dim is None or not -dim <= index < dim:
+        return None
+    return ExtractToken, {"token": index % int(dim), "axis": axis}, x
 
 
 def _split(node):
@@ -349,7 +368,9 @@ def replace_tfop_arithmetic(model):
       (``'exponential'``), ``tf.nn.gelu`` (exact) and ``tf.nn.softmax`` (last axis) ->
       ``Activation(name)``,
     - ``x[...]`` of forward slices (``x[..., :16]``, ``x[:, 1:5, ::2, :]``; static shapes,
-      the batch axis whole, no integer index or new axis) -> :class:`Slicing`, and
+      the batch axis whole, no integer index or new axis) -> :class:`Slicing`; ``x[:, i]``
+      (one integer index, e.g. a class token, every other axis whole) -> ``ExtractToken(i,
+      axis)``; and
       ``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part,
     - ``tf.reduce_mean`` / ``tf.reduce_max`` over axes ``[1, 2]`` of a rank-4 tensor (axis 1
       of a rank-3 one) -> GlobalAveragePooling2D / GlobalMaxPooling2D (1-D), ``keepdims``

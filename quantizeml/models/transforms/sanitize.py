@@ -19,6 +19,7 @@ from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .split_activations import split_activations
+from .split_multi_head_attention import split_multi_head_attention
 
 __all__ = ["sanitize"]
 
@@ -35,7 +36,9 @@ def sanitize(model):
        GaussianNoise, GaussianDropout, AlphaDropout, SpatialDropout, ActivityRegularization
        and Identity layers (the identity at inference) too, and :func:`replace_aliases`:
        ELU() becomes Activation('elu'), Average of two inputs Add(average=True),
-       ThresholdedReLU(0) ReLU, TimeDistributed(Dense) the Dense itself,
+       ThresholdedReLU(0) ReLU, TimeDistributed(Dense) the Dense itself, and
+       :func:`split_multi_head_attention`: MultiHeadAttention self-attentions become Dense
+       query, key and value projections, an Attention and the output Dense,
     2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
        Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
        then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
@@ -86,7 +89,7 @@ def sanitize(model):
         ```
     """
     steps = (flatten_model, remove_stochastic_depth, remove_identities, replace_aliases,
-             split_activations, replace_lambda, fuse_hard_swish, replace_tfop_arithmetic,
+             split_multi_head_attention, split_activations, replace_lambda, fuse_hard_swish, replace_tfop_arithmetic,
              replace_leaky_relu, remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
              fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling)

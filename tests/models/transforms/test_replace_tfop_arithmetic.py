@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from quantizeml.layers import Slicing
+from quantizeml.layers import ExtractToken, Slicing
 from quantizeml.models.transforms import replace_tfop_arithmetic
 
 L = keras.layers
@@ -185,11 +185,34 @@ def test_slicing_becomes_a_layer(checks, case):
     keras.Model.from_config(new.get_config())
 
 
-@pytest.mark.parametrize("case", ["index", "batch", "new_axis", "reversed"])
+# name -> (an integer index of a (None, 5, 6) tensor, expected ExtractToken (token, axis))
+INDICES = {
+    "class_token": (lambda x: x[:, 0], (0, 1)),
+    "last_token": (lambda x: x[:, -1], (4, 1)),
+    "channel": (lambda x: x[..., 2], (2, 2)),
+    "channel_slices": (lambda x: x[:, :, -6], (0, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(INDICES))
+def test_index_becomes_extract_token(checks, case):
+    x = keras.Input((5, 6))
+    model = keras.Model(x, L.Dense(2)(INDICES[case][0](L.Dense(6)(x))))
+    new = replace_tfop_arithmetic(model)
+    tokens = [layer for layer in new.layers if type(layer) is ExtractToken]
+    assert len(tokens) == 1
+    assert (tokens[0].token, tokens[0].axis) == INDICES[case][1]
+    assert not any(type(layer).__name__ == "SlicingOpLambda" for layer in new.layers)
+    checks.equivalent(model, new, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["two_indices", "index_and_slice", "batch", "new_axis",
+                                  "reversed", "dynamic_axis"])
 def test_other_slicings_stay(case):
-    x = keras.Input((4, 4, 3))
-    fn = {"index": lambda t: t[:, 1], "batch": lambda t: t[:2], "new_axis": lambda t: t[:, None],
-          "reversed": lambda t: t[:, ::-1]}[case]
+    x = keras.Input((4, 4, 3) if case != "dynamic_axis" else (None, 3))
+    fn = {"two_indices": lambda t: t[:, 1, 2], "index_and_slice": lambda t: t[:, 1, 1:3],
+          "batch": lambda t: t[:2], "new_axis": lambda t: t[:, None],
+          "reversed": lambda t: t[:, ::-1], "dynamic_axis": lambda t: t[:, 0]}[case]
     model = keras.Model(x, fn(x))
     assert replace_tfop_arithmetic(model) is model
 
