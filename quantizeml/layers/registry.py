@@ -44,9 +44,10 @@ class TwinSpec:
         output (str, None or callable): ``BLOCK_END``, ``ACTIVATION`` or None (no
             OutputQuantizer from quantize()); a callable ``output(float_layer)`` returns one of
             them per layer (e.g. a bilinear upsampling ends a block, a nearest one does not).
-        pass_through (bool or callable): a shape-only layer: quantize() looks through it to
-            find the real consumers of a tensor; a callable ``pass_through(float_layer)`` says
-            it per layer.
+        pass_through (bool or callable): a shape-only layer, or one that keeps its input's
+            grid (the token layers): quantize() looks through it to find the real consumers of
+            a tensor (e.g. a normalization that needs per-tensor inputs); a callable
+            ``pass_through(float_layer)`` says it per layer.
         per_tensor_inputs (bool or callable): its inputs must have one fractional bit for all
             channels; a callable ``per_tensor_inputs(float_layer) -> bool`` says it per layer
             (e.g. a Reshape that keeps the last axis takes per-axis inputs).

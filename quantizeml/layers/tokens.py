@@ -113,7 +113,7 @@ class ClassToken(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(ClassToken, export="class_token")
+@register_twin(ClassToken, pass_through=True, export="class_token")
 class QuantizedClassToken(QuantConfigMixin, ClassToken):
     """Quantize the ClassToken layer, allowing quantization of the output.
 
@@ -184,7 +184,7 @@ class AddPositionEmbs(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(AddPositionEmbs, export="add_position_embs")
+@register_twin(AddPositionEmbs, pass_through=True, export="add_position_embs")
 class QuantizedAddPositionEmbs(QuantConfigMixin, AddPositionEmbs):
     """Quantize the AddPositionEmbs layer, allowing operations in FixedPoint domain.
 
@@ -245,7 +245,7 @@ class ExtractToken(keras.layers.Layer):
 
 
 @register_keras
-@register_twin(ExtractToken, export="extract_token")
+@register_twin(ExtractToken, pass_through=True, export="extract_token")
 class QuantizedExtractToken(QuantConfigMixin, ExtractToken):
     """Quantized version of the ExtractToken layer. Accepts only FixedPoint inputs.
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ...layers.reshaping import Slicing
-from ...layers.tokens import ExtractToken
+from ...layers.tokens import AddPositionEmbs, ExtractToken
 from ..graph import Graph, TensorRef, rebuild
 
 __all__ = ["replace_tfop_arithmetic", "tfop_constant", "tfop_operands"]
@@ -42,6 +42,8 @@ _CONCAT = {"concat"}
 _GETITEM = {"__operators__.getitem"}
 _SPLIT = {"split"}
 _CLIP = {"clip_by_value"}
+#: The key of a replacement's config that holds the weights set after its first call.
+_WEIGHTS = "__weights__"
 
 
 def _function_name(layer):
@@ -143,7 +145,7 @@ def _binary(node):
         return None
     c = tfop_constant(value, tensor)
     if c is None:
-        return None
+        return _position_embedding(name, tensor, value, tensor_first)
     if name in _ADD:
         return (*_rescaling(1.0, c), tensor)
     if name in _SUBTRACT:
@@ -156,6 +158,31 @@ def _binary(node):
             return None
         return (*_rescaling([1.0 / v for v in c] if isinstance(c, list) else 1.0 / c), tensor)
     return None
+
+
+def _position_embedding(name, tensor, value, tensor_first):
+    """``x + c``, ``c + x`` or ``x - c`` with ``c`` a constant of the shape of a
+    ``(batch, tokens, dim)`` tensor's tokens (``(tokens, dim)`` or ``(1, tokens, dim)``, e.g.
+    Keras examples' ``x + Embedding(tokens, dim)(tf.range(tokens))``) -> ``AddPositionEmbs``
+    holding ``c`` (``-c``), or None."""
+    if name not in _ADD and not (name in _SUBTRACT and tensor_first):
+        return None
+    shape = tensor.shape
+    if shape.rank != 3 or shape[1] is None or shape[2] is None:
+        return None
+    if tf.is_tensor(value):
+        if not hasattr(value, "numpy"):
+            return None
+        value = value.numpy()
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    tokens = (int(shape[1]), int(shape[2]))
+    if array.shape not in (tokens, (1, *tokens)) or not np.all(np.isfinite(array)):
+        return None
+    array = np.reshape(array if name in _ADD else -array, (1, *tokens))
+    return AddPositionEmbs, {_WEIGHTS: [array]}, tensor
 
 
 def _unary(node, name):
@@ -360,6 +387,10 @@ def replace_tfop_arithmetic(model):
       ``x + c`` -> ``Rescaling(1, c)``, ``x - c`` -> ``Rescaling(1, -c)``,
       ``c - x`` -> ``Rescaling(-1, c)``, ``x * c`` -> ``Rescaling(c)``,
       ``x / c`` -> ``Rescaling(1 / c)``, ``-x`` -> ``Rescaling(-1)``,
+    - ``x + c`` / ``x - c`` on a ``(batch, tokens, dim)`` tensor with a constant of shape
+      ``(tokens, dim)`` (position embeddings computed once, e.g.
+      ``x + Embedding(tokens, dim)(tf.range(tokens))``) -> :class:`AddPositionEmbs`
+      holding the constant (trainable afterwards),
     - ``tf.nn.relu`` -> ReLU, ``tf.nn.relu6`` -> ``ReLU(max_value=6)``,
       ``tf.clip_by_value(x, 0, m)`` -> ``ReLU(max_value=m)``,
       ``tf.nn.leaky_relu(x, alpha)`` -> ``ReLU(negative_slope=alpha)``,
@@ -410,7 +441,12 @@ def replace_tfop_arithmetic(model):
             return [cls(**config, name=rb.unique(f"{name}_{i}"))(rb.map(inputs))
                     for i, (cls, config, inputs) in enumerate(replacement)]
         cls, config, inputs = replacement
+        config = dict(config)
+        weights = config.pop(_WEIGHTS, None)
         layer = cls(**config, name=rb.name_for(node.layer))
-        return layer(rb.map(inputs))
+        outputs = layer(rb.map(inputs))
+        if weights is not None:
+            layer.set_weights(weights)
+        return outputs
 
     return rebuild(graph, rewrite)

@@ -43,20 +43,19 @@ def _splittable(node):
             or args.get("return_attention_scores"):
         return False
     shape = query.shape
-    if shape.rank != 3 or shape[-1] is None \
+    if shape.rank is None or shape.rank < 3 or any(d is None for d in shape[1:]) \
             or getattr(query.tensor, "_keras_mask", None) is not None:
         return False
     config = layer.get_config()
     key_dim = int(config["key_dim"])
     value_dim = config.get("value_dim") or key_dim
     axes = config.get("attention_axes")
+    axes = None if axes is None or tuple(axes) == tuple(range(1, shape.rank - 1)) else axes
     output_shape = config.get("output_shape")
     if output_shape is not None and not isinstance(output_shape, int) \
             and len(output_shape) != 1:
         return False
-    return int(value_dim) == key_dim and axes in (None, (1,), [1]) \
-        and layer._query_dense.equation == "abc,cde->abde" \
-        and layer._output_dense.equation == "abcd,cde->abe"
+    return int(value_dim) == key_dim and axes is None
 
 
 def _dense(config, units, name, weights):
@@ -109,10 +108,13 @@ def split_multi_head_attention(model):
     ``(heads * key_dim, units)`` (heads major, as Attention splits its inputs), and Attention
     divides the scores by ``sqrt(key_dim)``. The outputs are equal to float rounding.
 
-    Converted: self-attention on a ``(batch, tokens, dim)`` sequence (``query`` and ``value``,
-    and ``key`` when given, the same tensor), no ``attention_mask``, no causal mask, no
-    returned scores, ``value_dim`` equal to ``key_dim``, attention over the tokens
-    (``attention_axes`` None or ``(1,)``) and an unmasked input. Other calls stay as they are
+    Converted: self-attention (``query`` and ``value``, and ``key`` when given, the same
+    tensor of static shape), no ``attention_mask``, no causal mask, no returned scores,
+    ``value_dim`` equal to ``key_dim``, attention over every axis but the batch and the
+    features (``attention_axes`` None, the default, or all of them) and an unmasked input. A
+    ``(batch, tokens, dim)`` sequence is attended as it is; a ``(batch, a, b, ..., dim)``
+    input (MobileViT's patches) between two Reshapes, as the ``a * b * ...`` tokens that
+    Keras' joint softmax over those axes attends. Other calls stay as they are
     (quantize() reports them, and keeps them float on request). The attention-probability
     dropout of the layer, an identity at inference, is not carried over: the converted model
     trains (QAT) without it.
@@ -141,8 +143,17 @@ def split_multi_head_attention(model):
         if id(layer) not in made:
             made[id(layer)] = _layers(layer, rb)
         projections, attention, output = made[id(layer)]
-        x = rb.map(_bound(node)["query"])
+        query = _bound(node)["query"]
+        x = rb.map(query)
+        grid = [int(d) for d in query.shape[1:-1]]
+        if len(grid) > 1:  # attention over every axis but the batch and the features
+            x = keras.layers.Reshape((int(np.prod(grid)), int(query.shape[-1])),
+                                     name=rb.unique(f"{layer.name}/tokens"))(x)
         qkv = [_call(pair, x) for pair in projections]
-        return _call(output, attention(qkv))
+        y = _call(output, attention(qkv))
+        if len(grid) > 1:
+            y = keras.layers.Reshape((*grid, int(y.shape[-1])),
+                                     name=rb.unique(f"{layer.name}/grid"))(y)
+        return y
 
     return rebuild(graph, rewrite)

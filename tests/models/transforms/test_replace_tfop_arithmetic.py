@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from quantizeml.layers import ExtractToken, Slicing
+from quantizeml.layers import AddPositionEmbs, ExtractToken, Slicing
 from quantizeml.models.transforms import replace_tfop_arithmetic
 
 L = keras.layers
@@ -183,6 +183,33 @@ def test_slicing_becomes_a_layer(checks, case):
     checks.equivalent(model, new, rtol=0, atol=0)
     checks.unchanged(model, before, new)
     keras.Model.from_config(new.get_config())
+
+
+@pytest.mark.parametrize("case", ["embedding_plus", "constant_first", "minus"])
+def test_constant_of_the_tokens_shape_becomes_position_embedding(checks, case):
+    """``x + Embedding(tokens, dim)(tf.range(tokens))`` (Keras examples' position encoder: a
+    constant in the graph) becomes an AddPositionEmbs holding it."""
+    x = keras.Input((5, 6))
+    y = L.Dense(6)(x)
+    table = L.Embedding(5, 6, embeddings_initializer="random_normal")
+    positions = table(tf.range(5))  # an eager tensor: a constant of the TFOpLambda
+    y = {"embedding_plus": lambda: y + positions, "constant_first": lambda: positions + y,
+         "minus": lambda: y - positions[None]}[case]()
+    model = keras.Model(x, L.Dense(2)(y))
+    new = replace_tfop_arithmetic(model)
+    embeds = [layer for layer in new.layers if type(layer) is AddPositionEmbs]
+    assert len(embeds) == 1
+    sign = -1.0 if case == "minus" else 1.0
+    np.testing.assert_array_equal(embeds[0].get_weights()[0][0], sign * positions.numpy())
+    checks.equivalent(model, new, rtol=0, atol=0)
+    # the constant is a weight, not in the config: the model config round-trips
+    keras.Model.from_config(new.get_config(), custom_objects={"AddPositionEmbs": AddPositionEmbs})
+
+
+def test_constant_broadcasting_tokens_stays():
+    x = keras.Input((5, 6))
+    model = keras.Model(x, x + np.ones((5, 1), np.float32))
+    assert replace_tfop_arithmetic(model) is model
 
 
 # name -> (an integer index of a (None, 5, 6) tensor, expected ExtractToken (token, axis))

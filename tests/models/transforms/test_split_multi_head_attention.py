@@ -53,6 +53,19 @@ def test_self_attention_is_split(checks, options, call):
     assert "MultiHeadAttention" not in _types(sanitize(model))
 
 
+@pytest.mark.parametrize("axes", [None, (1, 2)], ids=["default_axes", "all_axes"])
+def test_grid_input_attends_all_positions(checks, axes):
+    """A (batch, a, b, dim) input (MobileViT's patches): Keras' joint softmax over axes 1 and 2
+    is the attention over the a * b tokens, between two Reshapes."""
+    inputs = keras.Input((3, 4, 8))
+    y = L.MultiHeadAttention(2, 4, attention_axes=axes, name="mha")(inputs, inputs)
+    model = _randomize(keras.Model(inputs, L.Dense(3, name="head")(y)))
+    new = split_multi_head_attention(model)
+    assert _types(new).count("Attention") == 1 and _types(new).count("Reshape") == 2
+    assert new.get_layer("mha/tokens").target_shape == (12, 8)
+    checks.equivalent(model, new, **TOL)
+
+
 def test_shared_layer_stays_shared(checks):
     """A MultiHeadAttention called twice becomes one set of layers called twice."""
     inputs = keras.Input((5, 8))
@@ -66,7 +79,7 @@ def test_shared_layer_stays_shared(checks):
 
 
 @pytest.mark.parametrize("case", ["cross_attention", "attention_mask", "causal",
-                                  "value_dim", "scores", "two_attention_axes"])
+                                  "value_dim", "scores", "inner_attention_axis"])
 def test_other_calls_stay(case):
     """Calls Attention does not compute are left as they are (the model itself returned)."""
     query = keras.Input((5, 8))
@@ -74,7 +87,7 @@ def test_other_calls_stay(case):
     mask = keras.Input((5, 5), dtype="bool")
     inputs = [query]
     mha = L.MultiHeadAttention(2, 4, value_dim=6 if case == "value_dim" else None,
-                               attention_axes=(1, 2) if case == "two_attention_axes" else None)
+                               attention_axes=(2,) if case == "inner_attention_axis" else None)
     if case == "cross_attention":
         y, inputs = mha(query, other), [query, other]
     elif case == "attention_mask":
@@ -83,7 +96,7 @@ def test_other_calls_stay(case):
         y = mha(query, query, use_causal_mask=True)
     elif case == "scores":
         y, _ = mha(query, query, return_attention_scores=True)
-    elif case == "two_attention_axes":
+    elif case == "inner_attention_axis":  # attention within each row: not one sequence
         query = keras.Input((3, 4, 8))
         y, inputs = mha(query, query), [query]
     else:
