@@ -460,7 +460,10 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
                    if annotated_config(layer) is not None}
     raw_names = [layer.name for layer in model.layers]
     if not requantize:
-        model = sanitize(model)
+        # a layer kept float on request is kept whole (a MultiHeadAttention is not split)
+        model = sanitize(model, float_layers=[
+            name for name, entry in (q_config.items() if isinstance(q_config, dict) else ())
+            if isinstance(entry, str) and entry == FLOAT])
     q_config = _check_q_config(model, q_config, raw_names)
     islands = {name for name, entry in q_config.items() if entry == FLOAT}
     q_config = {name: entry for name, entry in q_config.items() if name not in islands}

@@ -24,7 +24,7 @@ from .split_multi_head_attention import split_multi_head_attention
 __all__ = ["sanitize"]
 
 
-def sanitize(model):
+def sanitize(model, float_layers=()):
     """Sanitize a model preparing it for quantization.
 
     This is a wrapping successive calls to several model transformations which aims at making
@@ -76,6 +76,9 @@ def sanitize(model):
 
     Args:
         model (keras.Model): the input model
+        float_layers (iterable of str, optional): names of layers the caller keeps float
+            (quantize()'s float islands): a MultiHeadAttention named there stays whole.
+            Defaults to ().
 
     Returns:
         keras.Model: the sanitized model (the input model itself when nothing changes)
@@ -89,8 +92,9 @@ def sanitize(model):
         ```
     """
     steps = (flatten_model, remove_stochastic_depth, remove_identities, replace_aliases,
-             split_multi_head_attention, split_activations, replace_lambda, fuse_hard_swish, replace_tfop_arithmetic,
-             replace_leaky_relu, remove_zeropadding2d,
+             lambda m: split_multi_head_attention(m, keep=float_layers), split_activations,
+             replace_lambda, fuse_hard_swish, replace_tfop_arithmetic, replace_leaky_relu,
+             remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
              fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling)
     source = model

@@ -94,7 +94,7 @@ def _call(pair, x):
     return y
 
 
-def split_multi_head_attention(model):
+def split_multi_head_attention(model, keep=()):
     """Replaces the MultiHeadAttention self-attentions of a model by the layers quantize()
     quantizes: ``Dense`` query, key and value projections (``<name>/query``, ...), an
     :class:`~quantizeml.layers.Attention` with the same heads (``<name>/attention``) and the
@@ -121,6 +121,8 @@ def split_multi_head_attention(model):
 
     Args:
         model (keras.Model): a model.
+        keep (iterable of str, optional): names of MultiHeadAttention layers left whole (those
+            quantize() keeps float on request: ``q_config={name: 'float'}``). Defaults to ().
 
     Returns:
         keras.Model: the original model (nothing to split) or the updated model.
@@ -131,7 +133,9 @@ def split_multi_head_attention(model):
         ```
     """
     graph = Graph(model)
-    found = {node.index for node in graph.nodes if _splittable(node)}
+    keep = set(keep)
+    found = {node.index for node in graph.nodes
+             if node.layer.name not in keep and _splittable(node)}
     if not found:
         return model
     made = {}  # id(MultiHeadAttention) -> its layers (shared layers stay shared)
