@@ -5,6 +5,8 @@ import tf_keras as keras
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer, WeightQuantizer
 from ..layers.base import saturation
+from ..layers.quantize_wrapper import QuantizeWrapper
+from ..layers.registry import QUANTIZATION_TARGETS
 from ..tensors import QFloat
 from .integer_weights import kernel_for_quantizer
 
@@ -18,8 +20,9 @@ MAX_LISTED_CHANNELS = 8
 
 def float_islands(model):
     """The float islands of a quantized model: float layers between quantized ones, kept float
-    by a ``"float"`` q_config entry (their output requantized by an InputQuantizer named
-    ``<layer>_quantizer``).
+    by a ``"float"`` q_config entry or ``float_fallback`` (they read dequantized tensors, and
+    the output of each island, one layer or a chain of float layers, is requantized by an
+    InputQuantizer named ``<layer>_quantizer``).
 
     Args:
         model (keras.Model): a quantized model.
@@ -27,16 +30,37 @@ def float_islands(model):
     Returns:
         list(str): the names of the float island layers, in the model order.
     """
-    quantizers = {layer.name for layer in model.layers if isinstance(layer, InputQuantizer)}
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
-    def dequantized_inputs(layer):
-        inbound = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
-        return any(isinstance(parent, Dequantizer) for parent in inbound)
+    quantized = set(QUANTIZATION_TARGETS.values())
 
-    # (a float layer that reads only float model inputs is a preprocessing head, not an island)
-    return [layer.name for layer in model.layers
-            if f"{layer.name}_quantizer" in quantizers
-            and not isinstance(layer, keras.layers.InputLayer) and dequantized_inputs(layer)]
+    def is_float(layer):
+        return type(layer) not in quantized and not isinstance(
+            layer, (InputQuantizer, OutputQuantizer, Dequantizer, QuantizeWrapper))
+
+    parents = {layer.name: [p for node in layer.inbound_nodes[:1]
+                            for p in tf.nest.flatten(node.inbound_layers)]
+               for layer in layers}
+    children = {}
+    for name, inbound in parents.items():
+        for parent in inbound:
+            children.setdefault(parent.name, []).append(name)
+    by_name = {layer.name: layer for layer in layers}
+    # float layers reading quantized data (through a Dequantizer, maybe via other float
+    # layers) whose output is requantized (an InputQuantizer, maybe via other float layers);
+    # a float layer that reads only float model inputs is a preprocessing head, one that is
+    # never requantized a float tail
+    after = {}
+    for layer in layers:  # model order: producers first
+        after[layer.name] = is_float(layer) and any(
+            isinstance(p, Dequantizer) or after.get(p.name, False)
+            for p in parents[layer.name])
+    before = {}
+    for layer in reversed(layers):
+        before[layer.name] = is_float(layer) and any(
+            isinstance(by_name[c], InputQuantizer) or before.get(c, False)
+            for c in children.get(layer.name, []))
+    return [layer.name for layer in layers if after[layer.name] and before[layer.name]]
 
 
 def _sublayers(layer):

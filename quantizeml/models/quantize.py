@@ -43,7 +43,8 @@ How layers are quantized (the declarative table is the twin registry,
 * float islands, on request: a ``q_config`` entry ``"float"`` (``{"layer_name": "float"}``)
   keeps that layer float anywhere in the graph: its quantized inputs are dequantized before it
   (``Dequantizer``) and its output is requantized after it by an ``InputQuantizer`` named
-  ``<layer>_quantizer``, calibrated on the float layer's outputs like every other quantizer.
+  ``<layer>_quantizer``, calibrated on the float layer's outputs like every other quantizer;
+  ``float_fallback=True`` makes every layer that would be reported an island.
 
 A Keras 3 model (``tf.keras`` in TF 2.21, or ``import keras``) is first converted to its
 tf_keras twin (``quantizeml.models.from_keras3``: weights copied, outputs checked; a layer it
@@ -67,6 +68,8 @@ never modified; q_config keys and the quantized layers use the names of the prep
 ``q_config`` entries (layer name -> quant_config, as ``dump_config`` returns) win over the
 rules above.
 """
+import warnings
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -364,7 +367,7 @@ def _head_signed(model, layer, batches):
 @unfused
 def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
              batch_size=None, epochs=1, verbose=False, learned_rounding=False,
-             range_search=False):
+             range_search=False, float_fallback=False):
     """Quantizes a Keras or ONNX model using the provided configuration or parameters.
 
     * q_config has priority over qparams: when a layer name is found in q_config, its
@@ -409,6 +412,10 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
             two passes of the quantized model over 512 samples per sweep); False: never. It
             helps nearest-rounding PTQ at low bits, not learned rounding or QAT (measured in
             ``benchmarks/README.md``), hence off by default. Defaults to False.
+        float_fallback (bool, optional): keep every layer that cannot be quantized float (a
+            float island, as ``q_config={name: 'float'}`` does for each) instead of raising;
+            a warning lists them, and ``check_quantization`` / ``quantizeml analyze`` report
+            them. Defaults to False (one error listing every culprit).
 
     Returns:
         keras.Model or onnx.ModelProto: the quantized model; a Keras one is a
@@ -478,6 +485,12 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     refused = {} if samples is None or requantize else \
         _rescaling_refusals(model, consumer_map, batches, q_config)
     tail, head, errors = _unsupported(model, consumer_map, wrapped, islands, refused)
+    if errors and float_fallback:
+        fallback = [layer.name for layer, _ in errors]
+        warnings.warn(f"quantize keeps {len(fallback)} unsupported layers float "
+                      f"(float_fallback=True): {', '.join(fallback)}", stacklevel=3)
+        islands |= set(fallback)
+        tail, head, errors = _unsupported(model, consumer_map, wrapped, islands, refused)
     if errors:
         listing = ", ".join(
             f"{layer.name} ({type(layer).__name__}"
@@ -486,7 +499,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         raise ValueError(
             f"quantize expected layers with a quantized twin. Received: unsupported layers "
             f"{listing}. Hint: keep them float with q_config={{name: {FLOAT!r}}} (a float "
-            "island: dequantized before, requantized and calibrated after), register a twin "
+            "island: dequantized before, requantized and calibrated after; "
+            "float_fallback=True does it for all of them), register a twin "
             "(quantizeml.layers.register_twin) or a QuantizeConfig for them, or keep them float "
             "after the last quantized layer.")
     floating = tail | islands | head | set(wrapped)

@@ -10,7 +10,7 @@ import pytest
 import tf_keras as keras
 
 from quantizeml.layers import Dequantizer, InputQuantizer
-from quantizeml.models import float_islands
+from quantizeml.models import float_islands, quantize
 from quantizeml.models.graph import consumers, is_qtensor
 from tests.onnx_support.test_export_float_transformer import (DIM, SEQ, _check_island,
                                                               _check_tail, _mha, _quantize,
@@ -121,3 +121,33 @@ def test_float_cross_attention_tail(call):
     keras_ints = keras.Model(qmodel.inputs, [d.input for d in dequantizers])(xs)
     for got, want in zip(outputs[1:], keras_ints):
         np.testing.assert_array_equal(got, want.values.numpy().astype(np.int64))
+
+
+def _custom_attention():
+    """A hand-written attention: ``Dot`` of query and key, ``Softmax``, ``Dot`` with the value
+    (no quantized twins), between quantized Dense layers."""
+    inputs = keras.Input((SEQ, DIM), name="inp")
+    q, k, v = (L.Dense(DIM, name=n)(inputs) for n in ("q", "k", "v"))
+    scores = L.Softmax(name="probs")(L.Dot(axes=(2, 2), name="scores")([q, k]))
+    y = L.Dot(axes=(2, 1), name="mix")([scores, v])
+    return keras.Model(inputs, L.Dense(DIM, name="out")(L.Add(name="add")([inputs, y])))
+
+
+def test_float_fallback_keeps_every_unsupported_layer_float():
+    """Without the switch: one error naming every culprit and the switch; with
+    ``float_fallback=True``: each becomes a float island (a warning lists them,
+    ``float_islands`` reports them), the rest is quantized, the outputs stay close to float."""
+    model = _custom_attention()
+    x = _samples((SEQ, DIM), n=32, seed=2)
+    with pytest.raises(ValueError, match=r"scores \(Dot\).*probs \(Softmax\).*mix \(Dot\)"
+                                         r".*float_fallback=True"):
+        _quantize(model, x, None)
+    with pytest.warns(UserWarning, match="keeps 3 unsupported layers float.*scores, probs, mix"):
+        qmodel = quantize(model, samples=x, num_samples=32, batch_size=32, float_fallback=True)
+    assert float_islands(qmodel) == ["scores", "probs", "mix"]
+    for name in ("scores", "probs", "mix"):
+        assert type(qmodel.get_layer(name)) is type(model.get_layer(name))
+    assert isinstance(qmodel.get_layer("mix_quantizer"), InputQuantizer)
+    assert type(qmodel.get_layer("out")).__name__ == "QuantizedDense"
+    y, q = model(x).numpy(), qmodel(x).numpy()
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
