@@ -156,7 +156,8 @@ def _quantize(args):
                    f"{'samples' if samples is not None else 'random samples'}...", bar)
         with _library_progress(bar) as verbose:
             qmodel = quantize(model, q_config=q_config, qparams=qparams, samples=samples,
-                              num_samples=num, verbose=verbose)
+                              num_samples=num, verbose=verbose,
+                              float_fallback=args.float_fallback)
         bar.update(1, "saving")
         out_dir = os.path.dirname(os.path.abspath(args.output))
         os.makedirs(out_dir, exist_ok=True)
@@ -339,6 +340,9 @@ def build_parser():
     quant.add_argument("--num-samples", type=int, default=1024, metavar="N",
                        help="number of random calibration samples without --samples "
                             "(default: %(default)s)")
+    quant.add_argument("--float-fallback", action="store_true",
+                       help="keep every layer that cannot be quantized float (float islands) "
+                            "instead of stopping with the list of them")
     quant.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     quant.set_defaults(func=_quantize)
 

@@ -395,3 +395,27 @@ def test_progress_bar_on_terminal_not_in_pipe(files, tmp_path):
     assert "Quantized model saved" in stderr
     assert not stdout
     assert not TF_LOG_LINE.search(stderr), stderr
+
+
+def test_quantize_float_fallback_in_process(capsys, tmp_path):
+    """A layer without a quantized twin mid-model: ``quantize`` stops in one line naming it
+    and the switch; with ``--float-fallback`` it is kept float (a float island)."""
+    inputs = keras.Input((6, 6, 1), name="input")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.UnitNormalization(name="unit")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(4, 1)(x))
+    path = tmp_path / "float.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras.Model(inputs, keras.layers.Dense(3, name="logits")(x)).save(path)
+    np.savez(tmp_path / "data.npz", x=np.random.RandomState(0).rand(16, 6, 6, 1).astype("f4"))
+    argv = ["quantize", str(path), "-o", str(tmp_path / "q.h5"), "--samples",
+            str(tmp_path / "data.npz"), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unit (UnitNormalization)" in err and "float_fallback" in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv + ["--float-fallback"]) == 0
+    from quantizeml.models import float_islands, load_model
+    assert float_islands(load_model(str(tmp_path / "q.h5"))) == ["unit"]
