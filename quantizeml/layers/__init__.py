@@ -29,7 +29,8 @@ from .dense import QuantizedDense
 from .depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,
                         QuantizedDepthwiseConv2DTranspose)
 from .separable import QuantizedSeparableConv2D
-from .attention import Attention, QuantizedAttention, string_to_softmax
+from .attention import Attention, QuantizedAttention, QuantizedSoftmax, string_to_softmax
+from .dot import QuantizedDot
 from .layer_norm import (LayerMadNormalization, QuantizedLayerNormalization,
                          QuantizedLayerStdNormalization)
 from .lowbit import QuantConv2D, QuantDense, QuantDepthwiseConv2D, binary_digits_cnn

@@ -5,13 +5,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..tensors import FixedPoint, QFloat
-from .base import clip_to_buffer, register_keras
+from .base import check_qtensor, clip_to_buffer, register_keras
 from .quant_config import QuantConfigMixin
 from .registry import BLOCK_END, register_twin
 from .shiftmax import (DEFAULT_EXP_BITS, SHIFTMAX_KEYS, check_exp_bits, exact_logits,
                        quantized_shiftmax, shiftmax)
 
-__all__ = ["string_to_softmax", "Attention", "QuantizedAttention"]
+__all__ = ["string_to_softmax", "Attention", "QuantizedAttention", "QuantizedSoftmax"]
 
 _SOFTMAXES = {"softmax": tf.nn.softmax, "shiftmax": shiftmax}
 
@@ -146,8 +146,9 @@ def _sqrt_shift(dim):
     return int(half) if dim == 4**int(half) and half == int(half) else None
 
 
-def quantized_softmax(layer, x, exp_bits, scale_bits):
-    """The rounded float softmax of a QTensor along the last axis, as a FixedPoint.
+def quantized_softmax(layer, x, exp_bits, scale_bits, axis=-1):
+    """The rounded float softmax of a QTensor along ``axis`` (the last by default), as a
+    FixedPoint.
 
     ``p = floor(softmax(x) * 2^E + 1/2)`` (``E = exp_bits``), with ``x`` the exact float64 value
     of the scores (a QFloat's scales quantized on ``scale_bits`` first) and ``tf.nn.softmax``
@@ -156,7 +157,7 @@ def quantized_softmax(layer, x, exp_bits, scale_bits):
     float64 softmax. Gradient: that of the softmax (straight-through rounding).
     """
     logits = exact_logits(layer, x, scale_bits)
-    probs = tf.nn.softmax(logits, axis=-1) * 2.0**exp_bits
+    probs = tf.nn.softmax(logits, axis=axis) * 2.0**exp_bits
     p = tf.floor(tf.stop_gradient(probs) + 0.5)
     p = p + (probs - tf.stop_gradient(probs))  # exactly p: the STE adds 0.0
     return FixedPoint(p, exp_bits + 1, float(exp_bits))
@@ -248,3 +249,64 @@ class QuantizedAttention(QuantConfigMixin, Attention):
         output = self._merge_heads(output, tokens, hidden)
         output = clip_to_buffer(self, output, self.buffer_bitwidth)
         return self._quantize_output(output)
+
+
+def softmax_axis(layer):
+    """The one axis of a Keras Softmax layer (an int, maybe negative), or None for several."""
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    return int(axis)
+
+
+def _softmax_refuses(layer):
+    if softmax_axis(layer) is None:
+        return f"a softmax over several axes {layer.axis}"
+    return None
+
+
+@register_keras
+@register_twin(keras.layers.Softmax, float_at_end=True, refuses=_softmax_refuses,
+               export="softmax")
+class QuantizedSoftmax(QuantConfigMixin, keras.layers.Softmax):
+    """A Softmax layer on quantized inputs: the rounded softmax of QuantizedAttention.
+
+    ``p_int = floor(softmax(x) * 2^E + 1/2)`` along ``axis``, with ``x`` the exact float64
+    value of the inputs (a FixedPoint, per-tensor or per-axis, or a QFloat whose scales are
+    quantized on ``scale_bits``) and ``tf.nn.softmax`` in float64: a FixedPoint of ``E + 1``
+    value bits and ``E = exp_bits`` fractional bits (``0 <= p_int <= 2^E``, i.e. 1.0), each
+    probability within ``2^-(E + 1)`` of the float softmax. The softmax is the one float step
+    (an integer-only target computes it as a table of exponentials and a division); the
+    products that use the probabilities (``QuantizedDot``, a Dense) are integer. A Softmax
+    that ends the model (no quantized layer after it) stays float (``float_at_end``): its
+    float probabilities are the model's output.
+
+    Args:
+        axis (int, optional): the softmax axis. Defaults to -1.
+        quant_config (dict, optional): the serialized quantization configuration, keys
+            "exp_bits" (``E``, default 8), "output_quantizer" and "buffer_bitwidth".
+            Defaults to None.
+
+    Raises:
+        ValueError: a mask, or several axes.
+        TypeError: inputs that are not FixedPoint or QFloat.
+    """
+
+    def __init__(self, axis=-1, quant_config=None, **kwargs):
+        super().__init__(axis=axis, **kwargs)
+        if softmax_axis(self) is None:
+            raise ValueError(_layer_error(self, "expected one softmax axis. Received: "
+                                                f"axis={axis!r}"))
+        self._init_quant_config(quant_config, SHIFTMAX_KEYS)
+        self.exp_bits = check_exp_bits(self.name,
+                                       self.quant_config.get("exp_bits", DEFAULT_EXP_BITS))
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            raise ValueError(_layer_error(self, "expected no mask (a masked softmax is not "
+                                                "quantized). Received: a mask"))
+        x = check_qtensor(self, inputs, (FixedPoint, QFloat))
+        out = quantized_softmax(self, x, self.exp_bits, self.scale_bits, softmax_axis(self))
+        return self._quantize_output(out)

@@ -59,6 +59,9 @@ class TwinSpec:
             cannot stand for that float layer (e.g. a configuration it does not support), or
             None when it can. quantize() reports a refused layer as unsupported (or keeps it in
             the float tail), with the reason.
+        float_at_end (bool): quantize() keeps the float layer when no quantized layer follows
+            it (in the float tail), e.g. a final softmax whose float probabilities are the
+            model's output; it quantizes it between quantized layers.
     """
     twin: type
     float_classes: tuple
@@ -69,6 +72,7 @@ class TwinSpec:
     float_inputs: bool = False
     export: str = None
     refuses: object = None
+    float_at_end: bool = False
 
     def output_for(self, layer):
         """str or None: the OutputQuantizer kind quantize() gives the twin of ``layer``."""
@@ -98,7 +102,8 @@ class TwinSpec:
 
 
 def register_twin(*float_classes, weights=(), output=None, pass_through=False,
-                  per_tensor_inputs=False, float_inputs=False, export=None, refuses=None):
+                  per_tensor_inputs=False, float_inputs=False, export=None, refuses=None,
+                  float_at_end=False):
     """Class decorator registering a quantized twin of ``float_classes`` and its TwinSpec.
 
     Args:
@@ -115,6 +120,8 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
         export (str, optional): name of its ONNX emitter. Defaults to None (not exportable).
         refuses (callable, optional): ``refuses(float_layer) -> str or None``, the float
             configurations the twin does not support. Defaults to None (it supports all).
+        float_at_end (bool, optional): the float layer stays float when no quantized layer
+            follows it. Defaults to False.
 
     Raises:
         ValueError: when a float class is already mapped to another twin, or an argument is
@@ -142,7 +149,7 @@ def register_twin(*float_classes, weights=(), output=None, pass_through=False,
             twin=cls, float_classes=classes + tuple(c for c in float_classes if c not in classes),
             weights=tuple(weights), output=output, pass_through=pass_through,
             per_tensor_inputs=per_tensor_inputs, float_inputs=float_inputs, export=export,
-            refuses=refuses)
+            refuses=refuses, float_at_end=float_at_end)
         return cls
     return wrap
 

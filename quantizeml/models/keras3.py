@@ -8,7 +8,8 @@ and given the same weights (the layers that Keras 3's applications define themse
 LayerScale and StochasticDepth and InceptionResNetV2's CustomScaleLayer, become their tf_keras
 applications' twins); the Keras 3 elementwise ops of the graph (``x + 3.0``,
 ``keras.ops.relu(x)``), ``keras.ops.mean`` / ``max`` (axis, keepdims),
-``keras.ops.concatenate``, slices (``x[..., :4]``) and ``keras.ops.split`` become TF ops on the
+``keras.ops.concatenate``, ``keras.ops.matmul`` / ``transpose`` / ``softmax``, slices
+(``x[..., :4]``) and ``keras.ops.split`` become TF ops on the
 tf_keras tensors (TFOpLambda and SlicingOpLambda layers, that ``sanitize()`` rewrites).
 Options tf_keras names otherwise are renamed (LeakyReLU's
 ``negative_slope`` is tf_keras' ``alpha``). The new model is checked to give the outputs of
@@ -52,6 +53,11 @@ def _split(x, indices_or_sections=2, axis=0):
     return tf.split(x, [b - a for a, b in zip(bounds[:-1], bounds[1:])], axis=axis)
 
 
+def _transpose(x, axes=None):
+    """Keras 3's ``ops.transpose(x, axes)`` (numpy's) as ``tf.transpose(x, perm)``."""
+    return tf.transpose(x, perm=axes)
+
+
 # Keras 3 ops (class name in ``keras.src.ops``) -> the TF function applied to the tf_keras
 # tensors (arithmetic: a TFOpLambda layer) or an activation name (an Activation layer)
 _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.multiply,
@@ -59,13 +65,16 @@ _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.mu
         "Negative": tf.math.negative, "Maximum": tf.math.maximum, "Minimum": tf.math.minimum,
         "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
         "Silu": "swish", "Swish": "swish", "HardSigmoid": HARD_SIGMOID,
-        "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH, "GetItem": _getitem}
+        "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH, "GetItem": _getitem,
+        "Matmul": tf.linalg.matmul}
 # Keras 3 ops with options -> (TF function, the options it takes as keyword arguments):
 # reductions (spatial ones become global pooling layers in quantize()) and concatenation
 _OPTION_OPS = {"Mean": (tf.math.reduce_mean, ("axis", "keepdims")),
                "Max": (tf.math.reduce_max, ("axis", "keepdims")),
                "Concatenate": (tf.concat, ("axis",)),
-               "Split": (_split, ("indices_or_sections", "axis"))}
+               "Split": (_split, ("indices_or_sections", "axis")),
+               "Softmax": (tf.nn.softmax, ("axis",)),
+               "Transpose": (_transpose, ("axes",))}
 # Keras 3 layer options that tf_keras names otherwise: (class name, key) -> tf_keras key
 _RENAMED = {("LeakyReLU", "negative_slope"): "alpha"}
 _OP_MODULE = "keras.src.ops"

@@ -174,6 +174,12 @@ def _unsupported(model, consumer_map, wrapped, islands=(), refused=None):
                if not _is_quantized_layer(layer) and layer.name not in wrapped
                and layer.name not in islands}
     bad = {name for name, reason in reasons.items() if reason is not None}
+    for layer in reversed(layers):  # consumers first: a chain of them at the end stays float
+        spec = _spec(layer) if layer.name in reasons else None
+        if spec is not None and spec.float_at_end and layer.name not in bad \
+                and all(n in bad for n in _downstream(layer, consumer_map)):
+            reasons[layer.name] = "kept float at the end of the model"
+            bad.add(layer.name)
     producers = _producers(consumer_map)
     inputs = {layer.name for layer in model.layers
               if isinstance(layer, keras.layers.InputLayer)}

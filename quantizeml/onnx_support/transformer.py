@@ -1,5 +1,6 @@
-"""Exact ONNX emitters of the transformer layers: QuantizedShiftmax, QuantizedAttention, the
-layer normalizations (QuantizedLayerNormalization by the mean absolute deviation,
+"""Exact ONNX emitters of the transformer layers: QuantizedShiftmax, QuantizedAttention,
+QuantizedSoftmax and QuantizedDot (its rounded softmax and its products, alone), the layer
+normalizations (QuantizedLayerNormalization by the mean absolute deviation,
 QuantizedLayerStdNormalization by the standard deviation) and the token layers
 (QuantizedClassToken, QuantizedAddPositionEmbs, QuantizedExtractToken).
 
@@ -36,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 from onnx import TensorProto
 
-from ..layers.attention import _sqrt_shift
+from ..layers.attention import _sqrt_shift, softmax_axis
+from ..layers.dot import dot_axes
 from ..tensors import MAX_VALUE_BITS, FixedPoint, QFloat, bits_for
 from .exact import (_T, _finish, _np, _one_input, align, clip_to_buffer, qfloat_to_fixed_point,
                     register_emitters)
@@ -64,11 +66,12 @@ def _gather(b, table, index, base):
     return b.node("Gather", [table, index], base, axis=0)
 
 
-def _reduce(b, op, x, base, keepdims=1):
-    """ReduceSum (axes input, opset 13) or ReduceMax (axes attribute) over the last axis."""
+def _reduce(b, op, x, base, keepdims=1, axis=-1):
+    """ReduceSum (axes input, opset 13) or ReduceMax (axes attribute) over one axis (the last
+    by default)."""
     if op == "ReduceSum":
-        return b.node(op, [x, b.i64([-1])], base, keepdims=keepdims)
-    return b.node(op, [x], base, axes=[-1], keepdims=keepdims)
+        return b.node(op, [x, b.i64([axis])], base, keepdims=keepdims)
+    return b.node(op, [x], base, axes=[axis], keepdims=keepdims)
 
 
 def _check_fixed_point(layer, x, what="inputs"):
@@ -173,9 +176,10 @@ def _float64_matmul(b, layer, a, c, terms, a_bits, c_bits, transpose_c=False):
                                                                       MAX_VALUE_BITS)
 
 
-def _softmax_mask(b, layer, scores, exp_bits, scale_bits):
+def _softmax_mask(b, layer, scores, exp_bits, scale_bits, axis=-1):
     """``attention.quantized_softmax``: ``floor(softmax(x) * 2^E + 1/2)`` of the exact float64
-    scores, the softmax as TensorFlow computes it: ``exp(x - max) * (1 / sum)``."""
+    scores along ``axis`` (the last by default), the softmax as TensorFlow computes it:
+    ``exp(x - max) * (1 / sum)``."""
     v = b.node("Cast", [scores.name], "sc_f64", to=TensorProto.DOUBLE)
     frac = scores.frac
     if scores.scales is not None:
@@ -183,9 +187,9 @@ def _softmax_mask(b, layer, scores, exp_bits, scale_bits):
         v = b.node("Mul", [v, b.const(_np(qs.values).astype(np.float64))], "sc_s")
         frac = frac + _np(qs.frac_bits).astype(np.float64)
     v = b.node("Mul", [v, b.const(np.power(2.0, -frac))], "sc_f")
-    shifted = b.node("Sub", [v, _reduce(b, "ReduceMax", v, "sc_max")], "sc_shift")
+    shifted = b.node("Sub", [v, _reduce(b, "ReduceMax", v, "sc_max", axis=axis)], "sc_shift")
     ex = b.node("Exp", [shifted], "sc_exp")
-    inv = b.node("Reciprocal", [_reduce(b, "ReduceSum", ex, "sc_sum")], "sc_inv")
+    inv = b.node("Reciprocal", [_reduce(b, "ReduceSum", ex, "sc_sum", axis=axis)], "sc_inv")
     probs = b.node("Mul", [ex, inv], "sc_softmax")
     probs = b.node("Mul", [probs, b.const(np.array(2.0 ** exp_bits))], "sc_p")
     p = b.node("Floor", [b.node("Add", [probs, b.const(np.array(0.5))], "sc_half")], "sc_round")
@@ -226,6 +230,43 @@ def _attention(b, layer, xs):
     out = b.node("Transpose", [out], "merge", perm=[0, 2, 1, 3])
     out = b.node("Reshape", [out, b.i64([-1, tokens, hidden])], "merged")
     t = _T(out, vb, exp_bits + float(xs[2].frac), None, False, (tokens, hidden))
+    return _finish(b, layer, clip_to_buffer(b, t, layer.buffer_bitwidth))
+
+
+# ---- QuantizedSoftmax, QuantizedDot ---------------------------------------------------------
+def _softmax(b, layer, x):
+    """QuantizedSoftmax: the rounded float64 softmax of QuantizedAttention along its axis."""
+    if x.shape is None or None in x.shape:
+        raise ValueError(f"export expected a static input shape for {layer.name}. "
+                         f"Received: {x.shape}")
+    axis = softmax_axis(layer)
+    axis = axis if axis >= 0 else axis + len(x.shape) + 1
+    mask = _softmax_mask(b, layer, x, layer.exp_bits, layer.scale_bits, axis=axis)
+    return _finish(b, layer, _T(mask, layer.exp_bits + 1, float(layer.exp_bits), None, True,
+                                x.shape))
+
+
+def _dot(b, layer, xs):
+    """QuantizedDot: the exact integer batched product, a float64 ``MatMul`` of integers (its
+    operands transposed as the axes say)."""
+    if len(xs) != 2:
+        raise ValueError(f"export expected two inputs for {layer.name}. Received: {len(xs)}")
+    for name, x in zip(("a", "b"), xs):
+        _check_fixed_point(layer, x, name)
+        _check_per_tensor(layer, x, name)
+        if x.shape is None or len(x.shape) != 2 or None in x.shape:
+            raise ValueError(f"export expected static [steps, features] inputs for "
+                             f"{layer.name}. Received: {name} of shape {x.shape}")
+    axis_a, axis_b = dot_axes(layer)
+    a, c = xs[0].name, xs[1].name
+    if axis_a == 1:
+        a = b.node("Transpose", [a], "dot_at", perm=[0, 2, 1])
+    if axis_b == 2:
+        c = b.node("Transpose", [c], "dot_bt", perm=[0, 2, 1])
+    terms = int(xs[0].shape[axis_a - 1])
+    out, vb = _float64_matmul(b, layer, a, c, terms, xs[0].vb, xs[1].vb)
+    shape = (int(xs[0].shape[2 - axis_a]), int(xs[1].shape[2 - axis_b]))
+    t = _T(out, vb, float(xs[0].frac + xs[1].frac), None, False, shape)
     return _finish(b, layer, clip_to_buffer(b, t, layer.buffer_bitwidth))
 
 
@@ -412,5 +453,7 @@ EMITTERS = {
     "class_token": (_one_input(_class_token), None),
     "add_position_embs": (_one_input(_add_position_embs), None),
     "extract_token": (_one_input(_extract_token), None),
+    "softmax": (_one_input(_softmax), None),
+    "dot": (_dot, None),
 }
 register_emitters(EMITTERS)

@@ -181,14 +181,14 @@ def test_quantize_reports_bilinear_upsampling_up_front():
     inputs = keras.Input((4, 4, 3))
     y = L.Conv2D(4, 3, padding="same", name="conv")(inputs)
     y = L.UpSampling2D(3, interpolation="bilinear", name="up_bilinear")(y)
-    y = L.Softmax(name="softmax")(y)
+    y = L.Softmax(axis=[1, 2], name="softmax")(y)
     model = keras.Model(inputs, L.Conv2D(2, 3, name="conv2")(y))
     x = random_inputs((4, 4, 4, 3), scale=1.0)
     with pytest.raises(ValueError, match=r"unsupported layers .*up_bilinear \(UpSampling2D: "
                                          r"interpolation='bilinear' with size=\(3, 3\)") \
             as info:
         quantize(model, samples=x, num_samples=4)
-    assert "softmax (Softmax)" in str(info.value)
+    assert "softmax (Softmax: a softmax over several axes" in str(info.value)
     tail = keras.Model(inputs, L.UpSampling2D(2, interpolation="bicubic", name="up_tail")(
         L.Conv2D(4, 3, padding="same", name="conv3")(inputs)))
     qmodel = quantize(tail, samples=x, num_samples=4)

@@ -13,9 +13,10 @@ import tf_keras as keras
 import quantizeml.layers.registry as registry
 from quantizeml.layers import eager_layer_calls
 from quantizeml.layers.activations import QuantizedReLU
-from quantizeml.layers.attention import Attention, QuantizedAttention
+from quantizeml.layers.attention import Attention, QuantizedAttention, QuantizedSoftmax
 from quantizeml.layers.convolution import QuantizedConv2D, QuantizedConv2DTranspose
 from quantizeml.layers.dense import QuantizedDense
+from quantizeml.layers.dot import QuantizedDot
 from quantizeml.layers.depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,
                                          QuantizedDepthwiseConv2DTranspose)
 from quantizeml.layers.dropout import QuantizedDropout
@@ -134,6 +135,14 @@ def _attention():
     return _model(inputs, L.Dense(3)(y), _image((4, 8)))
 
 
+def _dot_softmax():
+    """Dense query and key -> Dot(axes=(2, 2)) -> Softmax -> Dot with a value -> Dense."""
+    inputs = keras.Input((4, 8))
+    q, k, v = (L.Dense(8, bias_initializer="random_normal")(inputs) for _ in range(3))
+    scores = L.Softmax()(L.Dot(axes=(2, 2))([q, k]))
+    return _model(inputs, L.Dense(3)(L.Dot(axes=(2, 1))([scores, v])), _image((4, 8)))
+
+
 def _token_stem():
     return _tokens(ClassToken(), AddPositionEmbs(), ExtractToken(0), L.Dense(3))
 
@@ -179,6 +188,8 @@ CASES = {
         4, 3, bias_initializer="random_normal")),
     QuantizedShiftmax: lambda: _tokens(Shiftmax()),
     QuantizedAttention: _attention,
+    QuantizedSoftmax: _dot_softmax,
+    QuantizedDot: _dot_softmax,
     QuantizedLayerNormalization: lambda: _tokens(LayerMadNormalization(), L.Dense(3)),
     QuantizedLayerStdNormalization: lambda: _tokens(L.LayerNormalization(
         epsilon=1e-6, beta_initializer="random_normal"), L.Dense(3)),
@@ -279,6 +290,22 @@ def _merging(layer, inputs):
     return values, frac_bits
 
 
+def _softmax(layer, x):
+    xv, xf = to_int_fixed(x, layer.scale_bits)
+    logits = xv * np.power(2.0, -xf.astype(np.float64))
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = e / e.sum(axis=-1, keepdims=True)
+    return np.floor(probs * 2.0**layer.exp_bits + 0.5).astype(np.int64), layer.exp_bits
+
+
+def _dot(layer, inputs):
+    (av, af), (bv, bf) = (to_int_fixed(t) for t in inputs)
+    axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes,) * 2
+    av = av if axes[0] == 2 else av.transpose(0, 2, 1)
+    bv = bv if axes[1] == 1 else bv.transpose(0, 2, 1)
+    return _with_oq(layer, av @ bv, af + bf)
+
+
 REFERENCES = {
     QuantizedReLU: _relu,
     QuantizedActivation: table_reference,
@@ -304,6 +331,8 @@ REFERENCES = {
     QuantizedDense: _dense,
     QuantizedDepthwiseConv2D: _depthwise,
     QuantizedLayerStdNormalization: keras_layer_norm_reference,
+    QuantizedSoftmax: _softmax,
+    QuantizedDot: _dot,
     QuantizedZeroPadding2D: _reshaped(lambda v: np.pad(v, ((0, 0), (1, 2), (0, 1), (0, 0)))),
     QuantizedCropping2D: _reshaped(lambda v: v[:, 1:, 2:-1, :]),
     QuantizedUpSampling2D: _reshaped(lambda v: np.repeat(np.repeat(v, 2, axis=1), 3, axis=2)),

@@ -357,3 +357,24 @@ def test_multi_head_attention_converts_and_quantizes():
                or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
     y, q = np.asarray(single(samples[32:])), np.asarray(qmodel(samples[32:]))
     assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)  # SQNR above 20 dB
+
+
+def test_matmul_softmax_transpose_ops_convert_and_quantize():
+    """A hand-written Keras 3 attention (``ops.matmul``, ``ops.transpose``, ``ops.softmax``):
+    converted with equal outputs, then quantized to an all-integer model (QuantizedDot,
+    QuantizedSoftmax), SQNR above 20 dB."""
+    inputs = keras3.Input((6, 16))
+    q, k, v = (K3.Dense(16, name=n)(inputs) for n in ("q", "k", "v"))
+    scores = keras3.ops.softmax(keras3.ops.matmul(q, keras3.ops.transpose(k, (0, 2, 1))),
+                                axis=-1)
+    y = K3.Flatten()(keras3.ops.matmul(scores, v))
+    model = keras3.Model(inputs, K3.Dense(3, name="out")(y))
+    _check_equal(model, from_keras3(model))
+    samples = np.random.default_rng(0).normal(size=(40, 6, 16)).astype(np.float32)
+    qmodel = quantize(model, samples=samples[:32])
+    names = [type(layer).__name__ for layer in qmodel.layers]
+    assert names.count("QuantizedDot") == 2 and "QuantizedSoftmax" in names, names
+    assert all(type(layer).__module__.startswith("quantizeml")
+               or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
+    y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)

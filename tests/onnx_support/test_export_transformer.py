@@ -128,6 +128,36 @@ def test_export_keras_example_vit_and_mobilevit():
         _check(qmodel, x)
 
 
+def test_export_dot_softmax_attention_bit_exact():
+    """A hand-written attention (``Dot`` of query and key, ``Softmax``, ``Dot`` with the
+    value) and CCT's sequence pooling (``Softmax(axis=1)`` of a Dense, ``tf.matmul`` with
+    ``transpose_a``: a Dot(axes=(1, 1))): QuantizedDot and QuantizedSoftmax, every layer
+    integer, close to float, exported bit-exact; a final Softmax stays float (the tail)."""
+    inputs = keras.Input((8, 16), name="inp")
+    q, k, v = (L.Dense(16, name=n)(inputs) for n in ("q", "k", "v"))
+    scores = L.Softmax(name="probs")(L.Dot(axes=(2, 2), name="scores")([q, k]))
+    y = L.Dot(axes=(2, 1), name="mix")([scores, v])
+    weights = L.Softmax(axis=1, name="pool_weights")(L.Dense(1, name="pool_logits")(y))
+    y = L.Flatten(name="flat")(tf.matmul(weights, y, transpose_a=True))
+    logits = L.Dense(5, name="logits")(y)
+    x = _samples((8, 16), n=32, seed=7, low=-2, high=2)
+    qmodel = _quantize(keras.Model(inputs, logits), x)
+    names = [type(layer).__name__ for layer in qmodel.layers]
+    assert names.count("QuantizedDot") == 3 and names.count("QuantizedSoftmax") == 2, names
+    assert all(n.startswith(("Quantized", "InputLayer", "InputQuantizer", "Dequantizer"))
+               for n in names), names
+    model = keras.Model(inputs, logits)
+    y_float, y_q = model(x).numpy(), qmodel(x).numpy()
+    assert np.sum((y_float - y_q) ** 2) < 0.01 * np.sum(y_float ** 2)
+    ops = _check(qmodel, x)
+    assert "MatMul" in ops and "Exp" in ops
+    # with a final Softmax: it stays float after the Dequantizer
+    probs = keras.Model(inputs, L.Softmax(name="out_probs")(logits))
+    qprobs = _quantize(probs, x)
+    assert type(qprobs.layers[-1]) is L.Softmax
+    _check(qprobs, x, max_ulp=4)
+
+
 def _emit(layer, xs):
     """Runs the layer's emitter alone on QTensors ``xs`` (their values int64 graph inputs) and
     compares the ONNX integers, frac bits and scales with the Keras layer's call."""

@@ -42,6 +42,7 @@ _CONCAT = {"concat"}
 _GETITEM = {"__operators__.getitem"}
 _SPLIT = {"split"}
 _CLIP = {"clip_by_value"}
+_MATMUL = {"linalg.matmul", "matmul", "math.matmul"}
 #: The key of a replacement's config that holds the weights set after its first call.
 _WEIGHTS = "__weights__"
 
@@ -206,8 +207,9 @@ def _unary(node, name):
             (keras.layers.Activation, {"activation": "gelu"}, x)
     if name in _SOFTMAX:
         axis = arguments.get("axis", -1)
-        return None if axis not in (-1, None, x.shape.rank - 1) else \
-            (keras.layers.Activation, {"activation": "softmax"}, x)
+        axis = -1 if axis is None else axis
+        return None if isinstance(axis, bool) or not isinstance(axis, int) else \
+            (keras.layers.Softmax, {"axis": axis}, x)
     if name in _ACTIVATIONS:
         return keras.layers.Activation, {"activation": _ACTIVATIONS[name]}, x
     if name in _CLIP:
@@ -313,6 +315,24 @@ def _extract_token(x, spec, indices):
     return ExtractToken, {"token": index % int(dim), "axis": axis}, x
 
 
+def _matmul(node):
+    """``tf.linalg.matmul(a, b, transpose_a, transpose_b)`` of two rank-3 float tensors (a
+    batch of matrices) -> ``Dot(axes)``: ``a @ b`` is ``Dot(axes=(2, 1))``, a transposed
+    operand contracts its axis 1 (``a``) or 2 (``b``) instead."""
+    args = _arguments(node)
+    if args is None:
+        return None
+    a, b = args.get("a"), args.get("b")
+    if not all(isinstance(t, TensorRef) and t.tensor.dtype.is_floating
+               and t.shape.rank == 3 for t in (a, b)):
+        return None
+    if any(args.get(k) for k in ("adjoint_a", "adjoint_b", "a_is_sparse", "b_is_sparse",
+                                 "output_type", "grad_a", "grad_b")):
+        return None
+    axes = (1 if args.get("transpose_a") else 2, 2 if args.get("transpose_b") else 1)
+    return keras.layers.Dot, {"axes": axes}, [a, b]
+
+
 def _split(node):
     """``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part
     (a list of ``(class, config, inputs)``)."""
@@ -369,6 +389,8 @@ def _replacement(node):
         return _concat(node)
     if name in _GETITEM:
         return _slicing(node)
+    if name in _MATMUL:
+        return _matmul(node)
     return None
 
 
@@ -396,8 +418,9 @@ def replace_tfop_arithmetic(model):
       ``tf.nn.leaky_relu(x, alpha)`` -> ``ReLU(negative_slope=alpha)``,
     - ``tf.math.sigmoid``, ``tf.math.tanh``, ``tf.nn.silu`` (``'swish'``), ``tf.nn.elu``,
       ``tf.nn.selu``, ``tf.math.softplus``, ``tf.nn.softsign``, ``tf.math.exp``
-      (``'exponential'``), ``tf.nn.gelu`` (exact) and ``tf.nn.softmax`` (last axis) ->
-      ``Activation(name)``,
+      (``'exponential'``) and ``tf.nn.gelu`` (exact) -> ``Activation(name)``;
+      ``tf.nn.softmax(x, axis)`` -> ``Softmax(axis)``; ``tf.linalg.matmul(a, b,
+      transpose_a, transpose_b)`` of two rank-3 tensors -> ``Dot(axes)``,
     - ``x[...]`` of forward slices (``x[..., :16]``, ``x[:, 1:5, ::2, :]``; static shapes,
       the batch axis whole, no integer index or new axis) -> :class:`Slicing`; ``x[:, i]``
       (one integer index, e.g. a class token, every other axis whole) -> ``ExtractToken(i,

@@ -45,7 +45,8 @@ CASES = {
     "elu": (lambda x, y: tf.nn.elu(x), L.Activation, None),
     "softplus": (lambda x, y: tf.math.softplus(x), L.Activation, None),
     "exp": (lambda x, y: tf.math.exp(x), L.Activation, None),
-    "softmax": (lambda x, y: tf.nn.softmax(x), L.Activation, None),
+    "softmax": (lambda x, y: tf.nn.softmax(x), L.Softmax, None),
+    "softmax_axis": (lambda x, y: tf.nn.softmax(x, axis=1), L.Softmax, None),
 }
 
 
@@ -209,6 +210,29 @@ def test_constant_of_the_tokens_shape_becomes_position_embedding(checks, case):
 def test_constant_broadcasting_tokens_stays():
     x = keras.Input((5, 6))
     model = keras.Model(x, x + np.ones((5, 1), np.float32))
+    assert replace_tfop_arithmetic(model) is model
+
+
+@pytest.mark.parametrize("transpose", [(False, False), (False, True), (True, False),
+                                       (True, True)], ids=["ab", "abt", "atb", "atbt"])
+def test_matmul_becomes_dot(checks, transpose):
+    """``tf.linalg.matmul(a, b, transpose_a, transpose_b)`` of (batch, 6, 6) tensors -> Dot
+    with the axes those transpositions contract."""
+    x = keras.Input((6, 6))
+    a, b = L.Dense(6)(x), L.Dense(6)(x)
+    y = tf.linalg.matmul(a, b, transpose_a=transpose[0], transpose_b=transpose[1])
+    model = keras.Model(x, L.Dense(2)(y))
+    new = replace_tfop_arithmetic(model)
+    dots = [layer for layer in new.layers if type(layer) is L.Dot]
+    assert len(dots) == 1
+    assert tuple(dots[0].axes) == (1 if transpose[0] else 2, 2 if transpose[1] else 1)
+    checks.equivalent(model, new, rtol=1e-5, atol=1e-5)
+
+
+def test_other_matmuls_stay():
+    x = keras.Input((6, 6))
+    y = keras.Input((6, 6, 6))
+    model = keras.Model([x, y], [tf.linalg.matmul(y, y), tf.linalg.matmul(x, x, adjoint_a=True)])
     assert replace_tfop_arithmetic(model) is model
 
 
