@@ -15,11 +15,16 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..layers import (Dequantizer, InputQuantizer, OutputObserver, OutputQuantizer,
-                      QuantizeWrapper)
+                      QuantizedAdd, QuantizedConcatenate, QuantizedMaximum, QuantizedMinimum,
+                      QuantizedSubtract, QuantizeWrapper)
+from ..layers.registry import twin_spec
 from ..recipes.fast_paths import unfused
 from .graph import check_functional, is_qtensor
 from .samples import Batches
 
+#: The merges that align their operands on their largest fractional bits.
+_ALIGNING_MERGES = (QuantizedAdd, QuantizedSubtract, QuantizedMaximum, QuantizedMinimum,
+                    QuantizedConcatenate)
 #: How many extra fractional bits the range search tries beyond the no-clipping ones.
 SEARCH_BITS = 3
 
@@ -156,6 +161,7 @@ def calibrate(model, qmodel, samples=None, num_samples=1024, batch_size=None, ep
     if batches is None:
         batches = Batches(model, samples, num_samples, batch_size, epochs)
     _calibrate_ranges(model, qmodel, batches, verbose)
+    fit_merge_alignment(qmodel)
     # after the ranges: the wrappers' inputs come through the calibrated quantized layers
     _calibrate_wrappers(qmodel, batches)
     return qmodel
@@ -236,6 +242,95 @@ def _calibrate_ranges(model, qmodel, batches, verbose):
         # that a calibrated range never reads as the uncalibrated 1.
         oq.range_max.assign(np.reshape(0.75 * 2.0**(oq.value_bits - best),
                                        oq.range_max.shape).astype(np.float32))
+
+
+def _operand_quantizer(layer):
+    """The quantizer that sets the grid of ``layer``'s output: its own output quantizer, or
+    that of its input through pass-through layers (pooling, reshaping...); None otherwise."""
+    while True:
+        if isinstance(layer, InputQuantizer):
+            return layer
+        oq = getattr(layer, "out_quantizer", None)
+        if isinstance(oq, OutputQuantizer):
+            return oq
+        spec = twin_spec(layer)
+        if spec is None or not spec.passes_through(layer) or not layer.inbound_nodes:
+            return None
+        parents = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+        if len(parents) != 1:
+            return None
+        layer = parents[0]
+
+
+def _set_frac_bits(quantizer, frac_bits):
+    """Sets a quantizer's range so that its fractional bits are ``frac_bits`` (per channel for
+    a per-axis quantizer), where they are lower than the current ones."""
+    current = np.asarray(quantizer.frac_bits, np.float64)
+    target = np.minimum(current, frac_bits)
+    if quantizer.axis == "per-tensor":
+        target = np.min(target)
+    if np.all(target >= current):
+        return False
+    ranges = np.asarray(quantizer.range_max.numpy(), np.float64)
+    lowered = np.broadcast_to(target < current, ranges.shape)
+    new = np.where(lowered, 0.75 * 2.0 ** (quantizer.value_bits - target), ranges)
+    quantizer.range_max.assign(np.reshape(new, ranges.shape).astype(np.float32))
+    return True
+
+
+def fit_merge_alignment(qmodel, passes=4):
+    """Keeps the operands of each aligning merge (Add, Subtract, Maximum, Minimum,
+    Concatenate) within what their alignment can hold in the buffer.
+
+    A merge aligns its operands on their largest fractional bits: the result needs
+    ``max_i(vb_i + F - f_i) + 1`` value bits (``F = max_i f_i``, per channel; over every
+    channel for a Concatenate). When an operand is ``2^22`` times finer than another (a
+    near-dead branch of a random-weight network, next to a branch of huge values), that
+    exceeds the 32-bit buffer and the merge raises. The finest operands' quantizers then get a
+    coarser grid, ``F' = min_i(f_i - vb_i) + buffer_bits - 2`` fractional bits at most: the
+    values they lose are below ``2^-22`` of the other operand's. Run by :func:`calibrate` and
+    :func:`search_output_ranges`.
+
+    Args:
+        qmodel (keras.Model): a calibrated quantized model, updated in place.
+        passes (int, optional): passes over the merges (a coarser quantizer can widen another
+            merge's spread). Defaults to 4.
+
+    Returns:
+        list: the names of the merges whose operands' grids changed.
+    """
+    merges = [layer for layer in qmodel.layers if isinstance(layer, _ALIGNING_MERGES)]
+    changed = []
+    for _ in range(passes):
+        moved = False
+        for layer in merges:
+            if not layer.inbound_nodes:
+                continue
+            parents = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+            quantizers = [_operand_quantizer(p) for p in parents]
+            if len(quantizers) < 2 or any(q is None or not q.built for q in quantizers):
+                continue
+            fracs = [np.asarray(q.frac_bits, np.float64) for q in quantizers]
+            if isinstance(layer, QuantizedConcatenate):
+                fracs = [np.min(f) for f in fracs]
+            budget = int(getattr(layer, "buffer_bitwidth", 32)) - 2
+            try:
+                limit = np.min(np.stack(np.broadcast_arrays(
+                    *[f - q.value_bits for f, q in zip(fracs, quantizers)])), axis=0) + budget
+            except ValueError:  # operands of different channels (a Concatenate)
+                limit = min(float(np.min(f - q.value_bits))
+                            for f, q in zip(fracs, quantizers)) + budget
+            if isinstance(layer, QuantizedConcatenate):
+                limit = np.min(limit)
+            fixed = [_set_frac_bits(q, limit) for q in quantizers
+                     if np.any(np.asarray(q.frac_bits, np.float64) > limit)]
+            if any(fixed):
+                moved = True
+                if layer.name not in changed:
+                    changed.append(layer.name)
+        if not moved:
+            break
+    return changed
 
 
 #: The samples (first of the calibration batches) :func:`search_output_ranges` scores on.
@@ -342,4 +437,5 @@ def search_output_ranges(model, qmodel, batches, num_samples=OUTPUT_SEARCH_SAMPL
                     moved[name] = factor
         if not changed:
             break
+    fit_merge_alignment(qmodel)
     return moved

@@ -4,7 +4,8 @@ import pytest
 import tf_keras as keras
 
 from quantizeml.models import QuantizationParams, calibrate, quantize
-from quantizeml.models.calibrate import SEARCH_BITS, output_quantizers
+from quantizeml.layers import eager_layer_calls
+from quantizeml.models.calibrate import SEARCH_BITS, fit_merge_alignment, output_quantizers
 
 
 def _model():
@@ -59,3 +60,32 @@ def test_range_search_matches_numpy(per_tensor, late_outlier):
         np.testing.assert_array_equal(
             quantizer.range_max.numpy(),
             np.reshape(expected, quantizer.range_max.shape).astype(np.float32), err_msg=name)
+
+
+@pytest.mark.parametrize("merge", ["add", "concatenate"])
+def test_merge_of_far_apart_branches_fits_the_buffer(merge):
+    """A branch 2^30 times smaller than the other one (a near-dead branch of a random
+    network): aligning both on the finest grid would need more than the 32-bit buffer. The
+    calibration gives the tiny branch a coarser grid, so the quantized model runs eagerly and
+    traced alike, equal to the float model (the tiny branch is below its resolution)."""
+    inputs = keras.Input((6, 6, 3))
+    big = keras.layers.Conv2D(4, 3, name="big")(inputs)
+    tiny = keras.layers.Conv2D(4, 3, name="tiny")(inputs)
+    layer = keras.layers.Add(name="merge") if merge == "add" \
+        else keras.layers.Concatenate(name="merge")
+    y = layer([big, tiny])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(y)))
+    rng = np.random.default_rng(0)
+    kernel, bias = model.get_layer("tiny").get_weights()
+    model.get_layer("tiny").set_weights([kernel * 2.0**-30, bias * 0])
+    x = rng.uniform(-1, 1, (16, 6, 6, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x, num_samples=16, batch_size=16)
+    fracs = [float(np.max(qmodel.get_layer(n).out_quantizer.frac_bits)) for n in ("big", "tiny")]
+    assert fracs[1] - fracs[0] <= 30 - 7, fracs
+    with eager_layer_calls():
+        eager = qmodel(x).numpy()
+    np.testing.assert_array_equal(eager, qmodel.predict(x, verbose=0))
+    y = model(x).numpy()
+    assert np.sum((eager - y) ** 2) < 1e-3 * np.sum(y ** 2)
+    # a model that needs no change is left as it is
+    assert fit_merge_alignment(qmodel) == []
