@@ -43,7 +43,7 @@ class QuantizedDot(QuantConfigMixin, keras.layers.Dot):
     ``Dot(axes=(i, j))`` contracts axis ``i`` of ``a`` with axis ``j`` of ``b`` (each 1 or 2):
     ``(2, 2)`` is ``a @ b^T`` (attention scores), ``(2, 1)`` ``a @ b`` (probabilities times
     values), ``(1, 1)`` ``a^T @ b``, ``(1, 2)`` ``a^T @ b^T``. Both inputs are per-tensor
-    FixedPoints (or QFloats with per-tensor scales); their channels are summed.
+    FixedPoints (quantize() puts an OutputQuantizer before it); their channels are summed.
 
     Integer maths: ``y = a_int @ b_int`` (transposed as the axes say), fractional bits
     ``f_a + f_b``, every partial sum exact in the buffer (the value bits are checked), clipped
@@ -58,6 +58,7 @@ class QuantizedDot(QuantConfigMixin, keras.layers.Dot):
 
     Raises:
         ValueError: normalize, axes other than 1 or 2 of rank-3 inputs, per-axis inputs.
+        TypeError: inputs that are not FixedPoints.
     """
 
     def __init__(self, axes, normalize=False, quant_config=None, **kwargs):

@@ -314,14 +314,9 @@ def fit_merge_alignment(qmodel, passes=4):
             if isinstance(layer, QuantizedConcatenate):
                 fracs = [np.min(f) for f in fracs]
             budget = int(getattr(layer, "buffer_bitwidth", 32)) - 2
-            try:
-                limit = np.min(np.stack(np.broadcast_arrays(
-                    *[f - q.value_bits for f, q in zip(fracs, quantizers)])), axis=0) + budget
-            except ValueError:  # operands of different channels (a Concatenate)
-                limit = min(float(np.min(f - q.value_bits))
-                            for f, q in zip(fracs, quantizers)) + budget
-            if isinstance(layer, QuantizedConcatenate):
-                limit = np.min(limit)
+            # per channel (operands of the same channels, or per-tensor ones)
+            limit = np.min(np.stack(np.broadcast_arrays(
+                *[f - q.value_bits for f, q in zip(fracs, quantizers)])), axis=0) + budget
             fixed = [_set_frac_bits(q, limit) for q in quantizers
                      if np.any(np.asarray(q.frac_bits, np.float64) > limit)]
             if any(fixed):
