@@ -115,19 +115,26 @@ def _op_replacement(node):
     return None
 
 
-def _activation_replacement(node):
+def _activation_replacement(node, outputs):
     activation = node.layer.get_config()["activation"]
-    if activation not in ("relu", "relu6") or len(node.inputs) != 1:
+    if len(node.inputs) != 1:
+        return None
+    if activation == "softmax" and not any(t.key in outputs for t in node.outputs):
+        # a softmax inside the model (attention weights): the Softmax layer quantize()
+        # quantizes; one that gives a model output stays an Activation (the float tail)
+        return keras.layers.Softmax, {"axis": -1}, node.inputs[0]
+    if activation not in ("relu", "relu6"):
         return None
     return (*_relu(max_value=6.0 if activation == "relu6" else None), node.inputs[0])
 
 
-def _replacement(node):
-    """``(class, config, inputs)`` of the layer that replaces ``node``, or None."""
+def _replacement(node, outputs=()):
+    """``(class, config, inputs)`` of the layer that replaces ``node``, or None (``outputs``:
+    the keys of the model output tensors)."""
     if type(node.layer) is keras.layers.Lambda:
         return _lambda_replacement(node)
     if type(node.layer) is keras.layers.Activation:
-        return _activation_replacement(node)
+        return _activation_replacement(node, outputs)
     if type(node.layer).__name__ == "TFOpLambda" and hasattr(node.layer, "function"):
         return _op_replacement(node)
     return None
@@ -140,6 +147,7 @@ def replace_lambda(model):
 
     - Lambda(relu) or Activation('relu') → ReLU, Lambda(relu6) or Activation('relu6') →
       ReLU(max_value=6),
+    - Activation('softmax') inside the model (not giving a model output) → Softmax(axis=-1),
     - Lambda(transpose) → Permute (when the batch axis stays first),
     - Lambda(reshape) → Reshape (when the target shape starts with -1 for the batch),
     - Lambda(add) → Add (for inputs of the same static shape).
@@ -165,9 +173,10 @@ def replace_lambda(model):
         ```
     """
     graph = Graph(model)
+    outputs = {ref.key for ref in graph.outputs}
     found = {}
     for node in graph.nodes:
-        replacement = _replacement(node)
+        replacement = _replacement(node, outputs)
         if replacement is not None:
             found[node.index] = replacement
     if not found:

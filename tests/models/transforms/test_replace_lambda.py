@@ -102,3 +102,21 @@ def test_not_replaced_returns_same_model(function):
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, function(inputs))
     assert replace_lambda(model) is model
+
+
+def test_softmax_activation_inside_the_model_becomes_softmax(checks):
+    """``Activation('softmax')`` (or a Dense's fused softmax, split first) inside the model
+    becomes ``Softmax(axis=-1)``, which quantize() quantizes; the one giving the model output
+    stays an Activation (the float tail)."""
+    inputs = keras.Input((5, 6))
+    weights = keras.layers.Activation("softmax", name="weights")(
+        keras.layers.Dense(6, name="scores")(inputs))
+    mixed = keras.layers.Multiply(name="mix")([weights, inputs])
+    probs = keras.layers.Activation("softmax", name="probs")(
+        keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(mixed)))
+    model = keras.Model(inputs, probs)
+    new = replace_lambda(model)
+    assert type(new.get_layer("weights")) is keras.layers.Softmax
+    assert new.get_layer("weights").axis == -1
+    assert type(new.get_layer("probs")) is keras.layers.Activation
+    checks.equivalent(model, new, rtol=0, atol=0)
