@@ -18,6 +18,13 @@ OUTPUT_SATURATION_TOLERANCE = 0.01
 MAX_LISTED_CHANNELS = 8
 
 
+def is_quantized_layer(layer):
+    """bool: whether a layer is a quantized twin, a quantizer, a Dequantizer or a
+    QuantizeWrapper (the layers of a quantized model that are not float)."""
+    return type(layer) in set(QUANTIZATION_TARGETS.values()) or \
+        isinstance(layer, (InputQuantizer, OutputQuantizer, Dequantizer, QuantizeWrapper))
+
+
 def float_islands(model):
     """The float islands of a quantized model: float layers between quantized ones, kept float
     by a ``"float"`` q_config entry or ``float_fallback`` (they read dequantized tensors, and
@@ -32,11 +39,8 @@ def float_islands(model):
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
-    quantized = set(QUANTIZATION_TARGETS.values())
-
     def is_float(layer):
-        return type(layer) not in quantized and not isinstance(
-            layer, (InputQuantizer, OutputQuantizer, Dequantizer, QuantizeWrapper))
+        return not is_quantized_layer(layer)
 
     parents = {layer.name: [p for node in layer.inbound_nodes[:1]
                             for p in tf.nest.flatten(node.inbound_layers)]

@@ -82,6 +82,7 @@ from ..recipes.fast_paths import eager_layer_calls, unfused
 from .bias_correction import correct_biases
 from .calibrate import (OUTPUT_SEARCH_MAX_QUANTIZERS, calibrate, output_quantizers,
                         search_output_ranges)
+from .check import is_quantized_layer
 from .graph import (check_functional, consumers, is_qtensor, output_layers, producer,
                     replace_layers)
 from .keras3 import from_keras3, is_keras3_model
@@ -109,11 +110,6 @@ def _is_pass_through(layer):
 def _is_activation(layer):
     spec = _spec(layer)
     return spec is not None and spec.output_for(layer) == ACTIVATION
-
-
-def _is_quantized_layer(layer):
-    return type(layer) in set(QUANTIZATION_TARGETS.values()) or \
-        isinstance(layer, (InputQuantizer, OutputQuantizer, Dequantizer, QuantizeWrapper))
 
 
 def _effective_consumers(layer, consumer_map):
@@ -171,7 +167,7 @@ def _unsupported(model, consumer_map, wrapped, islands=(), refused=None):
               if not isinstance(layer, keras.layers.InputLayer)]
     reasons = {layer.name: _refusal(layer) or (refused or {}).get(layer.name)
                for layer in layers
-               if not _is_quantized_layer(layer) and layer.name not in wrapped
+               if not is_quantized_layer(layer) and layer.name not in wrapped
                and layer.name not in islands}
     bad = {name for name, reason in reasons.items() if reason is not None}
     for layer in reversed(layers):  # consumers first: a chain of them at the end stays float
@@ -462,7 +458,7 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
     if is_keras3_model(model):
         model = from_keras3(model)  # its tf_keras twin: weights copied, outputs checked
     check_functional(model)
-    requantize = any(_is_quantized_layer(layer) for layer in model.layers)
+    requantize = any(is_quantized_layer(layer) for layer in model.layers)
     if requantize and rounding_options is not None:
         raise ValueError(f"quantize expected a float model with learned_rounding (the rounding "
                          f"reconstructs the float layers' outputs). Received: the quantized "
