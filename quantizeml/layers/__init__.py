@@ -23,7 +23,8 @@ from .reshaping import (QuantizedFlatten, QuantizedPermute, QuantizedReshape, Qu
                         Slicing)
 from .skip import Add, QuantizedAdd, QuantizedConcatenate
 from .merging import QuantizedMaximum, QuantizedMinimum, QuantizedMultiply, QuantizedSubtract
-from .spatial import QuantizedCropping2D, QuantizedUpSampling2D, QuantizedZeroPadding2D
+from .spatial import (QuantizedCropping2D, QuantizedResizing, QuantizedUpSampling2D,
+                      QuantizedZeroPadding2D)
 from .convolution import PaddedConv2D, QuantizedConv2D, QuantizedConv2DTranspose
 from .dense import QuantizedDense
 from .depthwise import (DepthwiseConv2DTranspose, QuantizedDepthwiseConv2D,

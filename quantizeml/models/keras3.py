@@ -85,6 +85,11 @@ _BASE_KWARGS = {"name", "trainable", "dtype", "dynamic", "input_dim", "input_sha
                 "autocast", "implementation"}
 # Keras 3 options without effect at inference that tf_keras layers do not take
 _DROPPED = {"synchronized", "seed"}
+# Keras 3 options that tf_keras layers do not take, without effect at these values: (class
+# name, key) -> value (a Resizing's fill only pads when pad_to_aspect_ratio, which tf_keras
+# lacks and _filter refuses when set)
+_INERT = {("Resizing", "data_format"): "channels_last", ("Resizing", "fill_mode"): "constant",
+          ("Resizing", "fill_value"): 0.0}
 # tf_keras layers whose from_config expects keys of their own get_config (MultiHeadAttention:
 # the build shapes): built from the translated options by their constructor instead
 _CONSTRUCTED = (keras.layers.MultiHeadAttention,)
@@ -185,6 +190,9 @@ def _filter(cls, config, what):
     for key, value in config.items():
         if key in accepted:
             out[key] = value
+        elif (getattr(cls, "__name__", None), key) in _INERT \
+                and value == _INERT[(cls.__name__, key)]:
+            continue
         elif value is not None and value is not False and key not in _DROPPED:
             raise _Unsupported(f"{what} option {key}={value!r} has no tf_keras equivalent")
     return out
@@ -320,7 +328,23 @@ def _lambda_builder(source, name):
                                                       name=name))
 
 
+def _resize_builder(config, name):
+    """Keras 3's ``ops.image.resize`` (nearest or bilinear, channels_last, no antialias, crop
+    or pad) as ``tf.image.resize`` (the same half-pixel resize; a Resizing in quantize())."""
+    method = config.get("interpolation")
+    if method not in ("bilinear", "nearest") or config.get("antialias") \
+            or config.get("crop_to_aspect_ratio") or config.get("pad_to_aspect_ratio") \
+            or config.get("data_format") not in (None, "channels_last"):
+        raise _Unsupported(f"the Keras 3 op Resize with {config} has no tf_keras equivalent "
+                           "here (nearest or bilinear, channels_last, without antialias, crop "
+                           "or pad)")
+    size = [int(v) for v in _value(config["size"])]
+    return _Builder(name, lambda: lambda x: tf.image.resize(x, size, method=method))
+
+
 def _op_builder(class_name, config, name):
+    if class_name == "Resize":
+        return _resize_builder(config, name)
     function = _OPS.get(class_name)
     # ``initial=None`` (Max): the default, nothing to translate
     options = {k: v for k, v in config.items()

@@ -234,7 +234,7 @@ NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "hard_sig
 #: needs one nonnegative input only.
 _SIGN_KEEPING = (keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D,
                  keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D,
-                 keras.layers.UpSampling2D, keras.layers.ZeroPadding2D,
+                 keras.layers.UpSampling2D, keras.layers.Resizing, keras.layers.ZeroPadding2D,
                  keras.layers.Cropping2D, keras.layers.Flatten, keras.layers.Reshape,
                  keras.layers.Permute, keras.layers.Dropout, keras.layers.Concatenate,
                  keras.layers.Add, keras.layers.Multiply, keras.layers.Minimum)

@@ -73,7 +73,7 @@ from onnx import numpy_helper
 
 from ..layers import Dequantizer, InputQuantizer, OutputQuantizer
 from ..layers.pooling import average_table
-from ..layers.spatial import bilinear_axis
+from ..layers.spatial import bilinear_axis, resize_axis
 from ..layers.registry import twin_spec, twin_specs
 from ..models.graph import Graph
 from ..tensors import MAX_VALUE_BITS, FixedPoint, QFloat, bits_for
@@ -1333,6 +1333,34 @@ def _upsample(b, layer, x):
     return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
 
 
+def _resize(b, layer, x):
+    """QuantizedResizing: per resized axis, int64 ``Gather`` of the neighbours of
+    ``resize_axis`` (nearest: one ``Gather``, any carrier), bilinear ones times their integer
+    weights and added, as the Keras twin."""
+    h, w_, c = _static_shape(layer, x)
+    axes = [(axis, n, int(out), *resize_axis(n, int(out), layer.interpolation))
+            for axis, n, out in ((1, h, layer.height), (2, w_, layer.width))]
+    if any(axis[-1] for axis in axes):
+        x = as_int64(b, x)
+    v, vb, frac, dims = x.name, x.vb, x.frac, [h, w_]
+    for axis, n, out, lo, hi, w_lo, w_hi, bits in axes:
+        if bits == 0 and n == out and np.array_equal(lo, np.arange(n)):
+            continue
+        dims[axis - 1] = out
+        if bits == 0:
+            v = b.node("Gather", [v, b.i64(lo)], "resize", axis=axis)
+            continue
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        v = b.node("Add", [
+            b.node("Mul", [b.node("Gather", [v, b.i64(lo)], "res_lo", axis=axis),
+                           b.i64(w_lo.reshape(shape))], "res_wlo"),
+            b.node("Mul", [b.node("Gather", [v, b.i64(hi)], "res_hi", axis=axis),
+                           b.i64(w_hi.reshape(shape))], "res_whi")], "resize")
+        vb, frac = vb + bits, frac + bits
+    return _finish(b, layer, _T(v, vb, frac, x.scales, x.unsigned, (*dims, c), dtype=x.dtype))
+
+
 def _conv_refuses(layer):
     if layer.padding_value is not None:
         return "a padding value other than zero"
@@ -1457,6 +1485,7 @@ _CORE_EMITTERS = {
     "crop": (_one_input(_crop), None),
     "slice": (_one_input(_slice), None),
     "upsample": (_one_input(_upsample), None),
+    "resize": (_one_input(_resize), None),
     "permute": (_one_input(_permute), None),
     "concatenate": (_concatenate, None),
     "rescaling": (_rescaling, None),

@@ -35,8 +35,8 @@ from quantizeml.layers.reshaping import (QuantizedFlatten, QuantizedPermute, Qua
 from quantizeml.layers.separable import QuantizedSeparableConv2D
 from quantizeml.layers.shiftmax import QuantizedShiftmax, Shiftmax
 from quantizeml.layers.skip import QuantizedAdd, QuantizedConcatenate
-from quantizeml.layers.spatial import (QuantizedCropping2D, QuantizedUpSampling2D,
-                                       QuantizedZeroPadding2D)
+from quantizeml.layers.spatial import (QuantizedCropping2D, QuantizedResizing,
+                                       QuantizedUpSampling2D, QuantizedZeroPadding2D)
 from quantizeml.layers.table import (QuantizedActivation, QuantizedELU, QuantizedLeakyReLU,
                                      QuantizedPReLU, QuantizedTableReLU)
 from quantizeml.layers.tokens import (AddPositionEmbs, ClassToken, ExtractToken,
@@ -53,6 +53,7 @@ from tests.layers.test_depthwise import depthwise_weights, input_ints, per_chann
 from tests.layers.test_keras_layer_norm import keras_layer_norm_reference
 from tests.layers.test_merging import reference as merge_reference
 from tests.layers.test_pooling import np_max_pool
+from tests.layers.test_resizing import reference as resizing_reference
 from tests.layers.test_table import table_reference
 from tests.utils import check_config_roundtrip
 
@@ -199,6 +200,7 @@ CASES = {
     QuantizedZeroPadding2D: lambda: _conv_then(L.ZeroPadding2D(((1, 2), (0, 1))), L.Conv2D(3, 3)),
     QuantizedCropping2D: lambda: _conv_then(L.Cropping2D(((1, 0), (2, 1))), L.ReLU()),
     QuantizedUpSampling2D: lambda: _conv_then(L.UpSampling2D((2, 3)), L.Conv2D(3, 3)),
+    QuantizedResizing: lambda: _conv_then(L.Resizing(4, 9), L.Conv2D(3, 3)),
 }
 
 
@@ -336,6 +338,8 @@ REFERENCES = {
     QuantizedZeroPadding2D: _reshaped(lambda v: np.pad(v, ((0, 0), (1, 2), (0, 1), (0, 0)))),
     QuantizedCropping2D: _reshaped(lambda v: v[:, 1:, 2:-1, :]),
     QuantizedUpSampling2D: _reshaped(lambda v: np.repeat(np.repeat(v, 2, axis=1), 3, axis=2)),
+    QuantizedResizing: lambda layer, x: _with_oq(layer, *resizing_reference(
+        ints(x), frac(x), layer.height, layer.width, layer.interpolation)),
 }
 
 

@@ -43,6 +43,7 @@ _GETITEM = {"__operators__.getitem"}
 _SPLIT = {"split"}
 _CLIP = {"clip_by_value"}
 _MATMUL = {"linalg.matmul", "matmul", "math.matmul"}
+_RESIZE = {"image.resize"}
 #: The key of a replacement's config that holds the weights set after its first call.
 _WEIGHTS = "__weights__"
 
@@ -333,6 +334,23 @@ def _matmul(node):
     return keras.layers.Dot, {"axes": axes}, [a, b]
 
 
+def _resize(node):
+    """``tf.image.resize(x, (h, w), method)`` of a rank-4 float tensor, nearest or bilinear,
+    no antialias nor aspect ratio -> ``Resizing(h, w, method)`` (the same call)."""
+    args = _arguments(node)
+    if args is None or not isinstance(args.get("images"), TensorRef):
+        return None
+    x, size, method = args["images"], args.get("size"), str(args.get("method", "bilinear"))
+    if x.shape.rank != 4 or not x.tensor.dtype.is_floating or args.get("antialias") \
+            or args.get("preserve_aspect_ratio") or method not in ("bilinear", "nearest"):
+        return None
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        return None
+    return keras.layers.Resizing, {"height": size[0], "width": size[1],
+                                   "interpolation": method}, x
+
+
 def _split(node):
     """``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part
     (a list of ``(class, config, inputs)``)."""
@@ -391,6 +409,8 @@ def _replacement(node):
         return _slicing(node)
     if name in _MATMUL:
         return _matmul(node)
+    if name in _RESIZE:
+        return _resize(node)
     return None
 
 
@@ -420,7 +440,9 @@ def replace_tfop_arithmetic(model):
       ``tf.nn.selu``, ``tf.math.softplus``, ``tf.nn.softsign``, ``tf.math.exp``
       (``'exponential'``) and ``tf.nn.gelu`` (exact) -> ``Activation(name)``;
       ``tf.nn.softmax(x, axis)`` -> ``Softmax(axis)``; ``tf.linalg.matmul(a, b,
-      transpose_a, transpose_b)`` of two rank-3 tensors -> ``Dot(axes)``,
+      transpose_a, transpose_b)`` of two rank-3 tensors -> ``Dot(axes)``;
+      ``tf.image.resize(x, (h, w), method)`` (nearest or bilinear, no antialias) ->
+      ``Resizing(h, w, method)``,
     - ``x[...]`` of forward slices (``x[..., :16]``, ``x[:, 1:5, ::2, :]``; static shapes,
       the batch axis whole, no integer index or new axis) -> :class:`Slicing`; ``x[:, i]``
       (one integer index, e.g. a class token, every other axis whole) -> ``ExtractToken(i,
