@@ -53,7 +53,8 @@ cannot convert is named in the error).
 Before all this, a float model is **prepared** by the equivalence-preserving transforms of
 ``quantizeml.models.transforms.sanitize`` (the float outputs stay equal to float rounding):
 nested models are flattened; MultiHeadAttention self-attentions split into Dense
-projections and an Attention; fused activations split into layers of their own; Lambda /
+projections and an Attention; GroupNormalization split into a LayerNormalization per group and
+a per-channel affine DepthwiseConv2D; fused activations split into layers of their own; Lambda /
 TFOpLambda layers replaced by layers (ReLU, Permute, Reshape, Add, Subtract, Multiply,
 Rescaling, Activation), the MobileNetV3 hard-swish / hard-sigmoid patterns fused into one
 Activation; ReLUs with a negative slope become LeakyReLUs (TableReLUs with a threshold or a

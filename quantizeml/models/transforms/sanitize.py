@@ -19,6 +19,7 @@ from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
 from .split_activations import split_activations
+from .split_group_normalization import split_group_normalization
 from .split_multi_head_attention import split_multi_head_attention
 
 __all__ = ["sanitize"]
@@ -38,7 +39,9 @@ def sanitize(model, float_layers=()):
        ELU() becomes Activation('elu'), Average of two inputs Add(average=True),
        ThresholdedReLU(0) ReLU, TimeDistributed(Dense) the Dense itself, and
        :func:`split_multi_head_attention`: MultiHeadAttention self-attentions become Dense
-       query, key and value projections, an Attention and the output Dense,
+       query, key and value projections, an Attention and the output Dense, and
+       :func:`split_group_normalization`: GroupNormalization becomes reshapes, a
+       LayerNormalization per group and a per-channel affine DepthwiseConv2D,
     2. :func:`replace_lambda`: Lambda/TFOpLambda relu, relu6, transpose, reshape and add, and
        Activation('relu'/'relu6'), become ReLU, Permute, Reshape and Add layers,
        then :func:`fuse_hard_swish`: the MobileNetV3 hard-swish ``x * relu6(x + 3) / 6`` and
@@ -77,7 +80,8 @@ def sanitize(model, float_layers=()):
     Args:
         model (keras.Model): the input model
         float_layers (iterable of str, optional): names of layers the caller keeps float
-            (quantize()'s float islands): a MultiHeadAttention named there stays whole.
+            (quantize()'s float islands): a MultiHeadAttention or GroupNormalization named
+            there stays whole.
             Defaults to ().
 
     Returns:
@@ -92,7 +96,8 @@ def sanitize(model, float_layers=()):
         ```
     """
     steps = (flatten_model, remove_stochastic_depth, remove_identities, replace_aliases,
-             lambda m: split_multi_head_attention(m, keep=float_layers), split_activations,
+             lambda m: split_multi_head_attention(m, keep=float_layers),
+             lambda m: split_group_normalization(m, keep=float_layers), split_activations,
              replace_lambda, fuse_hard_swish, replace_tfop_arithmetic, replace_leaky_relu,
              remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
