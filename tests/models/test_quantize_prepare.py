@@ -6,9 +6,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from quantizeml.layers import Dequantizer, InputQuantizer, QuantizedConv2D
-from quantizeml.models import QuantizationParams, check_quantization, quantize
+from quantizeml.models import QuantizationParams, check_quantization, float_islands, quantize
 from quantizeml.models.transforms import sanitize
 from quantizeml.models.zoo import digits_cnn
+from tests.onnx_support.test_export_merging import check_export_bit_exact
 
 L = keras.layers
 
@@ -195,3 +196,36 @@ def test_dump_config_keeps_the_float_island():
     again = quantize(model, q_config=config, samples=x, batch_size=16)
     assert [type(layer) for layer in again.layers] == [type(layer) for layer in qmodel.layers]
     np.testing.assert_array_equal(_float(again(x)), _float(qmodel(x)))
+
+
+def _cbam(shape=(12, 12, 3)):
+    """A convolution and a CBAM block (channel attention: shared MLP on the global average
+    and max; spatial attention: a 7x7 convolution of the channel mean and maximum)."""
+    inputs = keras.Input(shape, name="inp")
+    x = L.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inputs)
+    avg = L.GlobalAveragePooling2D(keepdims=True, name="gap")(x)
+    peak = L.GlobalMaxPooling2D(keepdims=True, name="gmp")(x)
+    hidden, out = L.Dense(4, activation="relu", name="mlp_1"), L.Dense(16, name="mlp_2")
+    channel = L.Activation("sigmoid", name="channel_gate")(
+        L.Add(name="mlp_add")([out(hidden(avg)), out(hidden(peak))]))
+    x = L.Multiply(name="channel_att")([x, channel])
+    pooled = L.Concatenate(name="pooled")([tf.reduce_mean(x, axis=-1, keepdims=True),
+                                           tf.reduce_max(x, axis=-1, keepdims=True)])
+    spatial = L.Conv2D(1, 7, padding="same", activation="sigmoid", name="spatial")(pooled)
+    x = L.Multiply(name="spatial_att")([x, spatial])
+    y = L.Dense(5, name="logits")(L.GlobalAveragePooling2D(name="pool")(x))
+    return keras.Model(inputs, y)
+
+
+def test_cbam_block_quantizes_and_exports():
+    """The channel reductions of CBAM's spatial attention (``tf.reduce_mean/max(x, -1)``)
+    become layers: the whole block is integer, close to float, exported bit-exactly."""
+    model = _cbam()
+    x = np.random.default_rng(3).uniform(-1, 1, (32, 12, 12, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=x, num_samples=32, batch_size=32)
+    assert not float_islands(qmodel)
+    assert all(type(layer).__module__.startswith("quantizeml") or
+               isinstance(layer, L.InputLayer) for layer in qmodel.layers)
+    y, yq = model(x).numpy(), qmodel(x).numpy()
+    assert 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2)) > 25
+    check_export_bit_exact(qmodel, x)

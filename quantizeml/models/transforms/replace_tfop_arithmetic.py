@@ -31,9 +31,11 @@ _RELU = {"nn.relu": None, "nn.relu6": 6.0}
 _LEAKY_RELU = {"nn.leaky_relu"}
 _GELU = {"nn.gelu"}
 _SOFTMAX = {"nn.softmax", "math.softmax"}
+_SQUARE = {"math.square", "square"}
 # reductions over the spatial (or time) axes -> global pooling; concatenation
 _REDUCTIONS = {"math.reduce_mean": "avg", "reduce_mean": "avg",
-               "math.reduce_max": "max", "reduce_max": "max"}
+               "math.reduce_max": "max", "reduce_max": "max",
+               "math.reduce_sum": "sum", "reduce_sum": "sum"}
 _GLOBAL_POOLING = {("avg", 4): keras.layers.GlobalAveragePooling2D,
                    ("max", 4): keras.layers.GlobalMaxPooling2D,
                    ("avg", 3): keras.layers.GlobalAveragePooling1D,
@@ -46,6 +48,9 @@ _MATMUL = {"linalg.matmul", "matmul", "math.matmul"}
 _RESIZE = {"image.resize"}
 #: The key of a replacement's config that holds the weights set after its first call.
 _WEIGHTS = "__weights__"
+#: The first item of a replacement made of several layers applied one after the other:
+#: ``(_CHAIN, [(class, config), ...], inputs)``.
+_CHAIN = "__chain__"
 
 
 def _function_name(layer):
@@ -206,6 +211,8 @@ def _unary(node, name):
     if name in _GELU:
         return None if arguments.get("approximate", False) else \
             (keras.layers.Activation, {"activation": "gelu"}, x)
+    if name in _SQUARE:
+        return keras.layers.Multiply, {}, [x, x]
     if name in _SOFTMAX:
         axis = arguments.get("axis", -1)
         axis = -1 if axis is None else axis
@@ -236,9 +243,35 @@ def _reduction(node, kind):
         axes = {int(a) % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])}
     except (TypeError, ValueError):
         return None
+    keepdims = bool(arguments.get("keepdims", False))
+    if axes == {rank - 1} and rank >= 3 and None not in x.shape[1:]:
+        return _channel_reduction(x, kind, keepdims)
     if cls is None or axes != set(range(1, rank - 1)):
         return None
-    return cls, {"keepdims": bool(arguments.get("keepdims", False))}, x
+    return cls, {"keepdims": keepdims}, x
+
+
+def _channel_reduction(x, kind, keepdims):
+    """A mean, sum or maximum over the last axis (CBAM's channel pooling): mean and sum as a
+    ``Dense(1, use_bias=False)`` of kernel ``1 / C`` or 1 (a weighted sum over the last axis,
+    equal to float rounding), the maximum as ``Reshape((P, C, 1))``, ``MaxPooling2D((1,
+    C))`` and a Reshape back (the same values); a last Reshape drops the axis without
+    ``keepdims``."""
+    shape = [int(d) for d in x.shape[1:]]
+    channels, kept = shape[-1], shape[:-1] + [1]
+    layers = []
+    if kind == "max":
+        positions = int(np.prod(shape[:-1]))
+        layers += [(keras.layers.Reshape, {"target_shape": (positions, channels, 1)}),
+                   (keras.layers.MaxPooling2D, {"pool_size": (1, channels)}),
+                   (keras.layers.Reshape, {"target_shape": tuple(kept)})]
+    else:
+        weight = 1.0 / channels if kind == "avg" else 1.0
+        layers.append((keras.layers.Dense, {"units": 1, "use_bias": False, _WEIGHTS: [
+            np.full((channels, 1), weight, np.float32)]}))
+    if not keepdims:
+        layers.append((keras.layers.Reshape, {"target_shape": tuple(shape[:-1])}))
+    return _CHAIN, layers, x
 
 
 def _concat(node):
@@ -399,7 +432,7 @@ def _replacement(node):
     if name in _ADD or name in _SUBTRACT or name in _MULTIPLY or name in _DIVIDE:
         return _binary(node)
     if name in _NEGATIVE or name in _RELU or name in _LEAKY_RELU or name in _GELU \
-            or name in _SOFTMAX or name in _ACTIVATIONS or name in _CLIP:
+            or name in _SOFTMAX or name in _ACTIVATIONS or name in _CLIP or name in _SQUARE:
         return _unary(node, name)
     if name in _REDUCTIONS:
         return _reduction(node, _REDUCTIONS[name])
@@ -412,6 +445,17 @@ def _replacement(node):
     if name in _RESIZE:
         return _resize(node)
     return None
+
+
+def _make(cls, config, name, inputs):
+    """A new layer ``cls(**config)`` called on ``inputs``, its ``_WEIGHTS`` set."""
+    config = dict(config)
+    weights = config.pop(_WEIGHTS, None)
+    layer = cls(**config, name=name)
+    outputs = layer(inputs)
+    if weights is not None:
+        layer.set_weights(weights)
+    return outputs
 
 
 def replace_tfop_arithmetic(model):
@@ -450,7 +494,12 @@ def replace_tfop_arithmetic(model):
       ``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part,
     - ``tf.reduce_mean`` / ``tf.reduce_max`` over axes ``[1, 2]`` of a rank-4 tensor (axis 1
       of a rank-3 one) -> GlobalAveragePooling2D / GlobalMaxPooling2D (1-D), ``keepdims``
-      kept; ``tf.concat`` of float tensors -> Concatenate.
+      kept; ``tf.reduce_mean`` / ``tf.reduce_sum`` / ``tf.reduce_max`` over the last axis of
+      a static shape (CBAM's channel pooling) -> ``Dense(1, use_bias=False)`` of kernel
+      ``1 / C`` or 1 / ``Reshape``, ``MaxPooling2D((1, C))``, ``Reshape`` (``<name>/0``...,
+      the last named as the call; a Reshape drops the axis without ``keepdims``);
+      ``tf.math.square(x)`` -> ``Multiply()([x, x])``; ``tf.concat`` of float tensors ->
+      Concatenate.
 
     Other TFOpLambda layers (``c / x``, ``x / y``, constants that broadcast other axes, integer
     tensors) are left as is. The new layers take the name of the layer they replace, and the
@@ -485,13 +534,15 @@ def replace_tfop_arithmetic(model):
             name = rb.name_for(node.layer)
             return [cls(**config, name=rb.unique(f"{name}_{i}"))(rb.map(inputs))
                     for i, (cls, config, inputs) in enumerate(replacement)]
+        if replacement[0] == _CHAIN:  # several layers, the last named as the node's
+            _, chain, inputs = replacement
+            name, outputs = rb.name_for(node.layer), rb.map(inputs)
+            for i, (cls, config) in enumerate(chain):
+                last = i == len(chain) - 1
+                outputs = _make(cls, config, name if last else rb.unique(f"{name}/{i}"),
+                                outputs)
+            return outputs
         cls, config, inputs = replacement
-        config = dict(config)
-        weights = config.pop(_WEIGHTS, None)
-        layer = cls(**config, name=rb.name_for(node.layer))
-        outputs = layer(rb.map(inputs))
-        if weights is not None:
-            layer.set_weights(weights)
-        return outputs
+        return _make(cls, config, rb.name_for(node.layer), rb.map(inputs))
 
     return rebuild(graph, rewrite)

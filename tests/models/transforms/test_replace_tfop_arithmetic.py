@@ -154,11 +154,57 @@ def test_other_reductions_stay_and_concat_becomes_a_layer(checks):
     a = keras.layers.Conv2D(2, 1)(inputs)
     b = keras.layers.Conv2D(3, 1)(inputs)
     x = tf.concat([a, b], axis=-1)
-    y = tf.reduce_mean(x, axis=-1, keepdims=True)   # over the channels: no layer for it
-    model = keras.Model(inputs, [x, y])
+    y = tf.reduce_mean(x, axis=[1, 3], keepdims=True)   # a row and the channels: no layer
+    z = tf.reduce_min(x, axis=-1)
+    model = keras.Model(inputs, [x, y, z])
     new = replace_tfop_arithmetic(model)
     assert checks.count(new, keras.layers.Concatenate) == 1
-    assert sum(type(layer).__name__ == "TFOpLambda" for layer in new.layers) == 1
+    assert sum(type(layer).__name__ == "TFOpLambda" for layer in new.layers) == 2
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+
+
+# name -> (reduction over the last axis, input shape, the layer classes replacing it)
+CHANNEL_REDUCTIONS = {
+    "mean_keepdims": (lambda x: tf.reduce_mean(x, axis=-1, keepdims=True), (4, 4, 3),
+                      [keras.layers.Dense]),
+    "mean": (lambda x: tf.math.reduce_mean(x, axis=3), (4, 4, 3),
+             [keras.layers.Dense, keras.layers.Reshape]),
+    "sum_keepdims": (lambda x: tf.reduce_sum(x, axis=-1, keepdims=True), (4, 4, 3),
+                     [keras.layers.Dense]),
+    "max_keepdims": (lambda x: tf.reduce_max(x, axis=-1, keepdims=True), (4, 4, 3),
+                     [keras.layers.Reshape, keras.layers.MaxPooling2D, keras.layers.Reshape]),
+    "max_time": (lambda x: tf.reduce_max(x, axis=2), (7, 3),
+                 [keras.layers.Reshape, keras.layers.MaxPooling2D, keras.layers.Reshape,
+                  keras.layers.Reshape]),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANNEL_REDUCTIONS))
+def test_channel_reductions_become_layers(checks, name):
+    """CBAM's channel pooling: a mean / sum over the last axis becomes a Dense(1) of kernel
+    1 / C or 1, a maximum a MaxPooling2D((1, C)) between reshapes; outputs equal."""
+    op, shape, expected = CHANNEL_REDUCTIONS[name]
+    inputs = keras.Input(shape)
+    x = keras.layers.Dense(5)(inputs)
+    y = op(x)
+    model = keras.Model(inputs, keras.layers.Flatten()(y) if len(y.shape) > 2 else y)
+    snapshot = checks.snapshot(model)
+    new = replace_tfop_arithmetic(model)
+    added = [type(layer) for layer in new.layers[2:2 + len(expected)]]
+    assert added == expected
+    assert not any(type(layer).__name__ == "TFOpLambda" for layer in new.layers)
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+    checks.unchanged(model, snapshot, new)
+
+
+def test_square_becomes_multiply(checks):
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(3, 1)(inputs)
+    model = keras.Model(inputs, tf.math.square(x) + tf.square(x))
+    new = replace_tfop_arithmetic(model)
+    assert checks.count(new, keras.layers.Multiply) == 2
+    assert all(len(layer.input) == 2 and layer.input[0] is layer.input[1]
+               for layer in new.layers if type(layer) is keras.layers.Multiply)
     checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
 
 
