@@ -229,3 +229,39 @@ def test_cbam_block_quantizes_and_exports():
     y, yq = model(x).numpy(), qmodel(x).numpy()
     assert 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2)) > 25
     check_export_bit_exact(qmodel, x)
+
+
+def _espcn(shape=(8, 8, 1)):
+    """ESPCN-style super-resolution: convolutions, then a pixel shuffle
+    (``tf.nn.depth_to_space``) to twice the resolution."""
+    inputs = keras.Input(shape, name="inp")
+    x = L.Conv2D(16, 5, padding="same", activation="tanh", name="c1")(inputs)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c2")(x)
+    x = L.Conv2D(4, 3, padding="same", name="c3")(x)
+    return keras.Model(inputs, tf.nn.depth_to_space(x, 2))
+
+
+def _keras_attention(shape=(10, 6)):
+    """A sequence model with Keras' dot-product Attention (scaled) and a RepeatVector."""
+    inputs = keras.Input(shape, name="inp")
+    x = L.Conv1D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = L.Attention(use_scale=True, name="att")([x, x])
+    pooled = L.GlobalAveragePooling1D(name="pool")(x)
+    x = L.Concatenate(name="cat")([x, L.RepeatVector(shape[0], name="rep")(pooled)])
+    return keras.Model(inputs, L.Dense(3, name="head")(L.Flatten(name="flat")(x)))
+
+
+@pytest.mark.parametrize("build", [_espcn, _keras_attention], ids=["espcn", "attention"])
+def test_pixel_shuffle_and_keras_attention_quantize_and_export(build):
+    """Pixel shuffles, Keras' Attention and RepeatVector become layers quantize() quantizes:
+    every layer integer, close to float, exported bit-exactly."""
+    model = build()
+    x = np.random.default_rng(4).uniform(-1, 1, (32, *model.input_shape[1:])) \
+        .astype(np.float32)
+    qmodel = quantize(model, samples=x, num_samples=32, batch_size=32)
+    assert not float_islands(qmodel)
+    assert all(type(layer).__module__.startswith("quantizeml") or
+               isinstance(layer, L.InputLayer) for layer in qmodel.layers)
+    y, yq = model(x).numpy(), qmodel(x).numpy()
+    assert 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2)) > 25
+    check_export_bit_exact(qmodel, x)

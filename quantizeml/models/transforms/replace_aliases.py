@@ -85,6 +85,58 @@ def _split_merges(model):
     return rebuild(graph, rewrite)
 
 
+def _dot_attention(node):
+    """The ``(query, value, key)`` TensorRefs of a Keras ``Attention`` node that Dot /
+    Softmax / Dot compute (dot scores, no mask, no causal mask, no returned scores, rank-3
+    static inputs), or None."""
+    layer = node.layer
+    if type(layer) is not _L.Attention or layer.score_mode != "dot":
+        return None
+    inputs = node.args[0] if node.args else node.kwargs.get("inputs")
+    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+        return None
+    call = {k: v for k, v in node.kwargs.items() if k != "inputs"}
+    if any(call.get(k) for k in ("mask", "return_attention_scores", "use_causal_mask")) \
+            or len(node.args) > 1:
+        return None
+    query, value = inputs[0], inputs[1]
+    key = inputs[2] if len(inputs) == 3 else value
+    if any(t.shape.rank != 3 or None in t.shape[1:] or
+           getattr(t.tensor, "_keras_mask", None) is not None for t in (query, value, key)):
+        return None
+    return query, value, key
+
+
+def _split_layers(model):
+    """The model with Keras' dot-product ``Attention`` and ``RepeatVector`` replaced by the
+    layers computing the same (see :func:`replace_aliases`)."""
+    graph = Graph(model)
+    found = {node.index for node in graph.nodes
+             if _dot_attention(node) is not None or (type(node.layer) is _L.RepeatVector
+                                                     and node.inputs[0].shape[1] is not None)}
+    if not found:
+        return model
+
+    def rewrite(node, rb):
+        if node.index not in found:
+            return None
+        layer = node.layer
+        name = rb.name_for(layer)
+        if type(layer) is _L.RepeatVector:
+            x = rb.map(node.inputs[0])
+            x = _L.Reshape((1, int(x.shape[1])), name=rb.unique(f"{name}/row"))(x)
+            return _L.UpSampling1D(int(layer.n), name=name)(x)
+        query, value, key = rb.map(_dot_attention(node))
+        scores = _L.Dot(axes=(2, 2), name=rb.unique(f"{name}/scores"))([query, key])
+        if layer.use_scale:
+            scores = _L.Rescaling(float(layer.scale.numpy()),
+                                  name=rb.unique(f"{name}/scale"))(scores)
+        weights = _L.Softmax(axis=-1, name=rb.unique(f"{name}/softmax"))(scores)
+        return _L.Dot(axes=(2, 1), name=name)([weights, value])
+
+    return rebuild(graph, rewrite)
+
+
 def replace_aliases(model):
     """Replaces layers by the supported layer that computes the same function.
 
@@ -96,6 +148,13 @@ def replace_aliases(model):
       inner layer itself, with its weights: Dense acts on the last axis of any rank;
     * ``Resizing`` (nearest or bilinear, no cropping) to a multiple of its static input size
       becomes ``UpSampling2D`` by those factors (both are ``tf.image.resize``);
+    * Keras' dot-product ``Attention()([query, value(, key)])`` (no mask, no causal mask, no
+      returned scores, static rank-3 inputs) becomes ``Dot(axes=(2, 2))([query, key])``
+      (``<name>/scores``), ``Rescaling(scale)`` with ``use_scale`` (``<name>/scale``),
+      ``Softmax(axis=-1)`` (``<name>/softmax``) and ``Dot(axes=(2, 1))([weights, value])``
+      named as the layer (its dropout is an identity at inference);
+    * ``RepeatVector(n)`` becomes ``Reshape((1, C))`` (``<name>/row``) and
+      ``UpSampling1D(n)`` (nearest: the same copies);
     * an ``Add``, ``Multiply``, ``Maximum`` or ``Minimum`` of three or more inputs becomes a
       chain of binary ones (``name_1``, ``name_2``, ..., the last keeping ``name``): Keras
       merges its inputs one after the other, so the chain computes the same, bit for bit.
@@ -114,4 +173,4 @@ def replace_aliases(model):
         model = replace_aliases(model)  # ELU() -> Activation('elu')
         ```
     """
-    return _split_merges(substitute_layers(model, _alias))
+    return _split_layers(_split_merges(substitute_layers(model, _alias)))

@@ -32,6 +32,14 @@ _LEAKY_RELU = {"nn.leaky_relu"}
 _GELU = {"nn.gelu"}
 _SOFTMAX = {"nn.softmax", "math.softmax"}
 _SQUARE = {"math.square", "square"}
+_POW = {"math.pow", "pow"}
+# of two tensors -> Maximum / Minimum; maximum(x, 0) -> ReLU
+_EXTREMA = {"math.maximum": keras.layers.Maximum, "maximum": keras.layers.Maximum,
+            "math.minimum": keras.layers.Minimum, "minimum": keras.layers.Minimum}
+# moves of values between static shapes -> Reshape (and Permute)
+_RESHAPES = {"expand_dims", "compat.v1.expand_dims", "squeeze", "compat.v1.squeeze"}
+_DEPTH_TO_SPACE = {"nn.depth_to_space", "compat.v1.depth_to_space", "depth_to_space"}
+_SPACE_TO_DEPTH = {"nn.space_to_depth", "compat.v1.space_to_depth", "space_to_depth"}
 # reductions over the spatial (or time) axes -> global pooling; concatenation
 _REDUCTIONS = {"math.reduce_mean": "avg", "reduce_mean": "avg",
                "math.reduce_max": "max", "reduce_max": "max",
@@ -384,6 +392,86 @@ def _resize(node):
                                    "interpolation": method}, x
 
 
+def _extremum(node, name):
+    """``tf.maximum(x, y)`` / ``tf.minimum(x, y)`` of two float tensors of the same rank ->
+    ``Maximum`` / ``Minimum``; ``tf.maximum(x, 0)`` -> ``ReLU``."""
+    args = _arguments(node)
+    if args is None:
+        return None
+    x, y = args.get("x"), args.get("y")
+    if isinstance(y, TensorRef) and not isinstance(x, TensorRef):
+        x, y = y, x
+    if not isinstance(x, TensorRef) or not x.tensor.dtype.is_floating:
+        return None
+    if isinstance(y, TensorRef):
+        out = node.outputs[0]
+        return (_EXTREMA[name], {}, [x, y]) if y.tensor.dtype.is_floating \
+            and _same_rank(x, y, out) else None
+    if _EXTREMA[name] is keras.layers.Maximum and tfop_constant(y, x) == 0.0:
+        return keras.layers.ReLU, {}, x
+    return None
+
+
+def _pow(node):
+    """``tf.pow(x, 2)`` -> ``Multiply()([x, x])``."""
+    args = _arguments(node)
+    x = None if args is None else args.get("x")
+    if not isinstance(x, TensorRef) or not x.tensor.dtype.is_floating \
+            or tfop_constant(args.get("y"), x) != 2.0:
+        return None
+    return keras.layers.Multiply, {}, [x, x]
+
+
+def _static(ref):
+    """The static non-batch dimensions of a tensor with a free batch axis, or None."""
+    shape = ref.shape
+    if shape.rank is None or shape.rank < 1 or any(d is None for d in shape[1:]):
+        return None
+    return [int(d) for d in shape[1:]]
+
+
+def _reshape(node):
+    """``tf.expand_dims`` / ``tf.squeeze`` of a static shape that keep the batch axis ->
+    ``Reshape`` to the output shape (the same values in the same order)."""
+    args = _arguments(node)
+    if args is None:
+        return None
+    x = args.get("input")
+    if not isinstance(x, TensorRef) or not x.tensor.dtype.is_floating:
+        return None
+    before, after = _static(x), _static(node.outputs[0])
+    if before is None or after is None or node.outputs[0].shape.rank < 2 \
+            or int(np.prod(before)) != int(np.prod(after)):
+        return None
+    return keras.layers.Reshape, {"target_shape": tuple(after)}, x
+
+
+def _depth_space(node, to_space):
+    """``tf.nn.depth_to_space(x, r)`` (pixel shuffle) / ``tf.nn.space_to_depth(x, r)`` of a
+    static NHWC tensor -> ``Reshape``, ``Permute((1, 3, 2, 4, 5))``, ``Reshape``: TensorFlow's
+    order, ``out[h r + i, w r + j, c] = in[h, w, (i r + j) C' + c]``."""
+    args = _arguments(node)
+    if args is None:
+        return None
+    x, r = args.get("input"), args.get("block_size")
+    shape = None if not isinstance(x, TensorRef) else _static(x)
+    if shape is None or len(shape) != 3 or not isinstance(r, int) or r < 2 \
+            or args.get("data_format", "NHWC") != "NHWC" or not x.tensor.dtype.is_floating:
+        return None
+    h, w, c = shape
+    if to_space:
+        if c % (r * r):
+            return None
+        first, last = (h, w, r, r, c // (r * r)), (h * r, w * r, c // (r * r))
+    else:
+        if h % r or w % r:
+            return None
+        first, last = (h // r, r, w // r, r, c), (h // r, w // r, r * r * c)
+    return _CHAIN, [(keras.layers.Reshape, {"target_shape": first}),
+                    (keras.layers.Permute, {"dims": (1, 3, 2, 4, 5)}),
+                    (keras.layers.Reshape, {"target_shape": last})], x
+
+
 def _split(node):
     """``tf.split(x, n or sizes, axis)`` of a static non-batch axis -> one Slicing per part
     (a list of ``(class, config, inputs)``)."""
@@ -444,6 +532,14 @@ def _replacement(node):
         return _matmul(node)
     if name in _RESIZE:
         return _resize(node)
+    if name in _EXTREMA:
+        return _extremum(node, name)
+    if name in _POW:
+        return _pow(node)
+    if name in _RESHAPES:
+        return _reshape(node)
+    if name in _DEPTH_TO_SPACE or name in _SPACE_TO_DEPTH:
+        return _depth_space(node, name in _DEPTH_TO_SPACE)
     return None
 
 
@@ -498,8 +594,13 @@ def replace_tfop_arithmetic(model):
       a static shape (CBAM's channel pooling) -> ``Dense(1, use_bias=False)`` of kernel
       ``1 / C`` or 1 / ``Reshape``, ``MaxPooling2D((1, C))``, ``Reshape`` (``<name>/0``...,
       the last named as the call; a Reshape drops the axis without ``keepdims``);
-      ``tf.math.square(x)`` -> ``Multiply()([x, x])``; ``tf.concat`` of float tensors ->
-      Concatenate.
+      ``tf.math.square(x)`` and ``tf.pow(x, 2)`` -> ``Multiply()([x, x])``; ``tf.concat`` of
+      float tensors -> Concatenate; ``tf.maximum`` / ``tf.minimum`` of two tensors ->
+      Maximum / Minimum, ``tf.maximum(x, 0)`` -> ReLU,
+    - ``tf.expand_dims`` / ``tf.squeeze`` of static shapes -> ``Reshape``;
+      ``tf.nn.depth_to_space(x, r)`` (pixel shuffle) and ``tf.nn.space_to_depth(x, r)`` ->
+      ``Reshape``, ``Permute((1, 3, 2, 4, 5))``, ``Reshape`` (``<name>/0``, ``<name>/1``,
+      then ``<name>``).
 
     Other TFOpLambda layers (``c / x``, ``x / y``, constants that broadcast other axes, integer
     tensors) are left as is. The new layers take the name of the layer they replace, and the

@@ -1,6 +1,7 @@
 """replace_aliases: ELU, Average, ThresholdedReLU(0) and TimeDistributed(Dense) become the
 supported layers that compute the same."""
 import numpy as np
+import pytest
 import tf_keras as keras
 
 from quantizeml.layers.skip import Add
@@ -88,3 +89,43 @@ def test_resizing_to_a_multiple_becomes_upsampling(checks):
     x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
     for a, b in zip(model(x), new(x)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("use_scale,with_key", [(False, False), (True, True)],
+                         ids=["plain", "scaled-with-key"])
+def test_dot_attention_becomes_dot_softmax_dot(checks, use_scale, with_key):
+    inputs = keras.Input((6, 4))
+    q = L.Dense(8, name="q")(inputs)
+    v = L.Dense(8, name="v")(inputs)
+    args = [q, v, L.Dense(8, name="k")(inputs)] if with_key else [q, v]
+    attention = L.Attention(use_scale=use_scale, name="att")
+    model = keras.Model(inputs, L.Dense(2, name="head")(attention(args)))
+    if use_scale:
+        attention.scale.assign(0.7)
+    before = checks.snapshot(model)
+    new = replace_aliases(model)
+    assert [type(new.get_layer(n)) for n in ("att/scores", "att/softmax", "att")] == \
+        [L.Dot, L.Softmax, L.Dot]
+    assert ("att/scale" in [layer.name for layer in new.layers]) == use_scale
+    checks.equivalent(model, new, rtol=1e-5, atol=1e-5)
+    checks.unchanged(model, before, new)
+
+
+def test_masked_and_other_attentions_stay():
+    inputs = keras.Input((6, 4))
+    q = L.Dense(8)(inputs)
+    y = L.Attention(name="causal")([q, q], use_causal_mask=True)
+    z = L.Attention(score_mode="concat", name="concat")([q, q])
+    w = L.AdditiveAttention(name="additive")([q, q])
+    model = keras.Model(inputs, [y, z, w])
+    assert replace_aliases(model) is model
+
+
+def test_repeat_vector_becomes_upsampling(checks):
+    inputs = keras.Input((5,))
+    x = L.Dense(3, name="d")(inputs)
+    model = keras.Model(inputs, L.Conv1D(2, 1, name="head")(L.RepeatVector(4, name="rep")(x)))
+    new = replace_aliases(model)
+    assert type(new.get_layer("rep/row")) is L.Reshape
+    assert type(new.get_layer("rep")) is L.UpSampling1D
+    checks.equivalent(model, new, rtol=0, atol=0)

@@ -350,3 +350,55 @@ def test_integer_slices_and_splits_stay():
     i = keras.Input((4, 6), dtype="int32")
     model = keras.Model(i, [i[:, 1:3], tf.split(i, 2, axis=-1)[0]])
     assert replace_tfop_arithmetic(model) is model
+
+
+# name -> (op on a (None, 4, 4, 8) tensor, the layer classes replacing it)
+MOVES = {
+    "depth_to_space": (lambda x: tf.nn.depth_to_space(x, 2),
+                       [keras.layers.Reshape, keras.layers.Permute, keras.layers.Reshape]),
+    "space_to_depth": (lambda x: tf.nn.space_to_depth(x, 2),
+                       [keras.layers.Reshape, keras.layers.Permute, keras.layers.Reshape]),
+    "expand_dims": (lambda x: tf.expand_dims(x, 3), [keras.layers.Reshape]),
+    "squeeze": (lambda x: tf.squeeze(x[:, :1], axis=1), [Slicing, keras.layers.Reshape]),
+    "maximum": (lambda x: tf.maximum(x, x * 0.5), [keras.layers.Rescaling, keras.layers.Maximum]),
+    "minimum": (lambda x: tf.math.minimum(x * 0.5, x), [keras.layers.Rescaling,
+                                                         keras.layers.Minimum]),
+    "maximum_zero": (lambda x: tf.maximum(x, 0.0), [keras.layers.ReLU]),
+    "pow_2": (lambda x: tf.pow(x, 2), [keras.layers.Multiply]),
+}
+
+
+@pytest.mark.parametrize("name", list(MOVES))
+def test_moves_and_extrema_become_layers(checks, name):
+    """Pixel shuffles, expand_dims / squeeze, maximum / minimum of tensors, maximum(x, 0)
+    and pow(x, 2) become layers with the same outputs (the moves exactly)."""
+    op, expected = MOVES[name]
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(8, 1)(inputs)
+    model = keras.Model(inputs, keras.layers.Flatten()(op(x)))
+    new = replace_tfop_arithmetic(model)
+    assert [type(layer) for layer in new.layers[2:2 + len(expected)]] == expected
+    assert not any(type(layer).__name__ in ("TFOpLambda", "SlicingOpLambda")
+                   for layer in new.layers)
+    checks.equivalent(model, new, rtol=1e-6, atol=1e-6)
+
+
+def test_depth_to_space_order():
+    """TensorFlow's order: out[h r + i, w r + j, c] = in[h, w, (i r + j) C' + c]."""
+    inputs = keras.Input((2, 3, 8))
+    model = keras.Model(inputs, tf.nn.depth_to_space(inputs, 2))
+    new = replace_tfop_arithmetic(model)
+    x = np.arange(2 * 3 * 8, dtype=np.float32).reshape(1, 2, 3, 8)
+    np.testing.assert_array_equal(new(x).numpy(), tf.nn.depth_to_space(x, 2).numpy())
+    back = replace_tfop_arithmetic(keras.Model(inputs, tf.nn.space_to_depth(
+        tf.nn.depth_to_space(inputs, 2), 2)))
+    np.testing.assert_array_equal(back(x).numpy(), x)
+
+
+def test_other_extrema_and_moves_stay():
+    inputs = keras.Input((4, 4, 8))
+    model = keras.Model(inputs, tf.maximum(inputs, 0.5))  # a constant other than 0
+    assert replace_tfop_arithmetic(model) is model
+    dynamic = keras.Input((None, None, 8))
+    model = keras.Model(dynamic, tf.nn.depth_to_space(dynamic, 2))
+    assert replace_tfop_arithmetic(model) is model  # dynamic spatial dimensions
