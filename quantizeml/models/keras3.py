@@ -58,6 +58,27 @@ def _transpose(x, axes=None):
     return tf.transpose(x, perm=axes)
 
 
+def _depth_to_space(x, block_size, data_format="channels_last"):
+    """Keras 3's ``ops.depth_to_space`` (channels_last) as ``tf.nn.depth_to_space``."""
+    if data_format != "channels_last":
+        raise ValueError(f"from_keras3 expected depth_to_space on channels_last data. "
+                         f"Received: data_format={data_format!r}")
+    return tf.nn.depth_to_space(x, block_size)
+
+
+def _space_to_depth(x, block_size, data_format="channels_last"):
+    """Keras 3's ``ops.space_to_depth`` (channels_last) as ``tf.nn.space_to_depth``."""
+    if data_format != "channels_last":
+        raise ValueError(f"from_keras3 expected space_to_depth on channels_last data. "
+                         f"Received: data_format={data_format!r}")
+    return tf.nn.space_to_depth(x, block_size)
+
+
+def _reshape(x, newshape):
+    """Keras 3's ``ops.reshape(x, newshape)`` (batch axis included) as ``tf.reshape``."""
+    return tf.reshape(x, newshape)
+
+
 # Keras 3 ops (class name in ``keras.src.ops``) -> the TF function applied to the tf_keras
 # tensors (arithmetic: a TFOpLambda layer) or an activation name (an Activation layer)
 _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.multiply,
@@ -66,7 +87,7 @@ _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.mu
         "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
         "Silu": "swish", "Swish": "swish", "HardSigmoid": HARD_SIGMOID,
         "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH, "GetItem": _getitem,
-        "Matmul": tf.linalg.matmul}
+        "Matmul": tf.linalg.matmul, "Square": tf.math.square, "Power": tf.math.pow}
 # Keras 3 ops with options -> (TF function, the options it takes as keyword arguments):
 # reductions (spatial ones become global pooling layers in quantize()) and concatenation
 _OPTION_OPS = {"Mean": (tf.math.reduce_mean, ("axis", "keepdims")),
@@ -74,7 +95,13 @@ _OPTION_OPS = {"Mean": (tf.math.reduce_mean, ("axis", "keepdims")),
                "Concatenate": (tf.concat, ("axis",)),
                "Split": (_split, ("indices_or_sections", "axis")),
                "Softmax": (tf.nn.softmax, ("axis",)),
-               "Transpose": (_transpose, ("axes",))}
+               "Transpose": (_transpose, ("axes",)),
+               "Sum": (tf.math.reduce_sum, ("axis", "keepdims")),
+               "ExpandDims": (tf.expand_dims, ("axis",)),
+               "Squeeze": (tf.squeeze, ("axis",)),
+               "Reshape": (_reshape, ("newshape",)),
+               "DepthToSpace": (_depth_to_space, ("block_size", "data_format")),
+               "SpaceToDepth": (_space_to_depth, ("block_size", "data_format"))}
 # Keras 3 layer options that tf_keras names otherwise: (class name, key) -> tf_keras key
 _RENAMED = {("LeakyReLU", "negative_slope"): "alpha"}
 _OP_MODULE = "keras.src.ops"

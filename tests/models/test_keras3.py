@@ -378,3 +378,28 @@ def test_matmul_softmax_transpose_ops_convert_and_quantize():
                or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
     y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
     assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)
+
+
+@pytest.mark.parametrize("case", ["sum", "square", "power", "expand_squeeze", "reshape",
+                                  "depth_to_space", "space_to_depth"])
+def test_reduction_power_and_move_ops_convert_and_quantize(case):
+    """Keras 3's ``ops.sum`` (over the channels), ``square``, ``power(x, 2)``,
+    ``expand_dims`` / ``squeeze``, ``reshape`` and the pixel shuffles convert with equal
+    outputs and quantize to all-integer models (SQNR above 20 dB)."""
+    ops = keras3.ops
+    fn = {"sum": lambda x: ops.sum(x, axis=-1, keepdims=True),
+          "square": ops.square, "power": lambda x: ops.power(x, 2),
+          "expand_squeeze": lambda x: ops.squeeze(ops.expand_dims(x, 3), 3),
+          "reshape": lambda x: ops.reshape(x, (-1, 2, 8, 8)),
+          "depth_to_space": lambda x: ops.depth_to_space(x, 2),
+          "space_to_depth": lambda x: ops.space_to_depth(x, 2)}[case]
+    inputs = keras3.Input((4, 4, 3))
+    x = K3.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    model = keras3.Model(inputs, K3.Flatten()(K3.Conv2D(4, 1, name="head")(fn(x))))
+    _check_equal(model, from_keras3(model))
+    samples = np.random.default_rng(0).uniform(-1, 1, size=(40, 4, 4, 3)).astype(np.float32)
+    qmodel = quantize(model, samples=samples[:32])
+    assert all(type(layer).__module__.startswith("quantizeml")
+               or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
+    y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
+    assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)
