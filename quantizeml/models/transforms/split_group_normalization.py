@@ -8,9 +8,14 @@ from ..graph import Graph, rebuild
 __all__ = ["split_group_normalization"]
 
 
+#: The most values per group: the LayerNormalization twin's int64 maths takes 8-bit inputs
+#: (8 value bits, unsigned) for ``M`` values while ``bits(M^3) <= 44``.
+MAX_GROUP_VALUES = 25_000
+
+
 def _splittable(node):
     """Whether a node is a GroupNormalization over the last axis of a static, unmasked
-    ``(batch, ..., channels)`` tensor."""
+    ``(batch, ..., channels)`` tensor with at most ``MAX_GROUP_VALUES`` values per group."""
     layer = node.layer
     if type(layer) is not keras.layers.GroupNormalization or len(node.inputs) != 1 \
             or node.kwargs.get("mask") is not None:
@@ -18,7 +23,8 @@ def _splittable(node):
     shape = node.inputs[0].shape
     if shape.rank is None or shape.rank < 3 or any(d is None for d in shape[1:]):
         return False
-    return layer.axis in (-1, shape.rank - 1)
+    per_group = int(np.prod(shape[1:])) // int(layer.groups)
+    return layer.axis in (-1, shape.rank - 1) and per_group <= MAX_GROUP_VALUES
 
 
 def split_group_normalization(model, keep=()):
@@ -40,11 +46,12 @@ def split_group_normalization(model, keep=()):
       ``DepthwiseConv2D(1)`` holding ``gamma`` as its kernel and ``beta`` as its bias, named
       as the GroupNormalization (for 1-D data a last Reshape restores ``(T, C)``).
 
-    A GroupNormalization over another axis, of a dynamic shape or called with a mask stays
-    as it is (quantize() reports it; ``q_config={name: 'float'}`` keeps it float). The inputs
-    of the LayerNormalization count ``P * C / groups`` values: its int64 maths takes inputs of
-    at most ``(60 - bits(M^3)) // 2`` value bits for ``M`` of them (8-bit activations up to
-    ``M`` = 40,000: 32x32 positions of 32 channels per group), else quantize() names it.
+    A GroupNormalization over another axis, of a dynamic shape, called with a mask, or with
+    more than ``MAX_GROUP_VALUES`` (25,000) values per group stays as it is (quantize()
+    reports it; ``q_config={name: 'float'}`` or ``float_fallback=True`` keeps it float): the
+    LayerNormalization twin's int64 maths takes inputs of at most ``(60 - bits(M^3)) // 2``
+    value bits for ``M`` values, 8 bits up to 25,000 (e.g. 32x32 positions of 16 channels
+    per group).
 
     Args:
         model (keras.Model): a model.

@@ -9,6 +9,7 @@ from quantizeml.layers import QuantizedDepthwiseConv2D, QuantizedLayerStdNormali
 from quantizeml.models import quantize
 from quantizeml.models.check import float_islands
 from quantizeml.models.transforms import sanitize, split_group_normalization
+from quantizeml.models.transforms.split_group_normalization import MAX_GROUP_VALUES
 from tests.onnx_support.test_export_merging import check_export_bit_exact
 
 L = keras.layers
@@ -84,6 +85,11 @@ def test_not_split():
     x = _inputs((4, 6, 8))
     with pytest.raises(ValueError, match=r"gn_axis1 \(GroupNormalization"):
         quantize(model, samples=x, num_samples=16)
+    # more values per group than the LayerNormalization twin takes on 8 bits
+    inputs = keras.Input((64, 64, 16), name="inp")
+    y = L.GroupNormalization(2, name="gn_large")(L.Conv2D(16, 1, name="conv")(inputs))
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="head")(y))
+    assert 64 * 64 * 8 > MAX_GROUP_VALUES and split_group_normalization(model) is model
     model = _model(4)
     assert any(type(layer) is L.GroupNormalization
                for layer in sanitize(model, float_layers=("gn",)).layers)
