@@ -48,6 +48,15 @@ def hard_swish(x):
     return x * tf.nn.relu6(x + 3.0) / 6.0
 
 
+@keras.saving.register_keras_serializable(package="quantizeml", name="abs")
+def absolute(x):
+    """The absolute value ``|x|`` as a Keras activation: ``keras.layers.Activation(absolute)``
+    (it serializes as ``quantizeml>abs``; ``tf.abs`` inside a model becomes one, e.g. the L1
+    distance of a Siamese network).
+    """
+    return tf.math.abs(x)
+
+
 @keras.saving.register_keras_serializable(package="quantizeml", name="gelu_approximate")
 def gelu_approximate(x):
     """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
@@ -85,6 +94,7 @@ ACTIVATIONS = {
     "relu": tf.nn.relu,
     "relu6": tf.nn.relu6,
     "mish": lambda x: x * tf.math.tanh(tf.math.softplus(x)),
+    "abs": tf.math.abs,
 }
 _PREFIX = "quantizeml>"
 _LIBRARIES = ("tensorflow", "tf_keras", "keras", "quantizeml")
@@ -315,7 +325,7 @@ class QuantizedActivation(TableActivation, keras.layers.Activation):
     (``quantizeml.layers.table.hard_swish``), hard_sigmoid_relu6 (MobileNetV3's, from
     ``fuse_hard_swish``), gelu (exact, tf_keras' default) and
     gelu_approximate (``quantizeml.layers.table.gelu_approximate``), tanh, elu, selu,
-    softplus, softsign, exponential, linear, relu, relu6, mish.
+    softplus, softsign, exponential, linear, relu, relu6, mish, abs (``absolute``).
 
     Integer maths: ``y = T[x + 2^vb]`` with ``T`` from :func:`build_table` (f in float64 on the
     input grid, rounded half up onto the output quantizer's grid, clipped to its range; 16-bit

@@ -87,7 +87,8 @@ _OPS = {"Add": tf.math.add, "Subtract": tf.math.subtract, "Multiply": tf.math.mu
         "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
         "Silu": "swish", "Swish": "swish", "HardSigmoid": HARD_SIGMOID,
         "HardSilu": HARD_SWISH, "HardSwish": HARD_SWISH, "GetItem": _getitem,
-        "Matmul": tf.linalg.matmul, "Square": tf.math.square, "Power": tf.math.pow}
+        "Matmul": tf.linalg.matmul, "Square": tf.math.square, "Power": tf.math.pow,
+        "Absolute": tf.math.abs, "Abs": tf.math.abs}
 # Keras 3 ops with options -> (TF function, the options it takes as keyword arguments):
 # reductions (spatial ones become global pooling layers in quantize()) and concatenation
 _OPTION_OPS = {"Mean": (tf.math.reduce_mean, ("axis", "keepdims")),

@@ -229,7 +229,7 @@ def _rescaling_refusals(model, consumer_map, batches, q_config):
 
 #: Elementwise activations whose outputs are >= 0 (their table needs no negative level).
 NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "hard_sigmoid_relu6",
-                           "softplus", "exponential")
+                           "softplus", "exponential", "abs")
 #: Layers whose output is >= 0 when all their inputs are (averages, maxima, sums, products,
 #: concatenations, interpolations with nonnegative weights, and moves of values); Maximum
 #: needs one nonnegative input only.

@@ -1527,6 +1527,7 @@ _FLOAT_ACTIVATIONS = {
     "tanh": ("Tanh", {}), "softmax": ("Softmax", {"axis": -1}), "elu": ("Elu", {}),
     "selu": ("Selu", {}), "softplus": ("Softplus", {}), "softsign": ("Softsign", {}),
     "exponential": ("Exp", {}), "hard_sigmoid": ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}),
+    "quantizeml>abs": ("Abs", {}),
 }
 
 

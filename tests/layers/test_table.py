@@ -11,7 +11,7 @@ from quantizeml.layers.registry import twin_spec
 from quantizeml.layers.table import (DEFAULT_OUTPUT_VALUE_BITS, MAX_TABLE_VALUE_BITS,
                                      QuantizedActivation, QuantizedELU, QuantizedLeakyReLU,
                                      QuantizedPReLU, QuantizedTableReLU, TableReLU, build_table,
-                                     gelu_approximate, hard_swish, lookup)
+                                     absolute, gelu_approximate, hard_swish, lookup)
 from quantizeml.models import QuantizationParams, quantize
 from quantizeml.tensors import FixedPoint, QFloat
 from tests.layers.references import frac, ints, quantize_scales
@@ -50,10 +50,12 @@ NP_FUNCTIONS = {
     "relu": lambda x: np.maximum(x, 0.0),
     "relu6": lambda x: np.clip(x, 0.0, 6.0),
     "mish": lambda x: x * np.tanh(_softplus(x)),
+    "abs": np.abs,
 }
 #: the Keras activation argument of each (hard_swish, gelu_approximate: quantizeml functions)
 KERAS_ACTIVATIONS = {**{name: name for name in NP_FUNCTIONS},
                      "hard_swish": hard_swish, "gelu_approximate": gelu_approximate,
+                     "abs": absolute,
                      "hard_sigmoid_relu6": "quantizeml>hard_sigmoid_relu6"}
 
 

@@ -1,6 +1,7 @@
 """quantize() prepares float models itself (no sanitize call) and keeps float islands on
 request (q_config entry "float")."""
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tensorflow as tf
 import tf_keras as keras
@@ -9,6 +10,7 @@ from quantizeml.layers import Dequantizer, InputQuantizer, QuantizedConv2D
 from quantizeml.models import QuantizationParams, check_quantization, float_islands, quantize
 from quantizeml.models.transforms import sanitize
 from quantizeml.models.zoo import digits_cnn
+from quantizeml.onnx_support import export
 from tests.onnx_support.test_export_merging import check_export_bit_exact
 
 L = keras.layers
@@ -265,3 +267,27 @@ def test_pixel_shuffle_and_keras_attention_quantize_and_export(build):
     y, yq = model(x).numpy(), qmodel(x).numpy()
     assert 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2)) > 25
     check_export_bit_exact(qmodel, x)
+
+
+def test_siamese_l1_distance_quantizes_and_exports():
+    """A Siamese network (one base model shared by two inputs) compared by the L1 distance
+    ``tf.abs(a - b)``: the absolute value becomes a table activation, every layer integer up
+    to the final sigmoid, exported bit-exactly."""
+    base_in = keras.Input((8, 8, 1), name="base_in")
+    y = L.Conv2D(8, 3, activation="relu", name="conv")(base_in)
+    y = L.Dense(6, name="embed")(L.GlobalAveragePooling2D(name="pool")(y))
+    base = keras.Model(base_in, y, name="base")
+    left, right = keras.Input((8, 8, 1), name="left"), keras.Input((8, 8, 1), name="right")
+    distance = tf.abs(base(left) - base(right))
+    model = keras.Model([left, right], L.Dense(1, activation="sigmoid", name="same")(distance))
+    rng = np.random.default_rng(5)
+    x = [rng.uniform(0, 1, (32, 8, 8, 1)).astype(np.float32) for _ in range(2)]
+    qmodel = quantize(model, samples=x, num_samples=32, batch_size=32)
+    assert any(type(layer).__name__ == "QuantizedActivation" for layer in qmodel.layers)
+    assert not float_islands(qmodel)
+    y, yq = model(x).numpy(), qmodel(x).numpy()
+    assert 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2)) > 25
+    session = ort.InferenceSession(export(qmodel).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    feeds = {t.name: v for t, v in zip(session.get_inputs(), x)}
+    np.testing.assert_array_equal(session.run(None, feeds)[0], yq)

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ...layers.reshaping import Slicing
+from ...layers.table import absolute
 from ...layers.tokens import AddPositionEmbs, ExtractToken
 from ..graph import Graph, TensorRef, rebuild
 
@@ -32,6 +33,7 @@ _LEAKY_RELU = {"nn.leaky_relu"}
 _GELU = {"nn.gelu"}
 _SOFTMAX = {"nn.softmax", "math.softmax"}
 _SQUARE = {"math.square", "square"}
+_ABS = {"math.abs", "abs"}
 _POW = {"math.pow", "pow"}
 # of two tensors -> Maximum / Minimum; maximum(x, 0) -> ReLU
 _EXTREMA = {"math.maximum": keras.layers.Maximum, "maximum": keras.layers.Maximum,
@@ -221,6 +223,8 @@ def _unary(node, name):
             (keras.layers.Activation, {"activation": "gelu"}, x)
     if name in _SQUARE:
         return keras.layers.Multiply, {}, [x, x]
+    if name in _ABS:
+        return keras.layers.Activation, {"activation": absolute}, x
     if name in _SOFTMAX:
         axis = arguments.get("axis", -1)
         axis = -1 if axis is None else axis
@@ -520,7 +524,8 @@ def _replacement(node):
     if name in _ADD or name in _SUBTRACT or name in _MULTIPLY or name in _DIVIDE:
         return _binary(node)
     if name in _NEGATIVE or name in _RELU or name in _LEAKY_RELU or name in _GELU \
-            or name in _SOFTMAX or name in _ACTIVATIONS or name in _CLIP or name in _SQUARE:
+            or name in _SOFTMAX or name in _ACTIVATIONS or name in _CLIP or name in _SQUARE \
+            or name in _ABS:
         return _unary(node, name)
     if name in _REDUCTIONS:
         return _reduction(node, _REDUCTIONS[name])
@@ -594,7 +599,8 @@ def replace_tfop_arithmetic(model):
       a static shape (CBAM's channel pooling) -> ``Dense(1, use_bias=False)`` of kernel
       ``1 / C`` or 1 / ``Reshape``, ``MaxPooling2D((1, C))``, ``Reshape`` (``<name>/0``...,
       the last named as the call; a Reshape drops the axis without ``keepdims``);
-      ``tf.math.square(x)`` and ``tf.pow(x, 2)`` -> ``Multiply()([x, x])``; ``tf.concat`` of
+      ``tf.math.square(x)`` and ``tf.pow(x, 2)`` -> ``Multiply()([x, x])``; ``tf.abs(x)`` ->
+      ``Activation(absolute)`` (a table); ``tf.concat`` of
       float tensors -> Concatenate; ``tf.maximum`` / ``tf.minimum`` of two tensors ->
       Maximum / Minimum, ``tf.maximum(x, 0)`` -> ReLU,
     - ``tf.expand_dims`` / ``tf.squeeze`` of static shapes -> ``Reshape``;

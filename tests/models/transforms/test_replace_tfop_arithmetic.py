@@ -36,6 +36,7 @@ CASES = {
                                                           0.0)),
     "relu": (lambda x, y: tf.nn.relu(x), L.ReLU, None),
     "relu6": (lambda x, y: tf.nn.relu6(x), L.ReLU, None),
+    "abs": (lambda x, y: tf.abs(x), L.Activation, None),
     "leaky_relu": (lambda x, y: tf.nn.leaky_relu(x, 0.1), L.ReLU, None),
     "clip_zero_to_six": (lambda x, y: tf.clip_by_value(x, 0.0, 6.0), L.ReLU, None),
     "sigmoid": (lambda x, y: tf.math.sigmoid(x), L.Activation, None),
