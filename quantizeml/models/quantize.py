@@ -640,7 +640,9 @@ def _search_weight_ranges(qmodel, batches):
         with eager_layer_calls():
             qmodel(sample if len(sample) > 1 else sample[0], training=False)
     finally:
-        missed = [q.name for q in quantizers if q.search_pending]
+        # a quantizer the layer never calls (the gamma quantizer of a LayerNormalization
+        # without scale) stays unbuilt: it quantizes nothing
+        missed = [q.name for q in quantizers if q.search_pending and q.built]
         for quantizer in quantizers:
             quantizer.search_pending = False
     if missed:

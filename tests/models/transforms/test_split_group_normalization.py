@@ -6,7 +6,7 @@ import pytest
 import tf_keras as keras
 
 from quantizeml.layers import QuantizedDepthwiseConv2D, QuantizedLayerStdNormalization
-from quantizeml.models import quantize
+from quantizeml.models import QuantizationParams, quantize
 from quantizeml.models.check import float_islands
 from quantizeml.models.transforms import sanitize, split_group_normalization
 from quantizeml.models.transforms.split_group_normalization import MAX_GROUP_VALUES
@@ -110,3 +110,18 @@ def test_keras3_group_normalization():
     assert not float_islands(qmodel)
     y, yq = np.asarray(model(x)), qmodel(x).numpy()
     assert 10 * np.log10(np.sum(y**2) / np.sum((y - yq) ** 2)) > 25
+
+
+def test_low_bit_quantize():
+    """At 4 bits the LayerNormalization without scale of the split (whose unused gamma
+    quantizer searches no range) quantizes too, and a plain LayerNormalization(scale=False)."""
+    qparams = QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4,
+                                 output_bits=4)
+    x = _inputs((8, 8, 3))
+    qmodel = quantize(_model(4), qparams=qparams, samples=x, num_samples=16, batch_size=16)
+    check_export_bit_exact(qmodel, x)
+    inputs = keras.Input((6, 8), name="inp")
+    y = L.LayerNormalization(scale=False, name="ln")(L.Dense(8, name="d")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="head")(y))
+    qmodel = quantize(model, qparams=qparams, samples=_inputs((6, 8)), num_samples=16)
+    assert isinstance(qmodel.get_layer("ln"), QuantizedLayerStdNormalization)
