@@ -267,28 +267,13 @@ class QuantizedUpSampling2D(QuantConfigMixin, keras.layers.UpSampling2D):
                                                              cols, axis=2))
 
     def _bilinear(self, inputs):
-        x = check_qtensor(self, inputs, (FixedPoint, QFloat))
-        fp = x.fp if isinstance(x, QFloat) else x
-        if x.shape.rank != 4 or None in x.shape[1:3]:
-            raise ValueError(f"Layer {self.name} ({type(self).__name__}) expected 4D inputs of "
-                             f"static height and width. Received: inputs of shape {x.shape}")
-        extra = sum(int(np.log2(2 * s)) for s in self.size if s > 1)
-        value_bits = fp.value_bits + extra
-        values = tf.cast(fp.values, carrier_dtype(value_bits))
+        x = _static_image(self, inputs)
+        axes = []
         for axis, s in ((1, int(self.size[0])), (2, int(self.size[1]))):
-            if s == 1:
-                continue
-            lo, hi, w_lo, w_hi = bilinear_axis(int(values.shape[axis]), s)
-            shape = [1, 1, 1, 1]
-            shape[axis] = -1
-            values = (tf.gather(values, lo, axis=axis)
-                      * tf.reshape(tf.constant(w_lo, values.dtype), shape)
-                      + tf.gather(values, hi, axis=axis)
-                      * tf.reshape(tf.constant(w_hi, values.dtype), shape))
-        output = FixedPoint(values, value_bits, fp.frac_bits + extra, clip=False)
-        if isinstance(x, QFloat):
-            output = QFloat(output, x.scales)
-        return self._quantize_output(output)
+            if s > 1:
+                lo, hi, w_lo, w_hi = bilinear_axis(int(x.shape[axis]), s)
+                axes.append((axis, lo, hi, w_lo, w_hi, int(np.log2(2 * s))))
+        return _interpolate(self, x, axes)
 
 
 def _is_nearest(layer):
@@ -331,27 +316,41 @@ class QuantizedResizing(QuantConfigMixin, keras.layers.Resizing):
         self._init_quant_config(quant_config, OUTPUT_KEYS)
 
     def call(self, inputs):
-        x = check_qtensor(self, inputs, (FixedPoint, QFloat))
-        fp = x.fp if isinstance(x, QFloat) else x
-        if x.shape.rank != 4 or None in x.shape[1:3]:
-            raise ValueError(f"Layer {self.name} ({type(self).__name__}) expected 4D inputs of "
-                             f"static height and width. Received: inputs of shape {x.shape}")
+        x = _static_image(self, inputs)
         axes = [(axis, *resize_axis(int(x.shape[axis]), int(out), self.interpolation))
                 for axis, out in ((1, self.height), (2, self.width))]
-        extra = sum(axis[-1] for axis in axes)
-        value_bits = fp.value_bits + extra
-        values = fp.values if extra == 0 else tf.cast(fp.values, carrier_dtype(value_bits))
-        for axis, lo, hi, w_lo, w_hi, bits in axes:
-            if bits == 0:
-                values = tf.gather(values, lo, axis=axis)
-                continue
-            shape = [1, 1, 1, 1]
-            shape[axis] = -1
-            values = (tf.gather(values, lo, axis=axis)
-                      * tf.reshape(tf.constant(w_lo, values.dtype), shape)
-                      + tf.gather(values, hi, axis=axis)
-                      * tf.reshape(tf.constant(w_hi, values.dtype), shape))
-        output = FixedPoint(values, value_bits, fp.frac_bits + extra, clip=False)
-        if isinstance(x, QFloat):
-            output = QFloat(output, x.scales)
-        return self._quantize_output(output)
+        return _interpolate(self, x, axes)
+
+
+def _static_image(layer, inputs):
+    """The QTensor inputs of a resize, checked 4D of static height and width."""
+    x = check_qtensor(layer, inputs, (FixedPoint, QFloat))
+    if x.shape.rank != 4 or None in x.shape[1:3]:
+        raise ValueError(f"Layer {layer.name} ({type(layer).__name__}) expected 4D inputs of "
+                         f"static height and width. Received: inputs of shape {x.shape}")
+    return x
+
+
+def _interpolate(layer, x, axes):
+    """The weighted gathers of a resize: per ``(axis, lo, hi, w_lo, w_hi, bits)`` of
+    ``axes``, ``y = w_lo * x[lo] + w_hi * x[hi]`` on ``bits`` more value and fractional bits
+    (a plain gather of ``lo`` when ``bits`` is 0), scales unchanged; then the layer's output
+    quantizer."""
+    fp = x.fp if isinstance(x, QFloat) else x
+    extra = sum(axis[-1] for axis in axes)
+    value_bits = fp.value_bits + extra
+    values = fp.values if extra == 0 else tf.cast(fp.values, carrier_dtype(value_bits))
+    for axis, lo, hi, w_lo, w_hi, bits in axes:
+        if bits == 0:
+            values = tf.gather(values, lo, axis=axis)
+            continue
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        values = (tf.gather(values, lo, axis=axis)
+                  * tf.reshape(tf.constant(w_lo, values.dtype), shape)
+                  + tf.gather(values, hi, axis=axis)
+                  * tf.reshape(tf.constant(w_hi, values.dtype), shape))
+    output = FixedPoint(values, value_bits, fp.frac_bits + extra, clip=False)
+    if isinstance(x, QFloat):
+        output = QFloat(output, x.scales)
+    return layer._quantize_output(output)

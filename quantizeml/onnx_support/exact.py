@@ -1314,14 +1314,7 @@ def _upsample(b, layer, x):
         for axis, s in ((1, int(layer.size[0])), (2, int(layer.size[1]))):
             if s == 1:
                 continue
-            lo, hi, w_lo, w_hi = bilinear_axis(dims[axis - 1], s)
-            shape = [1, 1, 1, 1]
-            shape[axis] = -1
-            v = b.node("Add", [
-                b.node("Mul", [b.node("Gather", [v, b.i64(lo)], "bil_lo", axis=axis),
-                               b.i64(w_lo.reshape(shape))], "bil_wlo"),
-                b.node("Mul", [b.node("Gather", [v, b.i64(hi)], "bil_hi", axis=axis),
-                               b.i64(w_hi.reshape(shape))], "bil_whi")], "bilinear")
+            v = _weighted_gather(b, v, axis, *bilinear_axis(dims[axis - 1], s))
             dims[axis - 1] *= s
             vb, frac = vb + int(np.log2(2 * s)), frac + int(np.log2(2 * s))
         return _finish(b, layer, _T(v, vb, frac, x.scales, x.unsigned, (*dims, c)))
@@ -1331,6 +1324,18 @@ def _upsample(b, layer, x):
     shape = (h * rows, w_ * cols, c)
     v = b.node("Reshape", [v, b.i64([-1, *shape])], "upsample")
     return _finish(b, layer, _T(v, x.vb, x.frac, x.scales, x.unsigned, shape))
+
+
+def _weighted_gather(b, v, axis, lo, hi, w_lo, w_hi):
+    """``w_lo * v[lo] + w_hi * v[hi]`` along ``axis`` of a 4D int64 tensor: two ``Gather``,
+    two ``Mul`` by the integer weights and an ``Add`` (a bilinear resize of one axis)."""
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    return b.node("Add", [
+        b.node("Mul", [b.node("Gather", [v, b.i64(lo)], "bil_lo", axis=axis),
+                       b.i64(w_lo.reshape(shape))], "bil_wlo"),
+        b.node("Mul", [b.node("Gather", [v, b.i64(hi)], "bil_hi", axis=axis),
+                       b.i64(w_hi.reshape(shape))], "bil_whi")], "bilinear")
 
 
 def _resize(b, layer, x):
@@ -1350,13 +1355,7 @@ def _resize(b, layer, x):
         if bits == 0:
             v = b.node("Gather", [v, b.i64(lo)], "resize", axis=axis)
             continue
-        shape = [1, 1, 1, 1]
-        shape[axis] = -1
-        v = b.node("Add", [
-            b.node("Mul", [b.node("Gather", [v, b.i64(lo)], "res_lo", axis=axis),
-                           b.i64(w_lo.reshape(shape))], "res_wlo"),
-            b.node("Mul", [b.node("Gather", [v, b.i64(hi)], "res_hi", axis=axis),
-                           b.i64(w_hi.reshape(shape))], "res_whi")], "resize")
+        v = _weighted_gather(b, v, axis, lo, hi, w_lo, w_hi)
         vb, frac = vb + bits, frac + bits
     return _finish(b, layer, _T(v, vb, frac, x.scales, x.unsigned, (*dims, c), dtype=x.dtype))
 
