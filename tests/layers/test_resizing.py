@@ -191,3 +191,17 @@ def test_tf_image_resize_not_replaced():
     x = np.random.default_rng(2).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
     with pytest.raises(ValueError, match=r"tf\.image\.resize \(TFOpLambda"):
         quantize(model, samples=x, num_samples=8)
+
+
+def test_tf_image_resize_to_a_tensor_shape():
+    """DeepLab's pooling branch: ``tf.image.resize(pooled, x.shape[1:3])`` (a TensorShape)
+    becomes a Resizing too."""
+    inputs = keras.Input((8, 8, 3), name="inp")
+    y = L.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    pooled = L.GlobalAveragePooling2D(keepdims=True, name="gap")(y)
+    model = keras.Model(inputs, L.Concatenate()([y, tf.image.resize(pooled, y.shape[1:3])]))
+    prepared = sanitize(model)
+    resizing = [layer for layer in prepared.layers if type(layer) is L.Resizing]
+    assert len(resizing) == 1 and (resizing[0].height, resizing[0].width) == (8, 8)
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(prepared(x).numpy(), model(x).numpy(), atol=1e-6)

@@ -386,6 +386,9 @@ def _resize(node):
     if args is None or not isinstance(args.get("images"), TensorRef):
         return None
     x, size, method = args["images"], args.get("size"), str(args.get("method", "bilinear"))
+    if isinstance(size, (tf.TensorShape, np.ndarray)):  # e.g. size=other.shape[1:3]
+        size = [None if v is None else int(v) for v in
+                (size.as_list() if isinstance(size, tf.TensorShape) else size.tolist())]
     if x.shape.rank != 4 or not x.tensor.dtype.is_floating or args.get("antialias") \
             or args.get("preserve_aspect_ratio") or method not in ("bilinear", "nearest"):
         return None

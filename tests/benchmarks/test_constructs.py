@@ -1,0 +1,24 @@
+"""benchmarks/constructs.py: the hand-written constructs quantize to all-integer models that
+export bit-exactly, and a construct without a twin records its error."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "benchmarks"))
+import constructs  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["cbam", "keras_attention"])
+def test_construct_measured(name):
+    row = constructs.measure(name, "w8a8")
+    assert "error" not in row, row
+    assert row["integer"] and row["onnx_bit_exact"] and row["sqnr_db"] > 25, row
+
+
+def test_failing_construct_recorded_and_table():
+    row = constructs.measure("affine_offset", "w8a8")
+    assert "unsupported layers" in row["error"]
+    table = constructs.markdown([row], ["w8a8"])
+    assert table.splitlines()[-1] == "| affine_offset | fails |"
