@@ -1,13 +1,22 @@
 """benchmarks/constructs.py: the hand-written constructs quantize to all-integer models that
 export bit-exactly, and a construct without a twin records its error."""
+import importlib.util
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "benchmarks"))
-import constructs  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location(
+        "constructs", os.path.join(ROOT, "benchmarks", "constructs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+constructs = _module()
 
 
 @pytest.mark.parametrize("name", ["cbam", "keras_attention"])
