@@ -127,9 +127,10 @@ CONSTRUCTS = {
     "tensor_min_max": _image(lambda x: tf.maximum(tf.minimum(x, x * 0.5), x * 0.25)),
     "square_abs": _image(lambda x: L.Concatenate()([tf.square(x), tf.abs(
         x - L.Conv2D(8, 1)(x))])),
-    # a constant offset between two nonlinearities: no quantized twin yet (recorded failing)
-    "affine_offset": _image(lambda x: tf.abs(x * 2.0 - 1.0)),
+    "affine_offset": _image(lambda x: tf.abs(x * 2.0 - 1.0) * (1.0 - x)),
     "keras_attention": _sequence(lambda x: L.Attention(use_scale=True)([x, x])),
+    # Bahdanau's additive attention: no quantized form yet (recorded failing)
+    "additive_attention": _sequence(lambda x: L.AdditiveAttention()([x, x])),
     "repeat_vector": _sequence(lambda x: L.Concatenate()([
         x, L.RepeatVector(16)(L.GlobalAveragePooling1D()(x))])),
     "causal_tcn": _sequence(lambda x: L.Conv1D(8, 3, padding="causal", dilation_rate=2,

@@ -27,7 +27,7 @@ def test_construct_measured(name):
 
 
 def test_failing_construct_recorded_and_table():
-    row = constructs.measure("affine_offset", "w8a8")
+    row = constructs.measure("additive_attention", "w8a8")
     assert "unsupported layers" in row["error"]
     table = constructs.markdown([row], ["w8a8"])
-    assert table.splitlines()[-1] == "| affine_offset | fails |"
+    assert table.splitlines()[-1] == "| additive_attention | fails |"

@@ -20,6 +20,7 @@ from .replace_aliases import replace_aliases
 from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
+from .rescaling_to_depthwise import rescaling_to_depthwise
 from .sanitize import sanitize
 from .split_activations import split_activations
 from .split_group_normalization import split_group_normalization
@@ -30,5 +31,6 @@ __all__ = ["align_rescaling", "flatten_model", "fold_batchnorms", "fold_custom_s
            "insert_rescaling", "invert_batchnorm_pooling", "invert_relu_maxpool", "lift_1d",
            "remove_identities", "remove_stochastic_depth", "remove_zeropadding2d",
            "replace_aliases", "replace_lambda", "replace_leaky_relu", "replace_tfop_arithmetic",
+           "rescaling_to_depthwise",
            "sanitize", "split_activations", "split_group_normalization",
            "split_multi_head_attention"]

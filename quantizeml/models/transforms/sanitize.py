@@ -18,6 +18,7 @@ from .replace_aliases import replace_aliases
 from .replace_lambda import replace_lambda
 from .replace_leaky_relu import replace_leaky_relu
 from .replace_tfop_arithmetic import replace_tfop_arithmetic
+from .rescaling_to_depthwise import rescaling_to_depthwise
 from .split_activations import split_activations
 from .split_group_normalization import split_group_normalization
 from .split_multi_head_attention import split_multi_head_attention
@@ -68,7 +69,9 @@ def sanitize(model, float_layers=()):
        become their 2-D counterparts on a height of 1, between Reshapes that keep the
        channels axis,
     6. :func:`invert_relu_maxpool`: MaxPool2D moves before the ReLU that precedes it,
-    7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias.
+    7. :func:`align_rescaling`: Rescaling offsets go into the next layer's bias,
+    8. :func:`rescaling_to_depthwise`: a Rescaling left inside the model with an offset, a
+       negative or a per-channel scale becomes a per-channel affine DepthwiseConv2D.
 
     Right after flattening, :func:`split_activations` moves the fused activations of
     Conv/Dense layers into layers of their own (ReLU, or an Activation that stays in the float
@@ -101,7 +104,8 @@ def sanitize(model, float_layers=()):
              replace_lambda, fuse_hard_swish, replace_tfop_arithmetic, replace_leaky_relu,
              remove_zeropadding2d,
              lambda m: invert(m, strict=False), fold_batchnorms, fold_normalization,
-             fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling)
+             fold_layer_scale, fold_custom_scale, lift_1d, invert_relu_maxpool, align_rescaling,
+             rescaling_to_depthwise)
     source = model
     for step in steps:
         previous, model = model, step(model)
