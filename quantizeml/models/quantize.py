@@ -64,8 +64,9 @@ folded into the layer before it, Normalization (preprocessing) and LayerScale fo
 their neighbour layers; MaxPool2D moved before ReLU and Rescaling offsets moved into the next
 bias (a Rescaling left inside the model with an offset or a negative scale becomes a
 per-channel affine DepthwiseConv2D) — so ``quantize(model)`` needs no ``sanitize`` call first.
-The input model is never modified; q_config keys and the quantized layers use the names of the prepared model
-(``sanitize(model)`` shows it; a folded BatchNormalization has no layer of its own).
+The input model is never modified; q_config keys and the quantized layers use the names of
+the prepared model (``sanitize(model)`` shows it; a folded BatchNormalization has no layer of
+its own).
 
 ``q_config`` entries (layer name -> quant_config, as ``dump_config`` returns) win over the
 rules above.
