@@ -1,4 +1,6 @@
 """The range search of calibrate() against a numpy oracle."""
+import importlib
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -6,6 +8,9 @@ import tf_keras as keras
 from quantizeml.models import QuantizationParams, calibrate, quantize
 from quantizeml.layers import eager_layer_calls
 from quantizeml.models.calibrate import SEARCH_BITS, fit_merge_alignment, output_quantizers
+
+# the module (quantizeml.models.calibrate is also the name of the function it exports)
+calibrate_module = importlib.import_module("quantizeml.models.calibrate")
 
 
 def _model():
@@ -36,9 +41,14 @@ def _oracle(values, quantizer):
 
 @pytest.mark.parametrize("per_tensor", [True, False])
 @pytest.mark.parametrize("late_outlier", [False, True])
-def test_range_search_matches_numpy(per_tensor, late_outlier):
+@pytest.mark.parametrize("split", [False, True])
+def test_range_search_matches_numpy(per_tensor, late_outlier, split, monkeypatch):
     """late_outlier: the last batch is 50 times larger than the first ones (the maxima seen
-    by the first batches are not the final ones)."""
+    by the first batches are not the final ones); split: the passes call the model on one
+    sample at a time (``CALIBRATION_CALL_BYTES`` below one sample's activations), which must
+    not change the statistics."""
+    if split:
+        monkeypatch.setattr(calibrate_module, "CALIBRATION_CALL_BYTES", 1)
     keras.utils.set_random_seed(1)
     model = _model()
     rng = np.random.default_rng(4)
@@ -60,6 +70,22 @@ def test_range_search_matches_numpy(per_tensor, late_outlier):
         np.testing.assert_array_equal(
             quantizer.range_max.numpy(),
             np.reshape(expected, quantizer.range_max.shape).astype(np.float32), err_msg=name)
+
+
+def test_calibration_calls_split_batches_by_activation_bytes(monkeypatch):
+    """Each model call of a calibration pass gets at most CALIBRATION_CALL_BYTES of observed
+    float32 activations (at least one sample); smaller batches are not split."""
+    refs = [keras.Input((8, 8, 4)), keras.Input((16,))]  # 256 + 16 floats per sample
+    per_sample = 4 * (8 * 8 * 4 + 16)
+    monkeypatch.setattr(calibrate_module, "CALIBRATION_CALL_BYTES", 10 * per_sample + 3)
+    assert calibrate_module._chunk_size(refs) == 10
+    monkeypatch.setattr(calibrate_module, "CALIBRATION_CALL_BYTES", 1)
+    assert calibrate_module._chunk_size(refs) == 1
+    batch = [np.arange(25), np.arange(25) * 2]
+    parts = list(calibrate_module._split(batch, 10))
+    assert [len(p[0]) for p in parts] == [10, 10, 5]
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), batch[1])
+    assert list(calibrate_module._split(batch, 25))[0] is batch
 
 
 @pytest.mark.parametrize("merge", ["add", "concatenate"])
