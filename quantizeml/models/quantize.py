@@ -459,7 +459,8 @@ def quantize(model, q_config=None, qparams=None, samples=None, num_samples=1024,
         raise TypeError(f"quantize expected qparams to be a QuantizationParams. "
                         f"Received: {qparams!r}")
     if is_keras3_model(model):
-        model = from_keras3(model)  # its tf_keras twin: weights copied, outputs checked
+        # its tf_keras twin: weights copied, outputs checked (on two samples when arrays)
+        model = from_keras3(model, samples=samples)
     check_functional(model)
     requantize = any(is_quantized_layer(layer) for layer in model.layers)
     if requantize and rounding_options is not None:

@@ -403,3 +403,28 @@ def test_reduction_power_and_move_ops_convert_and_quantize(case):
                or isinstance(layer, keras.layers.InputLayer) for layer in qmodel.layers)
     y, q = np.asarray(model(samples[32:])), np.asarray(qmodel(samples[32:]))
     assert np.sum((y - q) ** 2) < 0.01 * np.sum(y ** 2)
+
+
+def test_output_check_runs_on_the_samples(monkeypatch):
+    """With samples, the conversion check runs on the first two of them (cast to the input
+    dtype), so quantize() checks on data-like inputs; without (or with samples that are not
+    arrays of the input shape, e.g. a generator), on a random batch in [-1, 1]."""
+    model = _randomize(_conv_bn_relu_dense())
+    seen = []
+    outputs = k3_module._outputs
+
+    def recording(m, x):
+        seen.append(x)
+        return outputs(m, x)
+    monkeypatch.setattr(k3_module, "_outputs", recording)
+    pixels = np.floor(np.random.default_rng(1).uniform(0, 256, (5, 8, 8, 3)))  # float64
+    from_keras3(model, samples=pixels)
+    assert len(seen) == 2 and all(len(x) == 1 for x in seen)
+    np.testing.assert_array_equal(seen[0][0], pixels[:2].astype(np.float32))
+    assert seen[0][0].dtype == np.float32
+    seen.clear()
+    from_keras3(model, samples=(v for v in pixels))
+    assert seen[0][0].shape == (2, 8, 8, 3) and np.abs(seen[0][0]).max() <= 1.0
+    seen.clear()
+    quantize(model, samples=pixels.astype(np.float32), batch_size=5)
+    np.testing.assert_array_equal(seen[0][0], pixels[:2].astype(np.float32))
