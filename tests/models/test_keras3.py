@@ -428,3 +428,26 @@ def test_output_check_runs_on_the_samples(monkeypatch):
     seen.clear()
     quantize(model, samples=pixels.astype(np.float32), batch_size=5)
     np.testing.assert_array_equal(seen[0][0], pixels[:2].astype(np.float32))
+
+
+@pytest.mark.parametrize("cancelling", [False, True])
+def test_output_check_tolerates_what_the_model_amplifies(monkeypatch, cancelling):
+    """A twin 1e-3 off fails the check, unless the Keras 3 model itself moves by more when its
+    inputs move by 1e-6 (here: a difference of two nearly equal inputs times 1e4, which a
+    1e-6 input perturbation moves by ~1e-2)."""
+    inputs = keras3.Input((2,))
+    model = keras3.Model(inputs, K3.Dense(1, use_bias=False, name="d")(inputs))
+    model.get_layer("d").set_weights([np.array([[1e4], [-1e4]] if cancelling else
+                                               [[1.0], [1.0]], np.float32)])
+    samples = np.array([[1.0, 1.0001]] * 4, np.float32)
+    outputs = k3_module._outputs
+
+    def offset(m, x):
+        ys = outputs(m, x)
+        return [y + 1e-3 for y in ys] if isinstance(m, keras.Model) else ys
+    monkeypatch.setattr(k3_module, "_outputs", offset)
+    if cancelling:
+        from_keras3(model, samples=samples)
+    else:
+        with pytest.raises(ValueError, match="1e-06 relative input perturbation"):
+            from_keras3(model, samples=samples)
