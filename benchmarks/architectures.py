@@ -123,10 +123,13 @@ def _raw_pixels(model):
                for layer in model.layers[:4])
 
 
-def _reestimate_batchnorm(model, x):
-    import tf_keras as keras
-    layers = [layer for layer in model.submodules
-              if isinstance(layer, keras.layers.BatchNormalization)]
+def _reestimate_batchnorm(model, x, layers=None):
+    """Sets the moving statistics of ``layers`` (default: every tf_keras BatchNormalization of
+    ``model``) to those of ``x``: momentum 0 for one training call."""
+    if layers is None:
+        import tf_keras as keras
+        layers = [layer for layer in model.submodules
+                  if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.0

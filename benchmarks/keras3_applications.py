@@ -37,20 +37,6 @@ BUILDERS = ("ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0",
             "MobileNetV3Large", "NASNetMobile", "ResNet50", "ResNet50V2", "VGG16", "Xception")
 
 
-def _reestimate_batchnorm(model, x):
-    """Sets every BatchNormalization's moving statistics to those of ``x`` (momentum 0 for
-    one training call)."""
-    import keras
-    layers = [layer for layer in model._flatten_layers()
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(x, training=True)
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
-
-
 def measure(name, seed=0, calibration=architectures.CALIBRATION,
             held_out=architectures.HELD_OUT, onnx=True):
     """Quantizes the Keras 3 builder ``name`` and measures it (one row)."""
@@ -68,7 +54,9 @@ def measure(name, seed=0, calibration=architectures.CALIBRATION,
     x = (np.floor(rng.uniform(0, 256, shape)) if raw else rng.uniform(-1, 1, shape))
     x = x.astype(np.float32)
     x_calib, x_eval = x[:calibration], x[calibration:]
-    _reestimate_batchnorm(model, x_calib)
+    architectures._reestimate_batchnorm(model, x_calib, [
+        layer for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)])
     y = np.asarray(model(x_eval, training=False))
     row = {"name": name, "input_size": size, "keras": keras.__version__,
            "float_layers_total": len(model.layers)}
