@@ -254,8 +254,8 @@ def _calibrate_ranges(model, qmodel, batches, verbose):
             oq.build(t.shape)
     observers = [OutputObserver(axis=targets[n].axis, name=f"{n}_observer") for n in names]
     # the passes return per-channel summaries, not the activations: a model call keeps its
-    # outputs to the end, so returning every block output held all of them at once (ResNet152
-    # at 96x96, batch 32: ~770 MB); each is now dropped once its consumers have run
+    # outputs to the end, so returning every block output held all of them at once; each is
+    # now dropped once its consumers have run
     observer_model = keras.Model(model.inputs, [_Touch()(obs(t))
                                                 for obs, t in zip(observers, refs)])
 
