@@ -114,12 +114,13 @@ def _calibrate_wrappers(qmodel, batches):
             wrapper(x, training=True)
 
 
-class _Touch(keras.layers.Layer):
-    """A calibration pass' output after an observer: a scalar, so that the pass does not
-    return (and keep alive) the activation the observer read."""
+class _SummaryObserver(OutputObserver):
+    """An OutputObserver that returns its count (a scalar) instead of its inputs, so that the
+    calibration pass does not return (and keep alive) the activation it read."""
 
     def call(self, inputs):
-        return tf.reduce_max(tf.cast(inputs[:1], tf.float32))
+        super().call(inputs)
+        return tf.identity(self.count)
 
 
 class _CandidateErrors(keras.layers.Layer):
@@ -252,12 +253,11 @@ def _calibrate_ranges(model, qmodel, batches, verbose):
         oq = targets[name]
         if not oq.built:
             oq.build(t.shape)
-    observers = [OutputObserver(axis=targets[n].axis, name=f"{n}_observer") for n in names]
+    observers = [_SummaryObserver(axis=targets[n].axis, name=f"{n}_observer") for n in names]
     # the passes return per-channel summaries, not the activations: a model call keeps its
     # outputs to the end, so returning every block output held all of them at once; each is
     # now dropped once its consumers have run
-    observer_model = keras.Model(model.inputs, [_Touch()(obs(t))
-                                                for obs, t in zip(observers, refs)])
+    observer_model = keras.Model(model.inputs, [obs(t) for obs, t in zip(observers, refs)])
 
     def observe(x):
         # Returns nothing: the observers keep their statistics in variables.
