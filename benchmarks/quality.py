@@ -24,7 +24,8 @@ Configurations (``QuantizationParams``; "first" is the first layer with weights)
 * ``_qat``: then the plain QAT recipe: ``compile(Adam(1e-4), SparseCategoricalCrossentropy(
   from_logits=True))``, ``fit`` batch 32, 3 epochs (5 for ``w2a4``), after
   ``set_random_seed(seed)``. ``fit`` is the one of the ``QuantizedModel`` quantize() returns:
-  the updates of 2-3-bit kernels are scaled (``--plain-updates``: not, the baseline).
+  the updates of 2-3-bit kernels are scaled (``--plain-updates``: not, the baseline);
+  ``--learn-ranges``: the weight-range ratios are learned too (``QuantizedModel.learn_ranges``).
   ``--range-search``: quantize() with ``range_search=True`` (the output-aware range search).
 
 Drops are in accuracy points, ``100 * (float - quantized)``: negative means above float.
@@ -120,11 +121,13 @@ def _same(a, b, x):
                        b.predict(x, batch_size=256, verbose=0))
 
 
-def qat(qmodel, x, y, epochs, seed, samples=None, scaled_updates=True):
+def qat(qmodel, x, y, epochs, seed, samples=None, scaled_updates=True, learn_ranges=False):
     """The plain QAT recipe on a copy of qmodel (a QuantizedModel: with ``scaled_updates``
-    False its 2-3-bit kernels get the optimizer's update unscaled, as before)."""
+    False its 2-3-bit kernels get the optimizer's update unscaled, as before; with
+    ``learn_ranges`` the clipping ratios of its 2-4-bit weight ranges train too)."""
     qmodel = _clone(qmodel)
     qmodel.scaled_updates = scaled_updates
+    qmodel.learn_ranges = learn_ranges
     keras.utils.set_random_seed(seed)
     qmodel.compile(optimizer=keras.optimizers.Adam(1e-4),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -163,7 +166,7 @@ def measure_path(model, float_acc, path, configs, data, args, seed, log):
                                               round(e["error_learned"], 5)] for e in layers}
         if epochs:
             qmodel = qat(qmodel, x_train, y_train, epochs, seed, args.fit_samples,
-                         not args.plain_updates)
+                         not args.plain_updates, args.learn_ranges)
         acc = accuracy(qmodel, x_test, y_test)
         rows[name] = {"config": name, "path": path, "seed": seed, "float": float_acc,
                       "accuracy": acc, "drop": round(100 * (float_acc - acc), 4),
@@ -267,6 +270,9 @@ def main(argv=None):
                              "QAT on 128 samples: a smoke run")
     parser.add_argument("--range-search", action="store_true",
                         help="quantize with range_search=True (output-aware range search)")
+    parser.add_argument("--learn-ranges", action="store_true",
+                        help="QAT learns the clipping ratios of the 2-4-bit weight ranges "
+                             "(QuantizedModel.learn_ranges = True)")
     parser.add_argument("--plain-updates", action="store_true",
                         help="QAT without the scaled updates of 2-3-bit kernels "
                              "(QuantizedModel.scaled_updates = False): the baseline")

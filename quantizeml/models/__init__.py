@@ -10,7 +10,7 @@ from .integer_weights import (integer_weights, load_integer_weights,
 from .mixed_precision import layer_sensitivity, mixed_precision_config, weight_bytes
 from .quantization_params import QuantizationParams, get_quantization_params, quantization
 from .learned_rounding import layer_reconstruction_error, learn_rounding
-from .qat import QuantizedModel, update_gains
+from .qat import QuantizedModel, range_variables, update_gains
 from .quantize import quantize
 from .saving import (apply_weights_to_model, load_model, record_quantization_variables,
                      save_model)
@@ -22,4 +22,5 @@ __all__ = ["quantize", "calibrate", "calibration_required", "search_output_range
            "apply_weights_to_model", "load_model", "record_quantization_variables", "save_model",
            "transforms", "zoo", "digits_vit", "train_digits_vit", "from_keras3",
            "is_keras3_model", "layer_sensitivity", "mixed_precision_config", "weight_bytes",
-           "learn_rounding", "layer_reconstruction_error", "QuantizedModel", "update_gains"]
+           "learn_rounding", "layer_reconstruction_error", "QuantizedModel", "update_gains",
+           "range_variables"]

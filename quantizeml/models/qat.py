@@ -1,5 +1,6 @@
 """Quantization-aware training: the model class quantize() returns, whose ``fit`` moves each
-low-bit kernel by steps matched to its quantization grid.
+low-bit kernel by steps matched to its quantization grid (and, on request, learns the weight
+ranges).
 
 Why. Adam (and RMSprop, Adagrad...) normalize each gradient by its running magnitude: a weight
 moves by about the learning rate per step whatever its gradient's scale. With the plain QAT
@@ -27,9 +28,22 @@ accuracy points against float): plain updates 2.33, gain 127 / int_max 3.26, the
 weight quantizers round), so saving, learned rounding, the integer weights and the exporters
 are unchanged.
 
+Learned weight ranges. With ``learn_ranges=True`` (``qmodel.learn_ranges = True`` before
+``fit``) the step also trains the clipping ratios of the 2-4-bit weight ranges
+(``WeightQuantizer.range_ratios``, per output channel, chosen by quantize()'s MSE search) with
+the LSQ step-size gradient (Esser et al. 2020; :class:`~quantizeml.layers.WeightQuantizer`),
+by the same optimizer, kept at or above :data:`MIN_RANGE_RATIO`. The scales stay per-channel
+QFloat scales (``ratio * max|w| / int_max``), so the model stays integer-exact. It is off by
+default: measured with the plain recipe (Adam 1e-4, ``benchmarks/quality.py
+--learn-ranges``), it moved nothing beyond the noise of a few test digits (digits CNN 4/4,
+seeds 1-10, mean drop -0.18 -> -0.24 points, worst 1.11 both; W2A4 5 epochs 1.57 -> 1.80;
+tiny ViT 4/4 seeds 0-2 1.24 -> 1.42): Adam moves a ratio by about the learning rate per step,
+0.4-1 % of the range over the fine-tune.
+
 The gain applies in ``fit`` (``train_step``) only. A custom training loop gets the same with
 :func:`update_gains` (the ``(variable, gain)`` pairs) and :func:`apply_update_gains` after
-its ``apply_gradients``; a model
+its ``apply_gradients`` (and :func:`range_variables`, watched and given to the optimizer,
+then :func:`clip_range_variables`, to learn the ranges); a model
 rebuilt from the quantized layers as a plain ``keras.Model`` trains without it.
 ``QuantizedModel(..., scaled_updates=False)`` (or setting ``qmodel.scaled_updates = False``
 before ``compile``) turns it off. It is in the model config, so h5 and SavedModel reloads keep
@@ -41,12 +55,15 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ..layers.base import register_keras
+from ..layers.quantizers import WeightQuantizer
 from ..layers.reduction import QuantizedReduction
 
 #: The largest integer of an 8-bit signed weight grid: the reference of the update gains.
 REFERENCE_INT_MAX = 127
 #: Grids whose largest integer is at most this get a gain (signed 2-3 bits, unsigned 2 bits).
 SCALED_INT_MAX = 3
+#: The smallest clipping ratio of ``max|w|`` a learned weight range keeps.
+MIN_RANGE_RATIO = 0.05
 
 
 def update_gain(quantizer):
@@ -91,6 +108,38 @@ def update_gains(model):
     return pairs
 
 
+def range_variables(model):
+    """The clipping ratios of the weight ranges a QAT step learns (``learn_ranges``).
+
+    Args:
+        model (keras.Model): a quantized model (nested models are searched).
+
+    Returns:
+        list: the ``range_ratios`` variables of the trainable weight quantizers of 2 to 4
+        bits (:attr:`WeightQuantizer.searches_ranges`), in layer order.
+    """
+    variables = []
+    for layer in model.submodules:  # each module once
+        if isinstance(layer, WeightQuantizer) and layer.trainable and layer.searches_ranges \
+                and getattr(layer, "range_ratios", None) is not None:
+            variables.append(layer.range_ratios)
+    return variables
+
+
+def _clip_ratio(variable):
+    return variable.assign(tf.maximum(variable, MIN_RANGE_RATIO))
+
+
+def clip_range_variables(variables):
+    """Keeps learned clipping ratios at or above :data:`MIN_RANGE_RATIO` (a range cannot
+    shrink to zero).
+
+    Args:
+        variables (list): the ratio variables (:func:`range_variables`).
+    """
+    _update(_clip_ratio, variables, [() for _ in variables])
+
+
 def _scale_update(variable, before, gain):
     return variable.assign(before + gain * (variable - before))
 
@@ -102,18 +151,24 @@ def apply_update_gains(pairs, before):
         pairs (list): ``(variable, gain)`` pairs (:func:`update_gains`).
         before (list(tf.Tensor)): the values of the variables before the update.
     """
+    _update(_scale_update, [variable for variable, _ in pairs],
+            [(value, gain) for (_, gain), value in zip(pairs, before)])
+
+
+def _update(function, variables, args):
+    """``function(variable, *arguments)`` for each variable and its ``arguments`` (of ``args``);
+    in a replica context a mirrored variable is updated by the strategy (as the optimizer
+    updates it), with each replica's arguments."""
     if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        for (variable, gain), value in zip(pairs, before):
-            _scale_update(variable, value, gain)
+        for variable, arguments in zip(variables, args):
+            function(variable, *arguments)
         return
 
-    def merge(strategy, values):
-        for (variable, gain), value in zip(pairs, values):
-            strategy.extended.update(variable, _scale_update, args=(value, gain), group=False)
+    def merge(strategy, args):
+        for variable, arguments in zip(variables, args):
+            strategy.extended.update(variable, function, args=tuple(arguments), group=False)
 
-    # in a replica context a mirrored variable is updated by the strategy (as the optimizer
-    # updates it), with each replica's value from before the update
-    tf.distribute.get_replica_context().merge_call(merge, args=(before,))
+    tf.distribute.get_replica_context().merge_call(merge, args=(args,))
 
 
 @register_keras
@@ -124,36 +179,54 @@ class QuantizedModel(keras.Model):
     Args: as a functional ``keras.Model`` (``inputs``, ``outputs``, ``name``), plus:
         scaled_updates (bool, optional): multiply each low-bit kernel's update by its gain in
             ``train_step``. Defaults to True.
+        learn_ranges (bool, optional): train the clipping ratios of the 2-4-bit weight
+            ranges too (:func:`range_variables`). Defaults to False.
     """
 
     def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
         # the functional signature (so that Keras' get_config / from_config see a functional
-        # model), with scaled_updates among the keyword arguments
+        # model), with scaled_updates and learn_ranges among the keyword arguments
         scaled_updates = kwargs.pop("scaled_updates", True)
+        learn_ranges = kwargs.pop("learn_ranges", False)
         super().__init__(inputs, outputs, name=name, trainable=trainable, **kwargs)
-        if not isinstance(scaled_updates, bool):
-            raise TypeError(f"QuantizedModel {self.name} expected scaled_updates to be a bool. "
-                            f"Received: scaled_updates={scaled_updates!r}")
+        for key, value in (("scaled_updates", scaled_updates), ("learn_ranges", learn_ranges)):
+            if not isinstance(value, bool):
+                raise TypeError(f"QuantizedModel {self.name} expected {key} to be a bool. "
+                                f"Received: {key}={value!r}")
         self.scaled_updates = scaled_updates
+        self.learn_ranges = learn_ranges
 
     def train_step(self, data):
         pairs = update_gains(self) if self.scaled_updates else []
-        if not pairs:
+        ranges = range_variables(self) if self.learn_ranges else []
+        if not pairs and not ranges:
             return super().train_step(data)
         before = [tf.identity(variable) for variable, _ in pairs]
-        logs = super().train_step(data)
+        # keras.Model.train_step, with the range ratios (non-trainable variables: not in the
+        # model's trainable_variables nor watched by default) watched and updated too
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            tape.watch(ranges)
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
+        self._validate_target_and_loss(y, loss)
+        self.optimizer.minimize(loss, self.trainable_variables + ranges, tape=tape)
+        clip_range_variables(ranges)
         apply_update_gains(pairs, before)
-        return logs
+        return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def get_config(self):
-        return {**super().get_config(), "scaled_updates": self.scaled_updates}
+        return {**super().get_config(), "scaled_updates": self.scaled_updates,
+                "learn_ranges": self.learn_ranges}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         scaled_updates = config.pop("scaled_updates", True)
+        learn_ranges = config.pop("learn_ranges", False)
         model = super().from_config(config, custom_objects)
         model.scaled_updates = scaled_updates
+        model.learn_ranges = learn_ranges
         return model
 
 

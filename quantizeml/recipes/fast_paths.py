@@ -360,33 +360,58 @@ def deferred_bias_sum(parts, bias_values, buffer_bits, dtype):
 
 
 # ---- fast paths of the requantization -------------------------------------------------------
-def ste_requantized(rounded, args, low, high, slope):
+def ste_requantized(rounded, args, low, high, slope, multiplier_slope=None):
     """:data:`STE`: ``clip(rounded(*args), low, high)`` in the dtype of ``low``, differentiated
     in one expression: ``dy * slope`` where nothing was clipped, 0 elsewhere, for ``args[0]``.
 
     It is the gradient that the op-by-op chain (straight-through rounding, then the clip of
     :func:`~quantizeml.recipes.requantize.clip_in_carrier`) gets, with ``slope`` the derivative
     of ``rounded`` in ``args[0]`` (a per-channel float32 multiplier, e.g. the requantization
-    scale: exact in float32, an 8-bit integer times a power of two). The other args, ``slope``
-    and the bounds are constants of the step (no gradient). In graphs the forward (clipped
-    values and the mask of the values kept) and the gradient run as one fused kernel each,
-    instead of five to seven passes over the tensor each.
+    scale: exact in float32, an 8-bit integer times a power of two). With ``multiplier_slope``
+    (``multiplier_slope(args[0])``, the derivative of ``rounded`` in ``args[1]``, a multiplier
+    broadcast on the values), ``args[1]`` gets the chain's gradient too, summed to its shape:
+    ``sum(dy * multiplier_slope)`` where nothing was clipped (the requantization scale of
+    learned weight ranges, :class:`~quantizeml.models.QuantizedModel`); a graph that does not
+    use it prunes it. The other args, ``slope`` and the bounds are constants of the step (no
+    gradient). In graphs the forward (clipped values and the mask of the values kept) and the
+    gradient run as one fused kernel each, instead of five to seven passes over the tensor
+    each.
     """
+    def forward(low, high, *args):
+        cast = tf.cast(rounded(*args), low.dtype)
+        clipped = tf.minimum(tf.maximum(cast, low), high)
+        return clipped, tf.equal(clipped, cast)
+
+    def backward(dy, kept, slope):
+        kept_dy = tf.where(kept, dy * tf.cast(slope, dy.dtype), tf.zeros_like(dy))
+        return tf.cast(kept_dy, args[0].dtype)
+
+    if multiplier_slope is None:
+        @custom_gradient
+        def requantized(values):
+            clipped, kept = fused(forward, low, high, values, *args[1:], under_tape=True)
+
+            def grad(dy):
+                return fused(backward, dy, kept, slope, under_tape=True)
+            return clipped, grad
+        return requantized(args[0])
+
     @custom_gradient
-    def requantized(values):
-        def forward(low, high, *args):
-            cast = tf.cast(rounded(*args), low.dtype)
-            clipped = tf.minimum(tf.maximum(cast, low), high)
-            return clipped, tf.equal(clipped, cast)
-        clipped, kept = fused(forward, low, high, values, *args[1:], under_tape=True)
+    def requantized_by(values, multiplier):
+        clipped, kept = fused(forward, low, high, values, multiplier, *args[2:],
+                              under_tape=True)
 
         def grad(dy):
-            def backward(dy, kept, slope):
-                kept_dy = tf.where(kept, dy * tf.cast(slope, dy.dtype), tf.zeros_like(dy))
-                return tf.cast(kept_dy, values.dtype)
-            return fused(backward, dy, kept, slope, under_tape=True)
+            kept_dy = tf.where(kept, tf.cast(dy, tf.float64), tf.zeros_like(dy, tf.float64))
+            products = kept_dy * tf.cast(multiplier_slope(values), tf.float64)
+            # summed over the axes the multiplier was broadcast on
+            _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(products),
+                                                       s1=tf.shape(multiplier))
+            dmultiplier = tf.reshape(tf.reduce_sum(products, axes), tf.shape(multiplier))
+            return (fused(backward, dy, kept, slope, under_tape=True),
+                    tf.cast(dmultiplier, multiplier.dtype))
         return clipped, grad
-    return requantized(args[0])
+    return requantized_by(args[0], args[1])
 
 
 def fused_requantized(kernel, args, low, high):

@@ -80,7 +80,7 @@ def requantize_reference(rounded, args, low, high, record=None):
     return clip_in_carrier(values, low, high)
 
 
-def requantize(rounded, args, low, high, slope=None, record=None):
+def requantize(rounded, args, low, high, slope=None, record=None, multiplier_slope=None):
     """The requantization ``clip(rounded(*args), low, high)`` in the dtype of ``low``.
 
     Integer maths: ``y = clip(round(x * m), low, high)``, equal to
@@ -102,6 +102,9 @@ def requantize(rounded, args, low, high, slope=None, record=None):
         slope (callable, optional): ``slope(*args[1:])``, see above. Defaults to None.
         record (callable, optional): ``record(values)``, the saturation report of the
             rounded values (given only where saturation is observed). Defaults to None.
+        multiplier_slope (callable, optional): ``multiplier_slope(args[0])``, the derivative
+            of ``rounded`` in ``args[1]``: in train steps ``args[1]`` (a multiplier of the
+            values) then gets its gradient too. Defaults to None (a constant of the step).
 
     Returns:
         tf.Tensor: the requantized integer values.
@@ -110,7 +113,8 @@ def requantize(rounded, args, low, high, slope=None, record=None):
     if path == fast_paths.REFERENCE:
         return requantize_reference(rounded, args, low, high, record)
     if path == fast_paths.STE:
-        return fast_paths.ste_requantized(rounded, args, low, high, slope(*args[1:]))
+        return fast_paths.ste_requantized(rounded, args, low, high, slope(*args[1:]),
+                                          multiplier_slope)
 
     def kernel(values, low, high, *args):
         return clip_in_carrier(rounded(values, *args), low, high, scalar_top=False)

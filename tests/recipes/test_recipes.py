@@ -156,6 +156,43 @@ def test_requantize_ste_gradient_equals_reference():
     assert 0 < np.mean(g_ref.numpy() == 0) < 1  # some values clipped, some kept
 
 
+def test_requantize_ste_multiplier_gradient_equals_reference():
+    """With ``multiplier_slope`` the train-step requantization also gives the multiplier (the
+    QFloat requantization scale, per channel) the reference chain's gradient: ``sum(dy * x)``
+    over the values kept (numpy oracle)."""
+    values = tf.constant(RNG.randint(-2**10, 2**10, (64, 4)).astype(np.float32))
+    multiplier = tf.constant([2.0**-3 * 5, 2.0**-4 * 7, 2.0**-5 * 3, 2.0**-6 * 9], tf.float64)
+    low, high = tf.constant(-128.0), tf.constant(127.0)
+    upstream = tf.constant(RNG.normal(0, 1, (64, 4)).astype(np.float32))
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([values, multiplier])
+            y = fn()
+        return (y,) + tuple(tape.gradient(y, [values, multiplier], output_gradients=upstream))
+
+    y_ref, gv_ref, gm_ref = grads(lambda: requantize.requantize_reference(
+        requantize.rounded_multiply, (values, multiplier), low, high))
+    step = tf.function(lambda: grads(lambda: requantize.requantize(
+        requantize.rounded_multiply, (values, multiplier), low, high,
+        slope=lambda m: tf.cast(m, tf.float32), multiplier_slope=lambda v: v)))
+    y_fast, gv_fast, gm_fast = step()
+    np.testing.assert_array_equal(y_fast.numpy(), y_ref.numpy())
+    np.testing.assert_allclose(gv_fast.numpy(), gv_ref.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(gm_fast.numpy(), gm_ref.numpy(), rtol=1e-6)
+    x, m = values.numpy().astype(np.float64), multiplier.numpy()
+    rounded = np.floor(x * m + 0.5)
+    kept = (rounded >= -128) & (rounded <= 127)
+    expected = np.where(kept, upstream.numpy() * x, 0.0).sum(0)
+    np.testing.assert_allclose(gm_ref.numpy(), expected, rtol=1e-6)
+    assert 0 < kept.mean() < 1  # some values clipped, some kept
+    # without multiplier_slope the multiplier is a constant of the step, as before
+    plain = tf.function(lambda: grads(lambda: requantize.requantize(
+        requantize.rounded_multiply, (values, multiplier), low, high,
+        slope=lambda m: tf.cast(m, tf.float32))))
+    assert plain()[2] is None
+
+
 def test_align_equals_reference_and_numpy():
     values = RNG.randint(-128, 128, (5, 4)).astype(np.float32)
     frac = np.array([3.0, 5.0, 2.0, 5.0], np.float32)

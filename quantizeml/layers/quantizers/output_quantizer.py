@@ -87,7 +87,7 @@ class OutputQuantizer(Quantizer):
                             frac_bits, slope=lambda shift: tf.pow(2.0, tf.cast(shift, tf.float32)))
 
     def _output(self, rounded, args, frac_bits, low=None, high=None, observed=None,
-                slope=None):
+                slope=None, multiplier_slope=None):
         """The output FixedPoint: ``rounded(*args)`` (exact rounded integers) clipped to
         ``[low, high]`` (the output range by default), by
         :func:`~quantizeml.recipes.requantize.requantize`.
@@ -96,7 +96,9 @@ class OutputQuantizer(Quantizer):
         values by default) first: a value clipped by a single step (e.g. 1.0 on an 8-bit
         [0, 255/256] grid) is a rounding of the calibrated range, not a saturation worth
         reporting. ``slope(*args[1:])`` is the float32 derivative of ``rounded`` in ``args[0]``
-        (a straight-through rounding) that train steps differentiate with.
+        (a straight-through rounding) that train steps differentiate with;
+        ``multiplier_slope(args[0])`` the derivative in ``args[1]`` where that is a multiplier
+        with a gradient (the scales of learned weight ranges).
         """
         low, high = self._bounds(low, high)
         record = None
@@ -105,7 +107,8 @@ class OutputQuantizer(Quantizer):
                 record_saturation(self, "output",
                                   values if observed is None else observed(values),
                                   self.value_bits, tolerance=1)
-        values = requantize(rounded, args, low, high, slope=slope, record=record)
+        values = requantize(rounded, args, low, high, slope=slope, record=record,
+                            multiplier_slope=multiplier_slope)
         return FixedPoint(values, self.value_bits, frac_bits, clip=False)
 
     @property
@@ -147,7 +150,8 @@ class OutputQuantizer(Quantizer):
             return values if relu_high is None else tf.minimum(values, relu_high)
 
         return self._output(rounded_multiply, (inputs.values, multiplier), frac_bits, low, high,
-                            observed, slope=lambda multiplier: tf.cast(multiplier, tf.float32))
+                            observed, slope=lambda multiplier: tf.cast(multiplier, tf.float32),
+                            multiplier_slope=lambda values: values)
 
     def call(self, inputs, relu=False, max_value=None):
         """Quantize the QTensor inputs to a lower bitwidth.

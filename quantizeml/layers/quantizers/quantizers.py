@@ -106,12 +106,16 @@ class WeightQuantizer(Quantizer):
     are ``range_ratios * max|w|``, with ``range_ratios`` (a non-trainable weight of the
     quantizer, 1 until set) the clipping ratios of least squared error that
     :meth:`search_ranges` finds on the float weights: quantize() searches them once, so a
-    2-bit channel does not spend its levels on its one largest weight; QAT and learned
-    rounding keep them. With ``fp_quantizer=True`` it returns a FixedPoint with power-of-two
-    (per-axis) fractional bits of ``max|w|`` instead. The rounding has a straight-through gradient (identity inside the range), and the
-    scales are constants of the step (``tf.stop_gradient``, as TF-MOT's weight ranges and Larq's
-    magnitude-aware scales): the gradient of the dequantized weights ``scales * w_int`` is
-    exactly the incoming gradient, as for the float weights.
+    2-bit channel does not spend its levels on its one largest weight; learned rounding and
+    QAT keep them, unless ``QuantizedModel.learn_ranges`` trains them. With
+    ``fp_quantizer=True`` it returns a FixedPoint with power-of-two (per-axis) fractional bits
+    of ``max|w|`` instead. The rounding has a straight-through gradient (identity inside the
+    range), and ``max|w|`` is a constant of the step (``tf.stop_gradient``, as TF-MOT's weight
+    ranges and Larq's magnitude-aware scales): the gradient of the dequantized weights
+    ``scales * w_int`` in the weights is exactly the incoming gradient, as for the float
+    weights. A train step that watches ``range_ratios`` gets their gradient through the scales:
+    the step-size gradient of LSQ (Esser et al. 2020), ``(w_int - w / scales)`` per weight
+    inside the grid and ``w_int`` where it clips, times ``max|w| / int_max``.
 
     A 1-bit signed quantizer has no integer level but -1 and 0: it is treated as a binary
     quantizer ``w_int = sign(w)`` (in {-1, +1}) with ``scales = mean|w|``.
@@ -168,9 +172,13 @@ class WeightQuantizer(Quantizer):
 
     def _ranges(self, inputs):
         axes = reduction_axes(len(inputs.shape), self.axis)
-        ranges = tf.reduce_max(tf.abs(inputs), axis=axes)
+        # no gradient through max|w|: it only reached each channel's largest weight, and it
+        # costs a per-channel reduction over the batch in every layer of a train step
+        ranges = tf.stop_gradient(tf.reduce_max(tf.abs(inputs), axis=axes))
         ratios = getattr(self, "range_ratios", None)  # None before build: max|w|
         if self.searches_ranges and ratios is not None:
+            # the ratios carry the gradient of the ranges (the LSQ step-size gradient) to a
+            # train step that watches them (QuantizedModel.learn_ranges)
             ranges = ranges * tf.cast(ratios, tf.float32)
         return ranges
 
@@ -191,9 +199,7 @@ class WeightQuantizer(Quantizer):
         if self.fp_quantizer:
             frac_bits = FixedPoint.max_frac_bits(self.value_bits, ranges)
             return FixedPoint.quantize(inputs, self.value_bits, frac_bits)
-        # no gradient through max|w|: it only reached each channel's largest weight, and it
-        # costs a per-channel reduction over the batch in every layer of a train step
-        scales = tf.stop_gradient(QFloat.optimal_scales(ranges, self.value_bits))
+        scales = QFloat.optimal_scales(ranges, self.value_bits)
         return QFloat.quantize(inputs, self.value_bits, scales)
 
     def call(self, inputs, training=None):
